@@ -1,0 +1,119 @@
+"""Command-line entry point: ``imgclf train | evaluate | models``.
+
+imgclf train --model resnet20 --epochs 30              # train, then evaluate on the test split
+imgclf train --config configs/resnet20.yaml --lr 0.1   # YAML file, overridden by flags
+imgclf train --resume runs/resnet20-20261124-151500    # continue an interrupted run
+imgclf evaluate runs/resnet20-20261124-151500
+imgclf models
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from imgclf.config import TrainConfig, build_config, field_types, load_config_file
+from imgclf.errors import ImgclfError
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field; unset flags stay absent so config files can fill them."""
+    types = field_types()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = types[f.name]
+        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(
+                flag, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgclf", description="Train, evaluate and compare image classifiers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model on CIFAR-10 (then evaluate it on the test split)")
+    train.add_argument("--config", help="YAML file of options (flags override it)")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    add_config_flags(train)
+    evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
+    evaluate.add_argument("run_dir", help="run directory written by `imgclf train`")
+    evaluate.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: the run's)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sub.add_parser("models", help="list the available models with their parameter counts")
+    return parser
+
+
+def command_train(args: argparse.Namespace) -> None:
+    from imgclf.training.trainer import Trainer, new_run_dir
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+    if args.resume:
+        from imgclf.evaluation.evaluate import load_run_config
+
+        run_dir = Path(args.resume)
+        cfg = load_run_config(run_dir)
+        allowed = {"progress", "tensorboard", "data_dir", "device", "evaluate"}
+        if set(options) - allowed:
+            names = ", ".join("--" + k.replace("_", "-") for k in sorted(set(options) - allowed))
+            raise ImgclfError(f"--resume continues the saved config; cannot change {names}")
+        cfg = dataclasses.replace(cfg, **options).validate()
+    else:
+        cfg = build_config(load_config_file(args.config) if args.config else {}, options)
+        run_dir = new_run_dir(cfg)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trainer = Trainer(cfg, run_dir)
+    summary = trainer.fit(resume=bool(args.resume))
+    print(json.dumps(summary, indent=2))
+    if cfg.evaluate:
+        from imgclf.evaluation.evaluate import evaluate_run
+
+        metrics = evaluate_run(run_dir, cfg.data_dir, cfg.device)
+        print(
+            f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  ({run_dir})"
+        )
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    from imgclf.evaluation.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.device)
+    print(json.dumps(metrics, indent=2))
+
+
+def command_models(args: argparse.Namespace) -> None:
+    from imgclf.models import MODELS, count_parameters, create_model
+
+    for name in MODELS:
+        print(f"{name:<12} {count_parameters(create_model(name)):>12,} parameters")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors print one line and return a non-zero exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        {"train": command_train, "evaluate": command_evaluate, "models": command_models}[args.command](args)
+    except ImgclfError as exc:
+        print(f"imgclf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "imgclf: interrupted (resume a training run with `imgclf train --resume RUN_DIR`)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

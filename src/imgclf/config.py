@@ -1,0 +1,156 @@
+"""Training configuration: one dataclass that is the single source of CLI flags, YAML keys and defaults."""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from imgclf.errors import ImgclfError
+
+
+def option(default, help: str, choices: tuple | None = None):
+    """A config field with its help text (and allowed values) for the command line."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.yaml`` in the run directory."""
+
+    model: str = option("resnet20", "network to train (see `imgclf models`)")
+    epochs: int = option(30, "number of training epochs")
+    batch_size: int = option(256, "images per optimizer step")
+    optimizer: str = option("sgd", "optimizer: SGD with Nesterov momentum, or AdamW", ("sgd", "adamw"))
+    lr: float = option(0.2, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay (not applied to norm layers and biases)")
+    schedule: str = option(
+        "onecycle", "learning-rate schedule after warmup", ("onecycle", "cosine", "constant")
+    )
+    warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
+    ema_decay: float = option(
+        0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)"
+    )
+    augment: str = option(
+        "fast",
+        "augmentation: crop+flip (fast), the reference's Keras recipe, or none",
+        ("fast", "reference", "none"),
+    )
+    cutout: int = option(0, "side of the square cut out of each training image (0: off)")
+    val_fraction: float = option(0.1, "fraction of the 50,000 training images held out for validation")
+    train_subset: int = option(
+        0, "train on only the first N images of the training split (0: all); for quick tests"
+    )
+    seed: int = option(0, "random seed for initialisation, split, shuffling and augmentation")
+    precision: str = option(
+        "auto", "numeric precision: bf16 autocast where native, else fp32", ("auto", "bf16", "fp32")
+    )
+    channels_last: bool = option(True, "use channels-last memory format")
+    device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
+    monitor: str = option("val_acc", "validation metric watched by the callbacks", ("val_acc", "val_loss"))
+    early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)")
+    reduce_lr_patience: int = option(
+        0, "reduce the learning rate after this many epochs without improvement (0: off)"
+    )
+    reduce_lr_factor: float = option(0.5, "factor applied by reduce-LR-on-plateau")
+    data_dir: str | None = option(
+        None, "folder holding cifar-10-batches-py (default: $IMGCLF_DATA_DIR or download)"
+    )
+    download: bool = option(False, "download CIFAR-10 into --data-dir when it is missing")
+    output: str = option("runs", "parent folder of run directories")
+    name: str | None = option(None, "run directory name (default: MODEL-TIMESTAMP)")
+    evaluate: bool = option(True, "evaluate the best checkpoint on the test split when training ends")
+    progress: bool = option(True, "show progress bars")
+    tensorboard: bool = option(True, "write TensorBoard scalars")
+
+    def validate(self) -> "TrainConfig":
+        """Raise a one-line error for the first invalid value."""
+        from imgclf.models import MODELS
+
+        if self.model not in MODELS:
+            raise ImgclfError(f"unknown model '{self.model}' (available: {', '.join(MODELS)})")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ImgclfError(f"invalid {f.name} '{value}' (choose from: {', '.join(choices)})")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ImgclfError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in (
+            "lr",
+            "weight_decay",
+            "warmup_epochs",
+            "label_smoothing",
+            "cutout",
+            "train_subset",
+            "early_stopping",
+            "reduce_lr_patience",
+        ):
+            if getattr(self, name) < 0:
+                raise ImgclfError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 1:
+            raise ImgclfError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.ema_decay < 1:
+            raise ImgclfError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.val_fraction == 0 and (self.early_stopping or self.reduce_lr_patience):
+            raise ImgclfError(
+                "early stopping and reduce-LR-on-plateau need a validation split (val_fraction > 0)"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def field_types() -> dict[str, type]:
+    """The Python type of each config field (the Optional part removed)."""
+
+    def base(kind) -> type:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0] if args else kind
+
+    return {f.name: base(f.type) for f in dataclasses.fields(TrainConfig)}
+
+
+def coerce(key: str, value, source: str):
+    """Convert ``value`` to the type of config field ``key``, or raise a one-line error."""
+    kind = field_types()[key]
+    if value is None:
+        return None
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str | int | float):
+        return str(value)
+    raise ImgclfError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML file of config keys, rejecting unknown keys and wrong types with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImgclfError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ImgclfError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ImgclfError(f"config file {path} must hold a mapping of option: value")
+    known = field_types()
+    for key in data:
+        norm = str(key).replace("-", "_")
+        if norm not in known:
+            raise ImgclfError(f"unknown config key '{key}' in {path} (valid keys: {', '.join(known)})")
+    return {str(k).replace("-", "_"): coerce(str(k).replace("-", "_"), v, str(path)) for k, v in data.items()}
+
+
+def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
+    """Defaults, overridden by a config file, overridden by command-line flags; validated."""
+    return TrainConfig(**{**file_values, **cli_values}).validate()

@@ -1,0 +1,55 @@
+"""Batches from an in-memory :class:`ImageSet`: seeded shuffling, batch augmentation, normalisation."""
+
+from collections.abc import Iterator
+
+import torch
+
+from imgclf.data.augment import augment_batch
+from imgclf.data.cifar import ImageSet
+
+
+class BatchLoader:
+    """Iterate (images, labels) batches; epoch ``e`` of seed ``s`` always yields the same batches."""
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: str = "none",
+        cutout: int = 0,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.batch_size, self.augment, self.cutout = batch_size, augment, cutout
+        self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffling and augmentation randomness of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
+        for i in range(len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            if order is not None:
+                idx = order[idx]
+            images = augment_batch(self.images[idx], self.augment, generator, self.cutout)
+            images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            yield images, self.labels[idx]

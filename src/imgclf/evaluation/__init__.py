@@ -1,0 +1,1 @@
+"""Evaluation of trained runs on the held-out test split."""

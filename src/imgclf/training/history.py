@@ -1,0 +1,47 @@
+"""Per-epoch history as JSON lines (one object per epoch) mirrored to TensorBoard scalars."""
+
+import json
+import os
+from pathlib import Path
+
+
+class History:
+    """Append epoch records to ``history.jsonl`` and TensorBoard; drop records past a resume point."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = run_dir / "history.jsonl"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def truncate(self, last_epoch: int) -> None:
+        """Keep only records of epochs ≤ ``last_epoch`` (those covered by the checkpoint being resumed)."""
+        kept = [r for r in read_history(self.path) if r["epoch"] <= last_epoch]
+        tmp = self.path.with_name(".history.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        """Append one epoch's record."""
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_history(path: Path) -> list[dict]:
+    """The records of a ``history.jsonl`` file (empty if it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

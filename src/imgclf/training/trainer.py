@@ -1,0 +1,265 @@
+"""The training loop: model, data and callbacks are built from a :class:`TrainConfig` and run epoch by epoch.
+
+Every epoch's randomness (shuffling, augmentation, dropout) derives from (seed, epoch), and a checkpoint is written
+atomically after each epoch, so ``--resume`` continues an interrupted run with the history it would have had.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from imgclf.config import TrainConfig
+from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, stratified_split
+from imgclf.data.loader import BatchLoader
+from imgclf.device import autocast, describe_device, resolve_precision, select_device
+from imgclf.errors import ImgclfError
+from imgclf.models import count_parameters, create_model
+from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
+from imgclf.training.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights
+from imgclf.training.history import History
+from imgclf.training.optim import build_optimizer
+from imgclf.training.schedule import lr_multiplier
+
+BEST_WEIGHTS = "best.safetensors"
+LAST_WEIGHTS = "checkpoints/last.safetensors"
+LAST_EMA = "checkpoints/last_ema.safetensors"
+LAST_STATE = "checkpoints/last_state.pt"
+
+
+@torch.inference_mode()
+def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> dict:
+    """Mean cross-entropy loss and accuracy of ``model`` over ``loader``."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for images, labels in loader:
+        with autocast(device, precision):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        n += len(labels)
+    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """A fresh run directory under ``cfg.output``; refuses to overwrite an existing run."""
+    name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.output) / name
+    if (run_dir / "config.yaml").exists():
+        raise ImgclfError(
+            f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class Trainer:
+    """Trains ``cfg.model`` on CIFAR-10 into ``run_dir``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = select_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        torch.manual_seed(cfg.seed)
+        full = load_cifar10("train", cfg.data_dir, download=cfg.download or None)
+        train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, cfg.seed)
+        if cfg.train_subset:
+            train_idx = train_idx[: cfg.train_subset]
+            val_idx = val_idx[: max(cfg.train_subset // 4, 1)] if len(val_idx) else val_idx
+        self.classes = full.classes
+        common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=self.device, channels_last=cfg.channels_last)
+        self.train_loader = BatchLoader(
+            full.subset(train_idx),
+            cfg.batch_size,
+            augment=cfg.augment,
+            cutout=cfg.cutout,
+            shuffle=True,
+            drop_last=len(train_idx) >= 2 * cfg.batch_size,
+            seed=cfg.seed,
+            **common,
+        )
+        self.val_loader = BatchLoader(full.subset(val_idx), 1024, **common) if len(val_idx) else None
+        self.num_train, self.num_val = len(train_idx), len(val_idx)
+
+        self.model = create_model(cfg.model, num_classes=len(self.classes)).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = None
+        if cfg.ema_decay:
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        monitor = dict(monitor=cfg.monitor, mode="max" if cfg.monitor == "val_acc" else "min")
+        self.early_stopping = EarlyStopping(patience=cfg.early_stopping, **monitor)
+        self.plateau = ReduceLROnPlateau(
+            patience=cfg.reduce_lr_patience, factor=cfg.reduce_lr_factor, **monitor
+        )
+        # without a validation split the last epoch is the selected model
+        self.best = BestCheckpoint(
+            run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"})
+        )
+        self.epoch, self.step, self.train_seconds = 0, 0, 0.0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that validation measures and checkpoints keep: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def set_lr(self) -> float:
+        """Set the optimizer's learning rate for the current step and return it."""
+        cfg = self.cfg
+        lr = (
+            cfg.lr
+            * lr_multiplier(cfg.schedule, self.step, self.total_steps, self.warmup_steps)
+            * self.plateau.scale
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_epoch(self, bar: tqdm) -> dict:
+        """One pass over the training split; returns mean loss and accuracy on the augmented batches."""
+        self.model.train()
+        torch.manual_seed(self.cfg.seed * 1_000_003 + self.epoch)  # dropout randomness of this epoch
+        self.train_loader.set_epoch(self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        n = 0
+        for images, labels in self.train_loader:
+            lr = self.set_lr()
+            with autocast(self.device, self.precision):
+                logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            n += len(labels)
+            bar.update(len(labels))
+            if self.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", lr=f"{lr:.3g}", refresh=False)
+        loss_value = loss_sum.item() / max(n, 1)
+        if not math.isfinite(loss_value):
+            raise ImgclfError(f"training diverged at epoch {self.epoch + 1} (loss {loss_value}); lower --lr")
+        return {"train_loss": loss_value, "train_acc": correct.item() / max(n, 1), "lr": lr}
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "optimizer": self.optimizer.state_dict(),
+            "ema_n_averaged": self.ema.n_averaged if self.ema is not None else None,
+            "early_stopping": self.early_stopping.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "best": self.best.state_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Write weights, EMA and loop state of the epoch just finished (each file atomically; state last)."""
+        save_weights(self.run_dir / LAST_WEIGHTS, self.model, {"epoch": self.epoch})
+        if self.ema is not None:
+            save_weights(self.run_dir / LAST_EMA, self.ema.module, {"epoch": self.epoch})
+        save_state(self.run_dir / LAST_STATE, self.state_dict())
+
+    def resume(self) -> None:
+        """Restore the state of the last completed epoch from the run directory."""
+        state = load_state(self.run_dir / LAST_STATE)
+        meta = load_weights(self.run_dir / LAST_WEIGHTS, self.model)
+        if meta.get("epoch") != state["epoch"]:
+            raise ImgclfError(f"checkpoint files in {self.run_dir / 'checkpoints'} disagree on the epoch")
+        if self.ema is not None:
+            load_weights(self.run_dir / LAST_EMA, self.ema.module)
+            self.ema.n_averaged.fill_(state["ema_n_averaged"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.best.load_state_dict(state["best"])
+        self.epoch, self.step, self.train_seconds = state["epoch"], state["step"], state["train_seconds"]
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until the last epoch or early stopping; returns the run summary."""
+        cfg = self.cfg
+        history = History(self.run_dir, tensorboard=cfg.tensorboard)
+        if resume and (self.run_dir / LAST_STATE).exists():
+            self.resume()
+            history.truncate(self.epoch)
+        elif resume:
+            history.truncate(0)
+        params = count_parameters(self.model)
+        tqdm.write(
+            f"{cfg.model}: {params:,} parameters | {self.num_train:,} train / {self.num_val:,} val images | "
+            f"{describe_device(self.device)}, {self.precision} | run dir {self.run_dir}"
+        )
+        bar = tqdm(
+            total=cfg.epochs * self.steps_per_epoch * cfg.batch_size,
+            initial=self.step * cfg.batch_size,
+            unit="img",
+            unit_scale=True,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+        try:
+            while self.epoch < cfg.epochs and not self.early_stopping.stop:
+                bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
+                start = time.perf_counter()
+                metrics = self.train_epoch(bar)
+                self.epoch += 1
+                metrics = {"epoch": self.epoch, **metrics}
+                if self.val_loader is not None:
+                    val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
+                    metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+                seconds = time.perf_counter() - start
+                self.train_seconds += seconds
+                metrics["epoch_seconds"] = seconds
+                if self.val_loader is not None:
+                    self.early_stopping.on_epoch_end(metrics)
+                    self.plateau.on_epoch_end(metrics)
+                self.best.on_epoch_end(metrics, self.eval_model)
+                history.log(metrics)
+                self.save_checkpoint()
+                tqdm.write(
+                    f"epoch {self.epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} "
+                    f"acc {metrics['train_acc']:.4f}"
+                    + (
+                        f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}"
+                        if "val_acc" in metrics
+                        else ""
+                    )
+                    + f"  lr {metrics['lr']:.4g}  {seconds:.1f}s"
+                )
+        finally:
+            bar.close()
+            history.close()
+        summary = {
+            "model": cfg.model,
+            "parameters": params,
+            "trainable_parameters": count_parameters(self.model, trainable_only=True),
+            "epochs_run": self.epoch,
+            "stopped_early": self.early_stopping.stop,
+            "best_epoch": self.best.best_epoch,
+            f"best_{cfg.monitor}": self.best.best if self.val_loader is not None else None,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "train_seconds": self.train_seconds,
+            "device": describe_device(self.device),
+            "precision": self.precision,
+            "torch": torch.__version__,
+        }
+        atomic_write(self.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+        return summary
