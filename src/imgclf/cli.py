@@ -29,21 +29,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            parser.add_argument(
-                flag, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs
-            )
+            parser.add_argument(flag, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imgclf", description="Train, evaluate and compare image classifiers."
-    )
+    parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model on CIFAR-10 (then evaluate it on the test split)")
     train.add_argument("--config", help="YAML file of options (flags override it)")
-    train.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
-    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     add_config_flags(train)
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
     evaluate.add_argument("run_dir", help="run directory written by `imgclf train`")
@@ -78,9 +72,7 @@ def command_train(args: argparse.Namespace) -> None:
         from imgclf.evaluation.evaluate import evaluate_run
 
         metrics = evaluate_run(run_dir, cfg.data_dir, cfg.device)
-        print(
-            f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  ({run_dir})"
-        )
+        print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  ({run_dir})")
 
 
 def command_evaluate(args: argparse.Namespace) -> None:

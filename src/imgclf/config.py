@@ -26,24 +26,22 @@ class TrainConfig:
     lr: float = option(0.2, "peak learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "weight decay (not applied to norm layers and biases)")
-    schedule: str = option(
-        "onecycle", "learning-rate schedule after warmup", ("onecycle", "cosine", "constant")
-    )
+    schedule: str = option("onecycle", "learning-rate schedule after warmup", ("onecycle", "cosine", "constant"))
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
-    ema_decay: float = option(
-        0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)"
-    )
+    ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
     augment: str = option(
         "fast",
         "augmentation: crop+flip (fast), the reference's Keras recipe, or none",
         ("fast", "reference", "none"),
     )
     cutout: int = option(0, "side of the square cut out of each training image (0: off)")
-    val_fraction: float = option(0.1, "fraction of the 50,000 training images held out for validation")
-    train_subset: int = option(
-        0, "train on only the first N images of the training split (0: all); for quick tests"
+    progressive_size: int = option(
+        0, "progressive resizing: first epochs start at this image side, e.g. 16, and ramp up (0: off)"
     )
+    progressive_fraction: float = option(0.5, "fraction of the epochs over which the image side ramps up to full size")
+    val_fraction: float = option(0.1, "fraction of the 50,000 training images held out for validation")
+    train_subset: int = option(0, "train on only the first N images of the training split (0: all); for quick tests")
     seed: int = option(0, "random seed for initialisation, split, shuffling and augmentation")
     precision: str = option(
         "auto", "numeric precision: bf16 autocast where native, else fp32", ("auto", "bf16", "fp32")
@@ -52,13 +50,9 @@ class TrainConfig:
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
     monitor: str = option("val_acc", "validation metric watched by the callbacks", ("val_acc", "val_loss"))
     early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)")
-    reduce_lr_patience: int = option(
-        0, "reduce the learning rate after this many epochs without improvement (0: off)"
-    )
+    reduce_lr_patience: int = option(0, "reduce the learning rate after this many epochs without improvement (0: off)")
     reduce_lr_factor: float = option(0.5, "factor applied by reduce-LR-on-plateau")
-    data_dir: str | None = option(
-        None, "folder holding cifar-10-batches-py (default: $IMGCLF_DATA_DIR or download)"
-    )
+    data_dir: str | None = option(None, "folder holding cifar-10-batches-py (default: $IMGCLF_DATA_DIR or download)")
     download: bool = option(False, "download CIFAR-10 into --data-dir when it is missing")
     output: str = option("runs", "parent folder of run directories")
     name: str | None = option(None, "run directory name (default: MODEL-TIMESTAMP)")
@@ -94,12 +88,12 @@ class TrainConfig:
                 raise ImgclfError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ImgclfError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.progressive_fraction <= 1:
+            raise ImgclfError(f"progressive_fraction must be in [0, 1], got {self.progressive_fraction}")
         if not 0 <= self.ema_decay < 1:
             raise ImgclfError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.val_fraction == 0 and (self.early_stopping or self.reduce_lr_patience):
-            raise ImgclfError(
-                "early stopping and reduce-LR-on-plateau need a validation split (val_fraction > 0)"
-            )
+            raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (val_fraction > 0)")
         return self
 
     def to_dict(self) -> dict:

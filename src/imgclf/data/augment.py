@@ -47,16 +47,12 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     return images * ~hole[:, None]
 
 
-def random_affine(
-    images: torch.Tensor, generator: torch.Generator, rotation=15.0, zoom=0.1, shift=0.1
-) -> torch.Tensor:
+def random_affine(images: torch.Tensor, generator: torch.Generator, rotation=15.0, zoom=0.1, shift=0.1) -> torch.Tensor:
     """Warp each float image by its own random rotation, zoom and shift, repeating edge pixels."""
     b = len(images)
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator, device=generator.device) * (hi - lo) + lo).to(
-            images.device
-        )
+        return (torch.rand(b, generator=generator, device=generator.device) * (hi - lo) + lo).to(images.device)
 
     angle = uniform(-rotation, rotation) * math.pi / 180
     scale = uniform(1 - zoom, 1 + zoom)  # sampling-grid scale: >1 zooms out, <1 zooms in
@@ -67,9 +63,7 @@ def random_affine(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def augment_batch(
-    images: torch.Tensor, kind: str, generator: torch.Generator, cutout_size: int = 0
-) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator, cutout_size: int = 0) -> torch.Tensor:
     """Apply augmentation ``kind`` to a uint8 batch and return float32 images in [0, 1]."""
     if kind == "fast":
         out = random_flip(random_crop(images, 4, generator), generator)

@@ -59,9 +59,7 @@ def verify_cifar10(root: Path) -> None:
             raise ImgclfError(f"CIFAR-10 file corrupt (md5 mismatch): {path}; delete it and download again")
 
 
-def load_cifar10(
-    split: str, data_dir: str | os.PathLike | None = None, download: bool | None = None
-) -> ImageSet:
+def load_cifar10(split: str, data_dir: str | os.PathLike | None = None, download: bool | None = None) -> ImageSet:
     """Load the ``train`` (50,000) or ``test`` (10,000) split, downloading to the default cache if needed."""
     if split not in ("train", "test"):
         raise ImgclfError(f"unknown split '{split}' (use 'train' or 'test')")
@@ -72,9 +70,7 @@ def load_cifar10(
         raise ImgclfError(f"data dir not found: {root}")
     if not (root / CIFAR10.base_folder).is_dir():
         if not download:
-            raise ImgclfError(
-                f"CIFAR-10 not found: {root / CIFAR10.base_folder} does not exist (pass --download)"
-            )
+            raise ImgclfError(f"CIFAR-10 not found: {root / CIFAR10.base_folder} does not exist (pass --download)")
         root.mkdir(parents=True, exist_ok=True)
         try:
             CIFAR10(str(root), train=True, download=True)

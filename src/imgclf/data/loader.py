@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from imgclf.data.augment import augment_batch
 from imgclf.data.cifar import ImageSet
@@ -33,6 +34,7 @@ class BatchLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.image_size = 0  # 0: native resolution; otherwise batches are resized (antialiased) to this side
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling and augmentation randomness of ``epoch``."""
@@ -51,5 +53,8 @@ class BatchLoader:
             if order is not None:
                 idx = order[idx]
             images = augment_batch(self.images[idx], self.augment, generator, self.cutout)
+            if self.image_size and self.image_size != images.shape[-1]:
+                size = (self.image_size, self.image_size)
+                images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
             images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield images, self.labels[idx]

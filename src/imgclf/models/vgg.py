@@ -6,9 +6,7 @@ from torch import nn
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     """3×3 same-padded convolution, BatchNorm, ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class VGG10(nn.Module):

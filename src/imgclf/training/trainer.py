@@ -47,14 +47,21 @@ def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device,
     return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
 
 
+def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float, full: int) -> int:
+    """Training image side of ``epoch``: a linear ramp from ``start`` to ``full`` (multiples of 4) over the first
+    ``fraction`` of the epochs, then ``full``; 0 (native size) when progressive resizing is off."""
+    ramp = round(fraction * epochs)
+    if not start or start >= full or epoch >= ramp:
+        return 0
+    return int(start + (full - start) * epoch / ramp) // 4 * 4
+
+
 def new_run_dir(cfg: TrainConfig) -> Path:
     """A fresh run directory under ``cfg.output``; refuses to overwrite an existing run."""
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output) / name
     if (run_dir / "config.yaml").exists():
-        raise ImgclfError(
-            f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)"
-        )
+        raise ImgclfError(f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -92,22 +99,16 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = None
         if cfg.ema_decay:
-            self.ema = AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-            )
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         monitor = dict(monitor=cfg.monitor, mode="max" if cfg.monitor == "val_acc" else "min")
         self.early_stopping = EarlyStopping(patience=cfg.early_stopping, **monitor)
-        self.plateau = ReduceLROnPlateau(
-            patience=cfg.reduce_lr_patience, factor=cfg.reduce_lr_factor, **monitor
-        )
+        self.plateau = ReduceLROnPlateau(patience=cfg.reduce_lr_patience, factor=cfg.reduce_lr_factor, **monitor)
         # without a validation split the last epoch is the selected model
-        self.best = BestCheckpoint(
-            run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"})
-        )
+        self.best = BestCheckpoint(run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"}))
         self.epoch, self.step, self.train_seconds = 0, 0, 0.0
 
     @property
@@ -118,11 +119,7 @@ class Trainer:
     def set_lr(self) -> float:
         """Set the optimizer's learning rate for the current step and return it."""
         cfg = self.cfg
-        lr = (
-            cfg.lr
-            * lr_multiplier(cfg.schedule, self.step, self.total_steps, self.warmup_steps)
-            * self.plateau.scale
-        )
+        lr = cfg.lr * lr_multiplier(cfg.schedule, self.step, self.total_steps, self.warmup_steps) * self.plateau.scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -132,6 +129,9 @@ class Trainer:
         self.model.train()
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.epoch)  # dropout randomness of this epoch
         self.train_loader.set_epoch(self.epoch)
+        self.train_loader.image_size = progressive_image_size(
+            self.epoch, self.cfg.epochs, self.cfg.progressive_size, self.cfg.progressive_fraction, full=32
+        )
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0

@@ -1,0 +1,79 @@
+"""Full CIFAR-10 training runs of the from-scratch models, timed end to end (process start to test accuracy).
+
+    uv run python benchmarks/train_full.py resnet20            # uses configs/resnet20.yaml
+    uv run python benchmarks/train_full.py vgg10 --tag try2 -- --epochs 40
+
+Targets (issue 2, 2-core CPU): simple_cnn ≥ 0.75, vgg10 ≥ 0.88, resnet20 ≥ 0.9125 test accuracy, ResNet-20 ≤ 20 min.
+Writes benchmarks/results/train_MODEL[_TAG].json.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--tag", default="", help="suffix of the result file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("extra", nargs="*", help="more `imgclf train` flags (after --)")
+    args = parser.parse_args()
+    name = f"train_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    run_dir = ROOT / "benchmarks" / "runs" / f"{name}_seed{args.seed}"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    command = [
+        "imgclf",
+        "train",
+        "--config",
+        f"configs/{args.model}.yaml",
+        "--seed",
+        str(args.seed),
+        "--output",
+        str(run_dir.parent),
+        "--name",
+        run_dir.name,
+        "--no-progress",
+        *args.extra,
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    wall = time.perf_counter() - start
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    record = {
+        "benchmark": "train_full",
+        "model": args.model,
+        "command": "uv run " + shlex.join(command),
+        "seed": args.seed,
+        "wall_seconds": round(wall, 1),
+        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test_loss"],
+        "best_val_acc": summary.get("best_val_acc"),
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": summary["epochs_run"],
+        "train_seconds": round(summary["train_seconds"], 1),
+        "parameters": summary["parameters"],
+        "precision": summary["precision"],
+        "config": (run_dir / "config.yaml").read_text(),
+        "history": history,
+    }
+    print(f"{args.model}: test accuracy {metrics['test_accuracy']:.4f} in {wall / 60:.1f} min wall")
+    print("wrote", write_result(name, record))
+
+
+if __name__ == "__main__":
+    main()

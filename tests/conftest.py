@@ -1,0 +1,50 @@
+"""Shared fixtures: the real CIFAR-10 copy (IMGCLF_DATA_DIR or ../shared/data) and tiny training configs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_data_dir() -> Path | None:
+    for candidate in (os.environ.get("IMGCLF_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "cifar-10-batches-py").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = find_data_dir()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide CIFAR-10 through IMGCLF_DATA_DIR")
+        pytest.skip("CIFAR-10 not found: set IMGCLF_DATA_DIR to the folder holding cifar-10-batches-py")
+    return found
+
+
+@pytest.fixture(scope="session")
+def cifar_train(data_dir):
+    from imgclf.data.cifar import load_cifar10
+
+    return load_cifar10("train", data_dir)
+
+
+@pytest.fixture
+def tiny_options(data_dir, tmp_path) -> list[str]:
+    """CLI flags of a seconds-long training run on a small slice of real CIFAR-10."""
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(tmp_path),
+        "--train-subset",
+        "384",
+        "--batch-size",
+        "128",
+        "--no-progress",
+        "--no-tensorboard",
+        "--no-evaluate",
+    ]

@@ -1,0 +1,78 @@
+"""End-to-end training on a slice of real CIFAR-10: outputs, and interrupt-and-resume equivalence."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imgclf.cli import main
+from imgclf.data.loader import BatchLoader
+from imgclf.training.history import read_history
+
+
+def run(tmp_path, name, options, extra=()):
+    assert main(["train", "--name", name, *options, *extra]) == 0
+    return tmp_path / name
+
+
+def test_training_writes_run_directory(tmp_path, tiny_options):
+    options = [o for o in tiny_options if o not in ("--no-evaluate", "--no-tensorboard")]
+    run_dir = run(tmp_path, "r", options, ["--model", "simple_cnn", "--epochs", "2", "--early-stopping", "5"])
+    history = read_history(run_dir / "history.jsonl")
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"} <= set(history[0])
+    for name in ("config.yaml", "best.safetensors", "summary.json", "metrics.json", "checkpoints/last.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_images"] == 10_000 and 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_interrupted_run_resumes_to_the_same_history(tmp_path, tiny_options, monkeypatch, ema):
+    options = [*tiny_options, "--model", "resnet20", "--epochs", "3", "--ema-decay", ema, "--lr", "0.05"]
+    full = run(tmp_path, "full", options)
+
+    calls = {"n": 0}
+    original_iter = BatchLoader.__iter__
+
+    def interrupting_iter(self):
+        for batch in original_iter(self):
+            if self.shuffle:  # the training loader
+                calls["n"] += 1
+                if calls["n"] == 3 * 2 + 1:  # second batch of the third epoch
+                    raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(BatchLoader, "__iter__", interrupting_iter)
+    assert main(["train", "--name", "cut", *options]) == 130
+    cut = tmp_path / "cut"
+    assert [h["epoch"] for h in read_history(cut / "history.jsonl")] == [1, 2]
+    monkeypatch.setattr(BatchLoader, "__iter__", original_iter)
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+
+    expected, resumed = read_history(full / "history.jsonl"), read_history(cut / "history.jsonl")
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    for a, b in zip(expected, resumed, strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
+    w_full = load_file(full / "checkpoints" / "last.safetensors")
+    w_cut = load_file(cut / "checkpoints" / "last.safetensors")
+    assert all(torch.allclose(w_full[k], w_cut[k], atol=1e-5) for k in w_full)
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_options):
+    run_dir = run(tmp_path, "done", tiny_options, ["--model", "simple_cnn", "--epochs", "1"])
+    before = (run_dir / "history.jsonl").read_text()
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert (run_dir / "history.jsonl").read_text() == before
+
+
+def test_early_stopping_ends_the_run(tmp_path, tiny_options):
+    # a learning rate of zero never improves validation accuracy after the first epoch
+    run_dir = run(
+        tmp_path, "es", tiny_options, ["--model", "simple_cnn", "--epochs", "8", "--lr", "0", "--early-stopping", "2"]
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["epochs_run"] == 3
