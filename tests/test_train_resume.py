@@ -76,3 +76,9 @@ def test_early_stopping_ends_the_run(tmp_path, tiny_options):
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_early"] and summary["epochs_run"] == 3
+
+
+def test_progressive_resizing_needs_a_pooled_head(tmp_path, tiny_options):
+    common = ["--epochs", "2", "--progressive-size", "16", *tiny_options]
+    assert main(["train", "--name", "vgg", "--model", "vgg10", *common]) == 2
+    assert main(["train", "--name", "resnet", "--model", "resnet20", *common]) == 0

@@ -92,3 +92,11 @@ def test_state_loads_without_executing_code(tmp_path):
     torch.save({"payload": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ImgclfError, match="cannot read checkpoint state"):
         load_state(tmp_path / "evil.pt")
+
+
+def test_progressive_resizing_ramps_to_full_size():
+    from imgclf.training.trainer import progressive_image_size
+
+    sizes = [progressive_image_size(e, 10, 16, 0.5, full=32) for e in range(10)]
+    assert sizes == [16, 16, 20, 24, 28, 0, 0, 0, 0, 0]
+    assert all(progressive_image_size(e, 10, 0, 0.5, full=32) == 0 for e in range(10))

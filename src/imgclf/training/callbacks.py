@@ -20,9 +20,19 @@ def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0
     return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
+class Stateful:
+    """State as a plain dict of the dataclass fields, for checkpoints."""
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
 @dataclass
-class EarlyStopping:
-    """Stop when the monitored metric has not improved for ``patience`` epochs (0 disables)."""
+class PatienceCallback(Stateful):
+    """Counts epochs without improvement of the monitored metric; ``patience`` 0 disables the callback."""
 
     monitor: str = "val_acc"
     mode: str = "max"
@@ -30,52 +40,39 @@ class EarlyStopping:
     min_delta: float = 0.0
     best: float | None = None
     wait: int = 0
-    stop: bool = False
 
-    def on_epoch_end(self, metrics: dict) -> None:
+    def out_of_patience(self, metrics: dict) -> bool:
+        """Record this epoch's metric; True once ``patience`` epochs in a row brought no improvement."""
         if not self.patience:
-            return
+            return False
         if improved(metrics[self.monitor], self.best, self.mode, self.min_delta):
             self.best, self.wait = metrics[self.monitor], 0
         else:
             self.wait += 1
-            self.stop = self.wait >= self.patience
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        return self.wait >= self.patience
 
 
 @dataclass
-class ReduceLROnPlateau:
-    """Multiply the learning rate by ``factor`` after ``patience`` epochs without improvement (0 disables)."""
+class EarlyStopping(PatienceCallback):
+    """Stop when the monitored metric has not improved for ``patience`` epochs."""
 
-    monitor: str = "val_acc"
-    mode: str = "max"
-    patience: int = 0
+    stop: bool = False
+
+    def on_epoch_end(self, metrics: dict) -> None:
+        self.stop = self.stop or self.out_of_patience(metrics)
+
+
+@dataclass
+class ReduceLROnPlateau(PatienceCallback):
+    """Multiply the learning rate by ``factor`` after ``patience`` epochs without improvement."""
+
     factor: float = 0.5
     min_scale: float = 1e-3
     scale: float = 1.0
-    best: float | None = None
-    wait: int = 0
 
     def on_epoch_end(self, metrics: dict) -> None:
-        if not self.patience:
-            return
-        if improved(metrics[self.monitor], self.best, self.mode):
-            self.best, self.wait = metrics[self.monitor], 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.scale, self.wait = max(self.min_scale, self.scale * self.factor), 0
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        if self.out_of_patience(metrics):
+            self.scale, self.wait = max(self.min_scale, self.scale * self.factor), 0
 
 
 @dataclass

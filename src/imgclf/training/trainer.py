@@ -56,6 +56,15 @@ def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float,
     return int(start + (full - start) * epoch / ramp) // 4 * 4
 
 
+def check_input_size(model: nn.Module, name: str, size: int, device: torch.device) -> None:
+    """Raise a one-line error when ``model`` cannot take ``size``×``size`` inputs (e.g. a Flatten head)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 3, size, size, device=device))
+    except RuntimeError:
+        raise ImgclfError(f"model '{name}' only takes 32×32 inputs; progressive resizing needs a pooled head") from None
+
+
 def new_run_dir(cfg: TrainConfig) -> Path:
     """A fresh run directory under ``cfg.output``; refuses to overwrite an existing run."""
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -97,6 +106,8 @@ class Trainer:
         self.model = create_model(cfg.model, num_classes=len(self.classes)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.progressive_size:
+            check_input_size(self.model, cfg.model, cfg.progressive_size, self.device)
         self.ema = None
         if cfg.ema_decay:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
