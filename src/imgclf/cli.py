@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="run directory written by `imgclf train`")
     evaluate.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: the run's)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
     sub.add_parser("models", help="list the available models with their parameter counts")
     return parser
 
@@ -71,15 +72,28 @@ def command_train(args: argparse.Namespace) -> None:
     if cfg.evaluate:
         from imgclf.evaluation.evaluate import evaluate_run
 
-        metrics = evaluate_run(run_dir, cfg.data_dir, cfg.device)
-        print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  ({run_dir})")
+        print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device), run_dir)
+
+
+def print_metrics(metrics: dict, run_dir: Path) -> None:
+    """The headline numbers of an evaluation."""
+    cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
+    print(
+        f"{metrics['model']}: test accuracy {metrics['test_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
+        f"train accuracy {metrics['train_accuracy']:.4f}  gap {metrics['overfitting_gap']:+.4f}  "
+        f"macro F1 {metrics['macro']['f1']:.4f}  ECE {cal['ece']:.4f} → {scaled['ece']:.4f} "
+        f"(T={metrics['temperature']:.2f})"
+    )
+    if "tta" in metrics:
+        print(f"with flip TTA: test accuracy {metrics['tta']['test_accuracy']:.4f}")
+    print(f"metrics and figures written to {run_dir}")
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluation.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.data_dir, args.device)
-    print(json.dumps(metrics, indent=2))
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta)
+    print_metrics(metrics, Path(args.run_dir))
 
 
 def command_models(args: argparse.Namespace) -> None:

@@ -96,3 +96,15 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
         indices, test_size=val_fraction, stratify=labels.numpy(), random_state=seed, shuffle=True
     )
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def load_train_val(
+    data_dir: str | os.PathLike | None, download: bool | None, val_fraction: float, seed: int, train_subset: int = 0
+) -> tuple[ImageSet, ImageSet]:
+    """The training split divided into (train, validation) parts exactly as a run with these options divides it."""
+    full = load_cifar10("train", data_dir, download=download)
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    if train_subset:
+        train_idx = train_idx[:train_subset]
+        val_idx = val_idx[: max(train_subset // 4, 1)] if len(val_idx) else val_idx
+    return full.subset(train_idx), full.subset(val_idx)

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
-from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, stratified_split
+from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_train_val
 from imgclf.data.loader import BatchLoader
 from imgclf.device import autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
@@ -83,25 +83,21 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        full = load_cifar10("train", cfg.data_dir, download=cfg.download or None)
-        train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, cfg.seed)
-        if cfg.train_subset:
-            train_idx = train_idx[: cfg.train_subset]
-            val_idx = val_idx[: max(cfg.train_subset // 4, 1)] if len(val_idx) else val_idx
-        self.classes = full.classes
+        train, val = load_train_val(cfg.data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
+        self.classes = train.classes
         common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=self.device, channels_last=cfg.channels_last)
         self.train_loader = BatchLoader(
-            full.subset(train_idx),
+            train,
             cfg.batch_size,
             augment=cfg.augment,
             cutout=cfg.cutout,
             shuffle=True,
-            drop_last=len(train_idx) >= 2 * cfg.batch_size,
+            drop_last=len(train) >= 2 * cfg.batch_size,
             seed=cfg.seed,
             **common,
         )
-        self.val_loader = BatchLoader(full.subset(val_idx), 1024, **common) if len(val_idx) else None
-        self.num_train, self.num_val = len(train_idx), len(val_idx)
+        self.val_loader = BatchLoader(val, 1024, **common) if len(val) else None
+        self.num_train, self.num_val = len(train), len(val)
 
         self.model = create_model(cfg.model, num_classes=len(self.classes)).to(self.device)
         if cfg.channels_last:
