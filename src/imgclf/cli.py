@@ -1,4 +1,4 @@
-"""Command-line entry point: ``imgclf train | evaluate | models``.
+"""Command-line entry point: ``imgclf train | evaluate | explore | models``.
 
 imgclf train --model resnet20 --epochs 30              # train, then evaluate on the test split
 imgclf train --config configs/resnet20.yaml --lr 0.1   # YAML file, overridden by flags
@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: the run's)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
+    explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
+    explore.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
+    explore.add_argument("--output", default="runs/explore", help="folder for the figures and stats.json")
+    explore.add_argument("--per-class", type=int, default=8, help="sample images shown per class")
     sub.add_parser("models", help="list the available models with their parameter counts")
     return parser
 
@@ -96,6 +100,16 @@ def command_evaluate(args: argparse.Namespace) -> None:
     print_metrics(metrics, Path(args.run_dir))
 
 
+def command_explore(args: argparse.Namespace) -> None:
+    from imgclf.data.explore import explore
+
+    stats = explore(args.output, args.data_dir, args.per_class)
+    mean = ", ".join(f"{v:.4f}" for v in stats["mean"])
+    std = ", ".join(f"{v:.4f}" for v in stats["std"])
+    print(f"{stats['images']:,} training images in {len(stats['classes'])} classes; mean ({mean}) std ({std})")
+    print(f"figures and stats.json written to {args.output}")
+
+
 def command_models(args: argparse.Namespace) -> None:
     from imgclf.models import MODELS, count_parameters, create_model
 
@@ -108,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        {"train": command_train, "evaluate": command_evaluate, "models": command_models}[args.command](args)
+        commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
+        commands["models"] = command_models
+        commands[args.command](args)
     except ImgclfError as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)
         return 2

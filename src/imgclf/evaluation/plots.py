@@ -78,3 +78,13 @@ def plot_gallery(images: np.ndarray, captions: list[str], path: Path, columns: i
         ax.imshow(np.transpose(image, (1, 2, 0)), interpolation="nearest")
         ax.set_title(caption, fontsize=7)
     return save(fig, path)
+
+
+def plot_bars(labels: list[str], values: list[float], path: Path, title: str = "") -> Path:
+    """A labelled bar chart."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bars = ax.bar(labels, values, color="#4c72b0")
+    ax.bar_label(bars, fontsize=8)
+    ax.set(title=title)
+    ax.tick_params(axis="x", rotation=45)
+    return save(fig, path)
