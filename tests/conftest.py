@@ -48,3 +48,34 @@ def tiny_options(data_dir, tmp_path) -> list[str]:
         "--no-tensorboard",
         "--no-evaluate",
     ]
+
+
+@pytest.fixture(scope="session")
+def evaluated_runs(data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Two tiny trained-and-evaluated runs (simple_cnn, resnet20), shared by the report tests."""
+    from imgclf.cli import main
+
+    output = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for model in ("simple_cnn", "resnet20"):
+        args = [
+            "train",
+            "--model",
+            model,
+            "--name",
+            model,
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--output",
+            str(output),
+            "--train-subset",
+            "384",
+            "--batch-size",
+            "128",
+            "--no-progress",
+        ]
+        assert main(args) == 0
+        runs[model] = output / model
+    return runs

@@ -1,4 +1,4 @@
-"""Command-line entry point: ``imgclf train | evaluate | explore | models``.
+"""Command-line entry point: ``imgclf train | evaluate | explore | compare | models``.
 
 imgclf train --model resnet20 --epochs 30              # train, then evaluate on the test split
 imgclf train --config configs/resnet20.yaml --lr 0.1   # YAML file, overridden by flags
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
     explore.add_argument("--output", default="runs/explore", help="folder for the figures and stats.json")
     explore.add_argument("--per-class", type=int, default=8, help="sample images shown per class")
+    comp = sub.add_parser("compare", help="results table, impact of each step and figures across evaluated runs")
+    comp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
+    comp.add_argument("--order", nargs="+", metavar="NAME", help="run or model names in the order of the study")
+    comp.add_argument("--output", default="runs/comparison", help="folder for the tables and figures")
     sub.add_parser("models", help="list the available models with their parameter counts")
     return parser
 
@@ -110,6 +114,14 @@ def command_explore(args: argparse.Namespace) -> None:
     print(f"figures and stats.json written to {args.output}")
 
 
+def command_compare(args: argparse.Namespace) -> None:
+    from imgclf.report.compare import compare, markdown_table
+
+    runs = compare(args.run_dirs, args.output, args.order)
+    print(markdown_table(runs), end="")
+    print(f"results.md, results.csv, results.html and figures written to {args.output}")
+
+
 def command_models(args: argparse.Namespace) -> None:
     from imgclf.models import MODELS, count_parameters, create_model
 
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
-        commands["models"] = command_models
+        commands.update(compare=command_compare, models=command_models)
         commands[args.command](args)
     except ImgclfError as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)

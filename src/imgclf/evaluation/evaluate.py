@@ -119,6 +119,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         temperature=temperature,
         calibration=calibration_metrics(test_logits, test_labels),
         calibration_temperature_scaled=calibration_metrics(test_logits / temperature, test_labels),
+        reliability={k: v.tolist() for k, v in reliability_bins(softmax(test_logits), test_labels).items()},
     )
     if tta:
         tta_logits = predict_logits(model, test, dev, precision, flip_tta=True)

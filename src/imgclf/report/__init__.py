@@ -1,0 +1,1 @@
+"""Reports: comparison of evaluated runs (tables and figures)."""
