@@ -1,7 +1,7 @@
 """Evaluation of a finished run. The test split is read here, once, after every fitted quantity is fixed:
 the model was selected on the validation split during training, and the temperature is fitted on it below.
 
-Writes ``metrics.json`` and figures (``figures/*.png``) into the run directory.
+Writes ``metrics.json``, figures (``figures/*.png``) and a self-contained ``report.html`` into the run directory.
 """
 
 import json
@@ -22,6 +22,7 @@ from imgclf.evaluation import plots
 from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
 from imgclf.models import count_parameters, create_model
+from imgclf.report.html import evaluation_report
 from imgclf.training.checkpoint import atomic_write, load_weights
 from imgclf.training.history import read_history
 from imgclf.training.trainer import BEST_WEIGHTS
@@ -129,6 +130,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         }
     metrics["figures"] = write_figures(run_dir, cfg, test, test_logits, temperature, report)
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    evaluation_report(run_dir, metrics, cfg.to_dict())
     return metrics
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from imgclf.errors import ImgclfError
 from imgclf.report import figures
+from imgclf.report.html import comparison_report
 from imgclf.training.checkpoint import atomic_write
 from imgclf.training.history import read_history
 
@@ -116,7 +117,7 @@ def write_csv(runs: list[dict], path: Path) -> None:
 
 
 def compare(run_dirs: list[str | Path], output: str | Path, order: list[str] | None = None) -> list[dict]:
-    """Write results.{md,csv,html} and comparison figures for ``run_dirs`` into ``output``."""
+    """Write results.{md,csv,html}, comparison figures and report.html for ``run_dirs`` into ``output``."""
     if not run_dirs:
         raise ImgclfError("compare needs at least one run directory")
     output = Path(output)
@@ -127,5 +128,6 @@ def compare(run_dirs: list[str | Path], output: str | Path, order: list[str] | N
     atomic_write(output / "results.md", lambda tmp: tmp.write_text(table))
     write_csv(runs, output / "results.csv")
     atomic_write(output / "results.html", lambda tmp: tmp.write_text(html_table(runs)))
-    figures.comparison_figures(runs, output / "figures")
+    paths = figures.comparison_figures(runs, output / "figures")
+    comparison_report(output, runs, COLUMNS, paths)
     return runs

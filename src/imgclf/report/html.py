@@ -1,0 +1,155 @@
+"""Self-contained HTML reports: figures embedded as data URIs, no external resources, opens offline."""
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import yaml
+
+from imgclf.training.checkpoint import atomic_write
+
+STYLE = """
+body { font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; margin: 0;
+       background: #f6f8fa; }
+main { max-width: 1100px; margin: 0 auto; padding: 2rem 1.5rem 4rem; background: #fff; }
+h1 { font-size: 1.9rem; margin: 0 0 .3rem; } h2 { font-size: 1.3rem; margin-top: 2.2rem;
+     border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
+.subtitle { color: #59636e; margin-bottom: 1.5rem; }
+.cards { display: flex; flex-wrap: wrap; gap: .8rem; }
+.card { border: 1px solid #d0d7de; border-radius: 8px; padding: .7rem 1rem; min-width: 9rem; }
+.card .value { font-size: 1.45rem; font-weight: 600; } .card .label { color: #59636e; font-size: .85rem; }
+table { border-collapse: collapse; width: 100%; font-size: .9rem; margin: .5rem 0; }
+th, td { border: 1px solid #d0d7de; padding: .35rem .6rem; text-align: right; }
+th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
+.results td:nth-child(2), .results th:nth-child(2), .results td:last-child { text-align: left; }
+figure { margin: 1.2rem 0; } figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: #59636e; font-size: .9rem; }
+pre { background: #f6f8fa; padding: .8rem; border-radius: 6px; overflow-x: auto; font-size: .82rem; }
+details summary { cursor: pointer; font-weight: 600; margin: .5rem 0; }
+"""
+
+
+def image_tag(path: Path, alt: str) -> str:
+    """An <img> with the PNG at ``path`` embedded as a base64 data URI."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def figure(path: Path, caption: str) -> str:
+    """A captioned, embedded figure."""
+    return f"<figure>{image_tag(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def cards(items: list[tuple[str, str]]) -> str:
+    """Headline numbers as a row of cards."""
+    body = "".join(
+        f'<div class="card"><div class="value">{html.escape(v)}</div><div class="label">{html.escape(k)}</div></div>'
+        for k, v in items
+    )
+    return f'<div class="cards">{body}</div>'
+
+
+def table(headers: list[str], rows: list[list[str]], css_class: str = "") -> str:
+    """An HTML table of already formatted cells."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def config_block(title: str, config: dict) -> str:
+    """A run's configuration as collapsible YAML."""
+    text = html.escape(yaml.safe_dump(config, sort_keys=False))
+    return f"<details><summary>{html.escape(title)}</summary><pre>{text}</pre></details>"
+
+
+def write_page(path: Path, title: str, subtitle: str, body: list[str]) -> Path:
+    """Write a complete HTML document (atomically)."""
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><main><h1>{html.escape(title)}</h1>"
+        f'<div class="subtitle">{html.escape(subtitle)}</div>{"".join(body)}</main></body></html>'
+    )
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return path
+
+
+def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
+    """``report.html`` of one evaluated run."""
+    cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
+    headline = [
+        ("test accuracy", f"{metrics['test_accuracy']:.2%}"),
+        ("test loss", f"{metrics['test_loss']:.4f}"),
+        ("train accuracy", f"{metrics['train_accuracy']:.2%}"),
+        ("overfitting gap", f"{metrics['overfitting_gap']:+.2%}"),
+        ("macro F1", f"{metrics['macro']['f1']:.4f}"),
+        ("ECE → scaled", f"{cal['ece']:.2%} → {scaled['ece']:.2%}"),
+        ("parameters", f"{metrics['parameters']:,}"),
+        ("inference", f"{metrics['inference_images_per_second']:,.0f} img/s"),
+    ]
+    if "tta" in metrics:
+        headline.insert(1, ("test accuracy, flip TTA", f"{metrics['tta']['test_accuracy']:.2%}"))
+    per_class = [
+        [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['accuracy']:.2%}", v["support"]]
+        for name, v in metrics["per_class"].items()
+    ]
+    for average in ("macro", "weighted"):
+        m = metrics[average]
+        per_class.append([f"{average} avg", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", "", ""])
+    calibration = [
+        [label, f"{c['ece']:.4f}", f"{c['mce']:.4f}", f"{c['nll']:.4f}", f"{c['brier']:.4f}"]
+        for label, c in (("before", cal), (f"temperature {metrics['temperature']:.3f}", scaled))
+    ]
+    confused = [[p["true"], p["predicted"], p["count"]] for p in metrics["most_confused"]]
+    captions = {
+        "confusion_matrix": "Confusion matrix (test split)",
+        "reliability": "Reliability diagram, before and after temperature scaling (fitted on the validation split)",
+        "training_curves": "Training curves",
+        "misclassified": "The most confidently misclassified test images (true → predicted, confidence)",
+    }
+    body = [
+        cards(headline),
+        "<h2>Per-class precision, recall and F1</h2>",
+        table(["class", "precision", "recall", "F1", "accuracy", "support"], per_class),
+        "<h2>Calibration</h2>",
+        table(["", "ECE (15 bins)", "MCE", "NLL", "Brier"], calibration),
+        "<h2>Most confused pairs</h2>",
+        table(["true", "predicted", "count"], confused),
+        "<h2>Figures</h2>",
+        *[figure(run_dir / f, captions.get(Path(f).stem, Path(f).stem)) for f in metrics["figures"]],
+        "<h2>Configuration</h2>",
+        config_block("config.yaml", config),
+        config_block(
+            "metrics.json (without the confusion matrix)",
+            {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "reliability", "per_class")},
+        ),
+    ]
+    subtitle = f"{run_dir.name} · {metrics['device']} · {metrics['precision']}"
+    return write_page(run_dir / "report.html", f"{metrics['model']} on CIFAR-10", subtitle, body)
+
+
+def comparison_report(output: Path, runs: list[dict], columns: list, figure_paths: list[Path]) -> Path:
+    """``report.html`` comparing several runs: results table, impact of each step, figures, configs."""
+    from imgclf.report.compare import cell
+
+    rows = [[cell(r, key, fmt) for key, _, fmt in columns] for r in runs]
+    captions = {
+        "curves": "Validation accuracy and loss per epoch",
+        "accuracy_vs_parameters": "Test accuracy vs parameters",
+        "accuracy_vs_time": "Test accuracy vs training time",
+        "per_class_accuracy": "Per-class test accuracy",
+        "reliability": "Reliability diagrams (test split)",
+    }
+    best = max(runs, key=lambda r: r["test_accuracy"])
+    body = [
+        cards([("runs", str(len(runs))), ("best", f"{best['run']}: {best['test_accuracy']:.2%}")]),
+        "<h2>Results</h2>",
+        table([h for _, h, _ in columns], rows, css_class="results"),
+        "<h2>Figures</h2>",
+        *[figure(p, captions.get(p.stem, p.stem)) for p in figure_paths],
+        "<h2>Run configurations</h2>",
+        *[config_block(r["run"], r["config"]) for r in runs],
+        f"<pre>{html.escape(json.dumps([r['path'] for r in runs], indent=1))}</pre>",
+    ]
+    return write_page(output / "report.html", "Model comparison on CIFAR-10", f"{len(runs)} runs", body)

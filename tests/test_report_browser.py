@@ -1,0 +1,65 @@
+"""The HTML reports as users open them: in real headless Chromium (Debian's package, driven by Playwright)."""
+
+import os
+import shutil
+
+import pytest
+
+from imgclf.cli import main
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Chromium (Debian package 'chromium')")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def open_report(browser, path, screenshot):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    failed = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.goto(path.as_uri(), wait_until="load")
+    images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.src.slice(0, 22)])")
+    external = page.eval_on_selector_all(
+        "[src], [href]", "els => els.map(e => e.getAttribute('src') || e.getAttribute('href'))"
+    )
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.read_bytes()[:4] == b"\x89PNG" and screenshot.stat().st_size > 20_000
+    assert not failed
+    assert all(not url.startswith(("http:", "https:", "//")) for url in external), external
+    assert images and all(complete and width > 0 for complete, width, _ in images), images
+    assert all(src == "data:image/png;base64," for _, _, src in images)
+    return page, images
+
+
+def test_comparison_report_renders(browser, evaluated_runs, tmp_path):
+    out = tmp_path / "cmp"
+    runs = [str(evaluated_runs["simple_cnn"]), str(evaluated_runs["resnet20"])]
+    assert main(["compare", *runs, "--output", str(out)]) == 0
+    page, images = open_report(browser, out / "report.html", tmp_path / "comparison.png")
+    assert len(images) == len(list((out / "figures").glob("*.png"))) == 5
+    assert page.locator("table.results tbody tr").count() == 2
+    assert page.locator("table.results tbody tr").first.locator("td").nth(1).inner_text() == "simple_cnn"
+    assert page.title() == "Model comparison on CIFAR-10"
+
+
+def test_evaluation_report_renders(browser, evaluated_runs, tmp_path):
+    run_dir = evaluated_runs["simple_cnn"]
+    page, images = open_report(browser, run_dir / "report.html", tmp_path / "evaluation.png")
+    assert len(images) == 4
+    assert "simple_cnn on CIFAR-10" in page.locator("h1").inner_text()
+    assert page.locator("table").first.locator("tbody tr").count() == 12  # 10 classes + macro + weighted
