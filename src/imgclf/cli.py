@@ -57,12 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_train(args: argparse.Namespace) -> None:
+    from imgclf.evaluation.evaluate import evaluate_run, load_run_config  # imported now: one code version per run
     from imgclf.training.trainer import Trainer, new_run_dir
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
     if args.resume:
-        from imgclf.evaluation.evaluate import load_run_config
-
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)
         allowed = {"progress", "tensorboard", "data_dir", "device", "evaluate"}
@@ -78,8 +77,6 @@ def command_train(args: argparse.Namespace) -> None:
     summary = trainer.fit(resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     if cfg.evaluate:
-        from imgclf.evaluation.evaluate import evaluate_run
-
         print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device), run_dir)
 
 
