@@ -81,4 +81,5 @@ def test_early_stopping_ends_the_run(tmp_path, tiny_options):
 def test_progressive_resizing_needs_a_pooled_head(tmp_path, tiny_options):
     common = ["--epochs", "2", "--progressive-size", "16", *tiny_options]
     assert main(["train", "--name", "vgg", "--model", "vgg10", *common]) == 2
+    assert not (tmp_path / "vgg").exists()  # a run that fails during set-up leaves nothing behind
     assert main(["train", "--name", "resnet", "--model", "resnet20", *common]) == 0

@@ -17,6 +17,7 @@ import yaml
 
 from imgclf.config import TrainConfig, build_config, field_types, load_config_file
 from imgclf.errors import ImgclfError
+from imgclf.training.checkpoint import atomic_write
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +73,11 @@ def command_train(args: argparse.Namespace) -> None:
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, options)
         run_dir = new_run_dir(cfg)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir)  # loads data and builds the model: bad input fails before any file is written
+    if not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_text))
     summary = trainer.fit(resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     if cfg.evaluate:

@@ -66,12 +66,11 @@ def check_input_size(model: nn.Module, name: str, size: int, device: torch.devic
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
-    """A fresh run directory under ``cfg.output``; refuses to overwrite an existing run."""
+    """The path of a new run under ``cfg.output`` (created later, once set-up succeeded); never an existing run."""
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output) / name
     if (run_dir / "config.yaml").exists():
         raise ImgclfError(f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
