@@ -16,7 +16,7 @@ import yaml
 from imgclf.config import TrainConfig
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, ImageSet, load_cifar10, load_train_val
 from imgclf.data.loader import BatchLoader
-from imgclf.device import autocast, describe_device, resolve_precision, select_device
+from imgclf.device import describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluation import plots
 from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
@@ -25,7 +25,7 @@ from imgclf.models import count_parameters, create_model
 from imgclf.report.html import evaluation_report
 from imgclf.training.checkpoint import atomic_write, load_weights
 from imgclf.training.history import read_history
-from imgclf.training.trainer import BEST_WEIGHTS
+from imgclf.training.trainer import BEST_WEIGHTS, predict
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -47,20 +47,19 @@ def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[t
     return model.eval(), cfg
 
 
-@torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module, data: ImageSet, device: torch.device, precision: str, flip_tta: bool = False
+    model: torch.nn.Module,
+    data: ImageSet,
+    device: torch.device,
+    precision: str,
+    flip_tta: bool = False,
+    channels_last: bool = True,
 ) -> np.ndarray:
-    """Logits (N, C) in float32 for every image, averaged with the mirrored image's when ``flip_tta``."""
-    loader = BatchLoader(data, 1000, CIFAR10_MEAN, CIFAR10_STD, device=device)
-    outputs = []
-    for images, _ in loader:
-        with autocast(device, precision):
-            logits = model(images).float()
-            if flip_tta:
-                logits = (logits + model(images.flip(3)).float()) / 2
-        outputs.append(logits.cpu())
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(data.classes)), np.float32)
+    """Logits (N, C) in float32 for every image of ``data`` (see :func:`predict`)."""
+    if not len(data):
+        return np.zeros((0, len(data.classes)), np.float32)
+    loader = BatchLoader(data, 1000, CIFAR10_MEAN, CIFAR10_STD, device=device, channels_last=channels_last)
+    return predict(model, loader, device, precision, flip_tta)[0].cpu().numpy()
 
 
 def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -78,19 +77,20 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     train, val = load_train_val(data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
     classes = train.classes
 
-    train_logits = predict_logits(model, train, dev, precision)
+    train_logits = predict_logits(model, train, dev, precision, channels_last=cfg.channels_last)
     train_labels = train.labels.numpy()
     val_labels = val.labels.numpy()
-    val_logits = predict_logits(model, val, dev, precision) if len(val) else None
+    val_logits = predict_logits(model, val, dev, precision, channels_last=cfg.channels_last) if len(val) else None
     temperature = fit_temperature(val_logits, val_labels) if val_logits is not None else 1.0
 
     test = load_cifar10("test", data_dir, download=cfg.download or None)  # the only read of the test split
     test_labels = test.labels.numpy()
     start = time.perf_counter()
-    test_logits = predict_logits(model, test, dev, precision)
+    test_logits = predict_logits(model, test, dev, precision, channels_last=cfg.channels_last)
     seconds = time.perf_counter() - start
 
     report = classification_metrics(test_logits, test_labels, classes)
+    test_bins = reliability_bins(softmax(test_logits), test_labels)
     train_acc = float((train_logits.argmax(1) == train_labels).mean())
     metrics = {
         "model": cfg.model,
@@ -120,22 +120,28 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         temperature=temperature,
         calibration=calibration_metrics(test_logits, test_labels),
         calibration_temperature_scaled=calibration_metrics(test_logits / temperature, test_labels),
-        reliability={k: v.tolist() for k, v in reliability_bins(softmax(test_logits), test_labels).items()},
+        reliability={k: v.tolist() for k, v in test_bins.items()},
     )
     if tta:
-        tta_logits = predict_logits(model, test, dev, precision, flip_tta=True)
+        tta_logits = predict_logits(model, test, dev, precision, True, cfg.channels_last)
         metrics["tta"] = {
             "test_accuracy": float((tta_logits.argmax(1) == test_labels).mean()),
             "test_loss": mean_loss(tta_logits, test_labels),
         }
-    metrics["figures"] = write_figures(run_dir, cfg, test, test_logits, temperature, report)
+    metrics["figures"] = write_figures(run_dir, cfg, test, test_logits, temperature, report, test_bins)
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     evaluation_report(run_dir, metrics, cfg.to_dict())
     return metrics
 
 
 def write_figures(
-    run_dir: Path, cfg: TrainConfig, test: ImageSet, logits: np.ndarray, temperature: float, report: dict
+    run_dir: Path,
+    cfg: TrainConfig,
+    test: ImageSet,
+    logits: np.ndarray,
+    temperature: float,
+    report: dict,
+    bins: dict[str, np.ndarray],
 ) -> list[str]:
     """Confusion matrix, reliability diagram, training curves and the most confident mistakes, as PNG files."""
     figures = run_dir / "figures"
@@ -145,7 +151,7 @@ def write_figures(
         plots.plot_confusion(np.array(report["confusion_matrix"]), test.classes, figures / "confusion_matrix.png"),
         plots.plot_reliability(
             {
-                "before scaling": reliability_bins(probs, labels),
+                "before scaling": bins,
                 f"temperature {temperature:.2f}": reliability_bins(softmax(logits / temperature), labels),
             },
             figures / "reliability.png",

@@ -34,17 +34,27 @@ LAST_STATE = "checkpoints/last_state.pt"
 
 
 @torch.inference_mode()
+def predict(
+    model: nn.Module, loader: BatchLoader, device: torch.device, precision: str, flip_tta: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and labels of every batch of ``loader``; logits averaged with the mirrored images' when
+    ``flip_tta``."""
+    model.eval()
+    outputs, labels = [], []
+    for images, batch_labels in loader:
+        with autocast(device, precision):
+            logits = model(images).float()
+            if flip_tta:
+                logits = (logits + model(images.flip(3)).float()) / 2
+        outputs.append(logits)
+        labels.append(batch_labels)
+    return torch.cat(outputs), torch.cat(labels)
+
+
 def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> dict:
     """Mean cross-entropy loss and accuracy of ``model`` over ``loader``."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for images, labels in loader:
-        with autocast(device, precision):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        n += len(labels)
-    return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
+    logits, labels = predict(model, loader, device, precision)
+    return {"loss": F.cross_entropy(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
 
 
 def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float, full: int) -> int:
