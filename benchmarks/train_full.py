@@ -1,15 +1,19 @@
-"""Full CIFAR-10 training runs of the from-scratch models, timed end to end (process start to test accuracy).
+"""Full CIFAR-10 training runs of a bundled recipe, timed end to end (process start to test accuracy), cold cache.
 
-    uv run python benchmarks/train_full.py resnet20            # uses configs/resnet20.yaml
+    uv run python benchmarks/train_full.py resnet20            # uses the bundled recipe src/imgclf/configs/resnet20.yaml
     uv run python benchmarks/train_full.py vgg10 --tag try2 -- --epochs 40
 
-Targets (issue 2, 2-core CPU): simple_cnn ≥ 0.75, vgg10 ≥ 0.88, resnet20 ≥ 0.9125 test accuracy, ResNet-20 ≤ 20 min.
+    uv run python benchmarks/train_full.py lite2_224           # transfer: activation cache starts empty
+
+Targets (2-core CPU): simple_cnn ≥ 0.75, vgg10 ≥ 0.88, resnet20 ≥ 0.9125 test accuracy, ResNet-20 ≤ 20 min;
+lite2_224 ≥ 0.960 and lite2_96 ≥ 0.930, each ≤ 60 min.
 Writes benchmarks/results/train_MODEL[_TAG].json.
 """
 
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -23,28 +27,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
+    parser.add_argument("model", help="bundled recipe (src/imgclf/configs/NAME.yaml)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("extra", nargs="*", help="more `imgclf train` flags (after --)")
     args = parser.parse_args()
     name = f"train_{args.model}" + (f"_{args.tag}" if args.tag else "")
     run_dir = ROOT / "benchmarks" / "runs" / f"{name}_seed{args.seed}"
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
+    cache_dir = run_dir.parent / f"cache_{run_dir.name}"
+    for path in (run_dir, cache_dir):  # a cold start: no earlier run, no cached activations
+        if path.exists():
+            shutil.rmtree(path)
     command = [
         "imgclf",
         "train",
         "--config",
-        f"configs/{args.model}.yaml",
+        args.model,
         "--seed",
         str(args.seed),
         "--output",
         str(run_dir.parent),
         "--name",
         run_dir.name,
+        "--cache-dir",
+        str(cache_dir),
         "--no-progress",
         *args.extra,
     ]
@@ -70,6 +76,7 @@ def main() -> None:
         "precision": summary["precision"],
         "config": (run_dir / "config.yaml").read_text(),
         "history": history,
+        "phases": summary.get("phases"),
     }
     print(f"{args.model}: test accuracy {metrics['test_accuracy']:.4f} in {wall / 60:.1f} min wall")
     print("wrote", write_result(name, record))

@@ -1,7 +1,7 @@
 """Command-line entry point: ``imgclf train | evaluate | explore | compare | models``.
 
 imgclf train --model resnet20 --epochs 30              # train, then evaluate on the test split
-imgclf train --config configs/resnet20.yaml --lr 0.1   # YAML file, overridden by flags
+imgclf train --config resnet20 --lr 0.1   # a bundled recipe or YAML file, overridden by flags
 imgclf train --resume runs/resnet20-20261124-151500    # continue an interrupted run
 imgclf evaluate runs/resnet20-20261124-151500
 imgclf models
@@ -13,11 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from imgclf.config import TrainConfig, build_config, field_types, load_config_file
 from imgclf.errors import ImgclfError
-from imgclf.training.checkpoint import atomic_write
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     comp.add_argument("--order", nargs="+", metavar="NAME", help="run or model names in the order of the study")
     comp.add_argument("--output", default="runs/comparison", help="folder for the tables and figures")
+    study = sub.add_parser("study", help="train, evaluate and compare every run of a study preset")
+    study.add_argument("--preset", default="reference", help="bundled preset name or YAML file (default: reference)")
+    study.add_argument("--quick", action="store_true", help="the quick preset: a first look in minutes")
+    study.add_argument("--output", default="runs/study", help="folder of the study's runs and comparison")
+    study.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
+    study.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an option of every run"
+    )
+    study.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
+    study.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("models", help="list the available models with their parameter counts")
     return parser
 
 
 def command_train(args: argparse.Namespace) -> None:
     from imgclf.evaluation.evaluate import evaluate_run, load_run_config  # imported now: one code version per run
-    from imgclf.training.trainer import Trainer, new_run_dir
+    from imgclf.training.run import train_run
+    from imgclf.training.trainer import new_run_dir
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
     if args.resume:
@@ -73,12 +81,7 @@ def command_train(args: argparse.Namespace) -> None:
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, options)
         run_dir = new_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir)  # loads data and builds the model: bad input fails before any file is written
-    if not args.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_text))
-    summary = trainer.fit(resume=bool(args.resume))
+    summary = train_run(cfg, run_dir, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     if cfg.evaluate:
         print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device), run_dir)
@@ -123,6 +126,21 @@ def command_compare(args: argparse.Namespace) -> None:
     print(f"results.md, results.csv, results.html and figures written to {args.output}")
 
 
+def command_study(args: argparse.Namespace) -> None:
+    from imgclf.study import parse_overrides, run_study
+
+    overrides = parse_overrides(args.set)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.no_progress:
+        overrides["progress"] = False
+    preset = "quick" if args.quick else args.preset
+    record = run_study(preset, args.output, overrides, tta=args.tta)
+    comparison = Path(args.output) / "comparison"
+    print((comparison / "results.md").read_text(), end="")
+    print(f"study finished in {record['wall_seconds'] / 60:.1f} min; report: {comparison / 'report.html'}")
+
+
 def command_models(args: argparse.Namespace) -> None:
     from imgclf.models import MODELS, count_parameters, create_model
 
@@ -136,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
-        commands.update(compare=command_compare, models=command_models)
+        commands.update(compare=command_compare, models=command_models, study=command_study)
         commands[args.command](args)
     except ImgclfError as exc:
         print(f"imgclf: error: {exc}", file=sys.stderr)

@@ -19,8 +19,8 @@ def option(default, help: str, choices: tuple | None = None):
 class TrainConfig:
     """Everything that defines a training run; saved as ``config.yaml`` in the run directory."""
 
-    model: str = option("resnet20", "network to train (see `imgclf models`)")
-    epochs: int = option(30, "number of training epochs")
+    model: str = option("resnet20", "network to train: an imgclf model or any timm model name (see `imgclf models`)")
+    epochs: int = option(30, "number of training epochs (transfer learning: of phase 2, fine-tuning)")
     batch_size: int = option(256, "images per optimizer step")
     optimizer: str = option("sgd", "optimizer: SGD with Nesterov momentum, or AdamW", ("sgd", "adamw"))
     lr: float = option(0.2, "peak learning rate")
@@ -30,6 +30,17 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
+    pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")
+    weights: str | None = option(None, "timm models: local ImageNet weights file (.safetensors or .pth) to start from")
+    img_size: int = option(0, "timm models: side the 32×32 images are resized to (0: the backbone's native side)")
+    dropout: float = option(0.2, "timm models: dropout before the new classifier")
+    head_epochs: int = option(0, "timm models: phase 1 epochs, training only the new head on the frozen backbone")
+    head_lr: float = option(1e-3, "timm models: peak learning rate of phase 1")
+    unfreeze: str = option("0.25", "timm models: layers fine-tuned in phase 2: a count N, a fraction like 0.25, or all")
+    layer_decay: float = option(1.0, "timm models: discriminative learning rates, each earlier layer's rate × this")
+    cache: bool = option(True, "timm models: train on frozen-backbone activations computed once and cached on disk")
+    cache_dir: str | None = option(None, "folder of the activation cache (default: ~/.cache/imgclf/activations)")
+    compile: bool = option(True, "compile the frozen backbone with torch.compile while caching (CPU)")
     augment: str = option(
         "fast",
         "augmentation: crop+flip (fast), the reference's Keras recipe, or none",
@@ -63,19 +74,33 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise a one-line error for the first invalid value."""
         from imgclf.models import MODELS
+        from imgclf.models.backbones import is_timm_model, unfrozen_units
 
-        if self.model not in MODELS:
-            raise ImgclfError(f"unknown model '{self.model}' (available: {', '.join(MODELS)})")
+        if self.model not in MODELS and not is_timm_model(self.model):
+            raise ImgclfError(
+                f"unknown model '{self.model}' (imgclf models: {', '.join(MODELS)}; or any timm model name)"
+            )
+        if self.model in MODELS:
+            transfer = ("pretrained", "weights", "img_size", "head_epochs")
+            if used := [n for n in transfer if getattr(self, n)]:
+                raise ImgclfError(f"--{used[0].replace('_', '-')} applies to timm models, not '{self.model}'")
+        unfrozen_units(self.unfreeze, 1)  # validates the spelling
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ImgclfError(f"invalid {f.name} '{value}' (choose from: {', '.join(choices)})")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ImgclfError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ImgclfError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.epochs < 0 or (self.epochs == 0 and not self.head_epochs):
+            raise ImgclfError(f"epochs must be a positive integer, got {self.epochs}")
         for name in (
             "lr",
+            "head_lr",
+            "head_epochs",
+            "img_size",
+            "dropout",
+            "layer_decay",
             "weight_decay",
             "warmup_epochs",
             "label_smoothing",
@@ -86,6 +111,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise ImgclfError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.dropout >= 1:
+            raise ImgclfError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             raise ImgclfError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.progressive_fraction <= 1:
@@ -95,6 +122,13 @@ class TrainConfig:
         if self.val_fraction == 0 and (self.early_stopping or self.reduce_lr_patience):
             raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (val_fraction > 0)")
         return self
+
+    @property
+    def is_transfer(self) -> bool:
+        """True when the model is a timm backbone rather than an imgclf network built from scratch."""
+        from imgclf.models import MODELS
+
+        return self.model not in MODELS
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,11 +160,27 @@ def coerce(key: str, value, source: str):
     raise ImgclfError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}")
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    """Names of the recipes shipped with imgclf (``--config resnet20``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file's path: an existing file, or the name of a bundled recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    raise ImgclfError(f"config file not found: {path} (bundled recipes: {', '.join(bundled_configs())})")
+
+
 def load_config_file(path: str | Path) -> dict:
-    """Read a YAML file of config keys, rejecting unknown keys and wrong types with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImgclfError(f"config file not found: {path}")
+    """Read a YAML file (or bundled recipe) of config keys, rejecting unknown keys and wrong types in one line."""
+    path = config_path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -58,3 +58,47 @@ class BatchLoader:
                 images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
             images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield images, self.labels[idx]
+
+
+class ActivationLoader:
+    """Iterate (activations, labels) batches of cached backbone activations; with ``mirrored`` given, each sample of
+    each epoch is drawn from the original or the mirrored image's activations at random (flip augmentation)."""
+
+    def __init__(
+        self,
+        activations: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mirrored: torch.Tensor | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+    ) -> None:
+        self.activations, self.mirrored, self.labels = activations, mirrored, labels
+        self.batch_size, self.shuffle, self.drop_last, self.seed, self.epoch = batch_size, shuffle, drop_last, seed, 0
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last and activations.ndim == 4 else torch.contiguous_format
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffling and flip randomness of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        flips = torch.rand(n, generator=generator) < 0.5 if self.mirrored is not None else None
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = self.activations[idx]
+            if flips is not None:
+                use = flips[idx]
+                batch[use] = self.mirrored[idx[use]]
+            batch = batch.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield batch, self.labels[idx].to(self.device)

@@ -26,6 +26,7 @@ from imgclf.report.html import evaluation_report
 from imgclf.training.checkpoint import atomic_write, load_weights
 from imgclf.training.history import read_history
 from imgclf.training.trainer import BEST_WEIGHTS, predict
+from imgclf.training.transfer import TransferModel, build_transfer_model, transfer_logits
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -36,15 +37,45 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig(**yaml.safe_load(path.read_text()))
 
 
-def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """The run's selected (best-validation) model, in eval mode on ``device``."""
+def load_run_model(
+    run_dir: Path, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module | TransferModel, TrainConfig]:
+    """The run's selected (best-validation) model, in eval mode on ``device``: an imgclf network, or a timm network
+    with its frozen/trainable split for transfer runs."""
     cfg = load_run_config(run_dir)
+    if cfg.is_transfer:
+        tm = build_transfer_model(cfg, 10, pretrained=False)
+        load_weights(Path(run_dir) / BEST_WEIGHTS, tm.network)
+        tm.network.to(device).eval()
+        if cfg.channels_last:
+            tm.network.to(memory_format=torch.channels_last)
+        return tm, cfg
     model = create_model(cfg.model)
     load_weights(Path(run_dir) / BEST_WEIGHTS, model)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), cfg
+
+
+def run_logits(
+    model: torch.nn.Module | TransferModel,
+    cfg: TrainConfig,
+    data: ImageSet,
+    device: torch.device,
+    precision: str,
+    flip_tta: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Logits (N, C) of a run's model for ``data``; transfer models go through the activation cache."""
+    if not isinstance(model, TransferModel):
+        return predict_logits(model, data, device, precision, flip_tta, cfg.channels_last)
+    if not len(data):
+        return np.zeros((0, len(data.classes)), np.float32)
+    logits = transfer_logits(cfg, model, data, device, precision, desc=desc)
+    if flip_tta:
+        logits = (logits + transfer_logits(cfg, model, data, device, precision, flip=True, desc=desc)) / 2
+    return logits.cpu().numpy()
 
 
 def predict_logits(
@@ -77,19 +108,22 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     train, val = load_train_val(data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
     classes = train.classes
 
-    train_logits = predict_logits(model, train, dev, precision, channels_last=cfg.channels_last)
+    train_logits = run_logits(model, cfg, train, dev, precision, desc="train")
     train_labels = train.labels.numpy()
     val_labels = val.labels.numpy()
-    val_logits = predict_logits(model, val, dev, precision, channels_last=cfg.channels_last) if len(val) else None
+    val_logits = run_logits(model, cfg, val, dev, precision, desc="val") if len(val) else None
     temperature = fit_temperature(val_logits, val_labels) if val_logits is not None else 1.0
 
     test = load_cifar10("test", data_dir, download=cfg.download or None)  # the only read of the test split
     test_labels = test.labels.numpy()
     start = time.perf_counter()
-    test_logits = predict_logits(model, test, dev, precision, channels_last=cfg.channels_last)
+    test_logits = run_logits(model, cfg, test, dev, precision, desc="test")
     seconds = time.perf_counter() - start
 
     report = classification_metrics(test_logits, test_labels, classes)
+    network = model.network if isinstance(model, TransferModel) else model
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     test_bins = reliability_bins(softmax(test_logits), test_labels)
     train_acc = float((train_logits.argmax(1) == train_labels).mean())
     metrics = {
@@ -100,8 +134,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         "train_loss": mean_loss(train_logits, train_labels),
         "overfitting_gap": train_acc - report["accuracy"],
         "test_images": len(test),
-        "parameters": count_parameters(model),
-        "trainable_parameters": count_parameters(model, trainable_only=True),
+        "parameters": count_parameters(network),
+        "trainable_parameters": summary.get("trainable_parameters", count_parameters(network)),
         "model_bytes": (run_dir / BEST_WEIGHTS).stat().st_size,
         "inference_images_per_second": len(test) / seconds,
         "device": describe_device(dev),
@@ -123,7 +157,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         reliability={k: v.tolist() for k, v in test_bins.items()},
     )
     if tta:
-        tta_logits = predict_logits(model, test, dev, precision, True, cfg.channels_last)
+        tta_logits = run_logits(model, cfg, test, dev, precision, flip_tta=True, desc="test")
         metrics["tta"] = {
             "test_accuracy": float((tta_logits.argmax(1) == test_labels).mean()),
             "test_loss": mean_loss(tta_logits, test_labels),

@@ -8,19 +8,36 @@ from imgclf.errors import ImgclfError
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed group (matrices, kernels) and an undecayed one (norms, biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[int, float] | None = None) -> list[dict]:
+    """Split trainable parameters into decayed (matrices, kernels) and undecayed (norms, biases) groups, one pair per
+    learning-rate scale; ``lr_scales`` maps ``id(parameter)`` to its scale (default 1)."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            scale = (lr_scales or {}).get(id(p), 1.0)
+            groups.setdefault((p.ndim > 1, scale), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][1], not kv[0][0]))
+    ]
+
+
+def layer_lr_scales(layers: list[nn.Module], decay: float) -> dict[int, float]:
+    """Discriminative learning rates: the last layer's parameters get scale 1, each earlier layer ``decay`` times
+    its successor's."""
+    return {id(p): decay ** (len(layers) - 1 - i) for i, layer in enumerate(layers) for p in layer.parameters()}
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    lr_scales: dict[int, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, or AdamW."""
-    groups = param_groups(model, weight_decay)
+    """SGD with Nesterov momentum, or AdamW; each group's ``lr_scale`` multiplies the scheduled rate."""
+    groups = param_groups(model, weight_decay, lr_scales)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":

@@ -87,36 +87,39 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 class Trainer:
     """Trains ``cfg.model`` on CIFAR-10 into ``run_dir``."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        model: nn.Module | None = None,
+        loaders: tuple | None = None,
+        lr_scales: dict[int, float] | None = None,
+        freeze_batchnorm: bool = False,
+        label: str | None = None,
+    ) -> None:
+        """Build data and model from ``cfg``, or train the given ``model`` on the given (train, val) ``loaders``."""
+        self.cfg, self.run_dir, self.label = cfg, run_dir, label or cfg.model
         self.device = select_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.freeze_batchnorm = freeze_batchnorm
         torch.manual_seed(cfg.seed)
-        train, val = load_train_val(cfg.data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
-        self.classes = train.classes
-        common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=self.device, channels_last=cfg.channels_last)
-        self.train_loader = BatchLoader(
-            train,
-            cfg.batch_size,
-            augment=cfg.augment,
-            cutout=cfg.cutout,
-            shuffle=True,
-            drop_last=len(train) >= 2 * cfg.batch_size,
-            seed=cfg.seed,
-            **common,
-        )
-        self.val_loader = BatchLoader(val, 1024, **common) if len(val) else None
-        self.num_train, self.num_val = len(train), len(val)
+        if loaders is None:
+            loaders = self.cifar_loaders()
+        self.train_loader, self.val_loader = loaders
+        self.num_train = len(self.train_loader.labels)
+        self.num_val = len(self.val_loader.labels) if self.val_loader is not None else 0
 
-        self.model = create_model(cfg.model, num_classes=len(self.classes)).to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.progressive_size:
-            check_input_size(self.model, cfg.model, cfg.progressive_size, self.device)
+        if model is None:
+            model = create_model(cfg.model, num_classes=len(self.classes)).to(self.device)
+            if cfg.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            if cfg.progressive_size:
+                check_input_size(model, cfg.model, cfg.progressive_size, self.device)
+        self.model = model
         self.ema = None
         if cfg.ema_decay:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, lr_scales)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
@@ -126,6 +129,24 @@ class Trainer:
         # without a validation split the last epoch is the selected model
         self.best = BestCheckpoint(run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"}))
         self.epoch, self.step, self.train_seconds = 0, 0, 0.0
+
+    def cifar_loaders(self) -> tuple[BatchLoader, BatchLoader | None]:
+        """Augmented training batches and validation batches of CIFAR-10, split as ``cfg`` says."""
+        cfg = self.cfg
+        train, val = load_train_val(cfg.data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
+        self.classes = train.classes
+        common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=self.device, channels_last=cfg.channels_last)
+        train_loader = BatchLoader(
+            train,
+            cfg.batch_size,
+            augment=cfg.augment,
+            cutout=cfg.cutout,
+            shuffle=True,
+            drop_last=len(train) >= 2 * cfg.batch_size,
+            seed=cfg.seed,
+            **common,
+        )
+        return train_loader, BatchLoader(val, 1024, **common) if len(val) else None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -137,17 +158,22 @@ class Trainer:
         cfg = self.cfg
         lr = cfg.lr * lr_multiplier(cfg.schedule, self.step, self.total_steps, self.warmup_steps) * self.plateau.scale
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def train_epoch(self, bar: tqdm) -> dict:
         """One pass over the training split; returns mean loss and accuracy on the augmented batches."""
         self.model.train()
+        if self.freeze_batchnorm:  # transfer learning keeps BatchNorm in inference mode, statistics untouched
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.epoch)  # dropout randomness of this epoch
         self.train_loader.set_epoch(self.epoch)
-        self.train_loader.image_size = progressive_image_size(
-            self.epoch, self.cfg.epochs, self.cfg.progressive_size, self.cfg.progressive_fraction, full=32
-        )
+        if self.cfg.progressive_size:
+            self.train_loader.image_size = progressive_image_size(
+                self.epoch, self.cfg.epochs, self.cfg.progressive_size, self.cfg.progressive_fraction, full=32
+            )
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
@@ -218,7 +244,7 @@ class Trainer:
             history.truncate(0)
         params = count_parameters(self.model)
         tqdm.write(
-            f"{cfg.model}: {params:,} parameters | {self.num_train:,} train / {self.num_val:,} val images | "
+            f"{self.label}: {params:,} parameters ({count_parameters(self.model, trainable_only=True):,} trainable) | {self.num_train:,} train / {self.num_val:,} val images | "
             f"{describe_device(self.device)}, {self.precision} | run dir {self.run_dir}"
         )
         bar = tqdm(
@@ -263,7 +289,7 @@ class Trainer:
             bar.close()
             history.close()
         summary = {
-            "model": cfg.model,
+            "model": self.label,
             "parameters": params,
             "trainable_parameters": count_parameters(self.model, trainable_only=True),
             "epochs_run": self.epoch,
