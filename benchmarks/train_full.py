@@ -1,6 +1,6 @@
 """Full CIFAR-10 training runs of a bundled recipe, timed end to end (process start to test accuracy), cold cache.
 
-    uv run python benchmarks/train_full.py resnet20            # uses the bundled recipe src/imgclf/configs/resnet20.yaml
+    uv run python benchmarks/train_full.py resnet20            # bundled recipe src/imgclf/configs/resnet20.yaml
     uv run python benchmarks/train_full.py vgg10 --tag try2 -- --epochs 40
 
     uv run python benchmarks/train_full.py lite2_224           # transfer: activation cache starts empty

@@ -28,7 +28,9 @@ def test_models_lists_names_with_parameter_counts():
     result = imgclf("models")
     assert result.returncode == 0
     assert "resnet20" in result.stdout and "269,722" in result.stdout
-    assert len(result.stdout.strip().splitlines()) == 5
+    lines = result.stdout.strip().splitlines()
+    assert sum("parameters" in line for line in lines) == 8
+    assert any("tf_efficientnet_lite2" in line and "4,8" in line for line in lines), lines
 
 
 def test_unknown_model(tmp_path):

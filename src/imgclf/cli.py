@@ -143,9 +143,15 @@ def command_study(args: argparse.Namespace) -> None:
 
 def command_models(args: argparse.Namespace) -> None:
     from imgclf.models import MODELS, count_parameters, create_model
+    from imgclf.models.backbones import LITE_PACKAGES, create_backbone, package_weights_path
 
+    print("from scratch:")
     for name in MODELS:
-        print(f"{name:<12} {count_parameters(create_model(name)):>12,} parameters")
+        print(f"  {name:<24} {count_parameters(create_model(name)):>12,} parameters")
+    print("ImageNet backbones with installed weights (--pretrained works offline; any other timm name downloads):")
+    for name in LITE_PACKAGES:
+        if package_weights_path(name) is not None:
+            print(f"  {name:<24} {count_parameters(create_backbone(name, 10)):>12,} parameters (10 classes)")
 
 
 def main(argv: list[str] | None = None) -> int:

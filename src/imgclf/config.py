@@ -53,6 +53,7 @@ class TrainConfig:
     progressive_fraction: float = option(0.5, "fraction of the epochs over which the image side ramps up to full size")
     val_fraction: float = option(0.1, "fraction of the 50,000 training images held out for validation")
     train_subset: int = option(0, "train on only the first N images of the training split (0: all); for quick tests")
+    test_subset: int = option(0, "evaluate on only the first N test images (0: all); for quick tests")
     seed: int = option(0, "random seed for initialisation, split, shuffling and augmentation")
     precision: str = option(
         "auto", "numeric precision: bf16 autocast where native, else fp32", ("auto", "bf16", "fp32")
@@ -106,6 +107,7 @@ class TrainConfig:
             "label_smoothing",
             "cutout",
             "train_subset",
+            "test_subset",
             "early_stopping",
             "reduce_lr_patience",
         ):

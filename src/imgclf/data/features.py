@@ -43,7 +43,7 @@ def module_digest(module: nn.Module) -> str:
 def resize_normalise(
     images: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = True
 ) -> torch.Tensor:
-    """uint8 (N, 3, h, w) images as float input for a backbone: antialiased resize to ``size``, then (x - mean) / std."""
+    """uint8 (N, 3, h, w) images as backbone input: antialiased resize to ``size``, then (x - mean) / std."""
     x = images.float() / 255
     if size and size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

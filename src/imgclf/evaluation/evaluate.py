@@ -115,6 +115,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     temperature = fit_temperature(val_logits, val_labels) if val_logits is not None else 1.0
 
     test = load_cifar10("test", data_dir, download=cfg.download or None)  # the only read of the test split
+    if cfg.test_subset:
+        test = test.subset(torch.arange(min(cfg.test_subset, len(test))))
     test_labels = test.labels.numpy()
     start = time.perf_counter()
     test_logits = run_logits(model, cfg, test, dev, precision, desc="test")

@@ -242,9 +242,10 @@ class Trainer:
             history.truncate(self.epoch)
         elif resume:
             history.truncate(0)
-        params = count_parameters(self.model)
+        params, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
         tqdm.write(
-            f"{self.label}: {params:,} parameters ({count_parameters(self.model, trainable_only=True):,} trainable) | {self.num_train:,} train / {self.num_val:,} val images | "
+            f"{self.label}: {params:,} parameters ({trainable:,} trainable) | "
+            f"{self.num_train:,} train / {self.num_val:,} val images | "
             f"{describe_device(self.device)}, {self.precision} | run dir {self.run_dir}"
         )
         bar = tqdm(

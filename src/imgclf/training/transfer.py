@@ -14,6 +14,7 @@ the whole network on augmented, resized images: the path for GPUs.
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -96,11 +97,14 @@ class ImageModel(nn.Module):
 
 
 @torch.inference_mode()
-def pooled_features(tail: FeatureTail, activations: torch.Tensor, device, precision, batch_size: int = 512):
+def pooled_features(
+    tail: FeatureTail, activations: torch.Tensor, device, precision, batch_size: int = 512, progress: bool = True
+) -> torch.Tensor:
     """Pooled features of the frozen tail over cached ``activations`` (phase 1 trains only the classifier on them)."""
     tail.eval()
     out = []
-    for start in range(0, len(activations), batch_size):
+    steps = range(0, len(activations), batch_size)
+    for start in tqdm(steps, desc="pooled features", unit="batch", disable=not progress or len(tail.units) == 0):
         x = (
             activations[start : start + batch_size]
             .to(device, torch.float32)
@@ -199,13 +203,18 @@ class TransferTrainer:
         cfg, tm = self.cfg, self.tm
         summaries = {}
         head = tm.network.get_classifier()
+        start = time.perf_counter()
         acts = self.cached_activations() if self.use_cache else None
+        cache_seconds = time.perf_counter() - start
         if cfg.head_epochs:
             if self.use_cache:
                 feats = {
-                    k: pooled_features(tm.tail, v, self.device, self.precision) if v is not None else None
+                    k: pooled_features(tm.tail, v, self.device, self.precision, progress=cfg.progress)
+                    if v is not None
+                    else None
                     for k, v in acts.items()
                 }
+                cache_seconds = time.perf_counter() - start  # caching and pooled features: training cost too
                 model = nn.Sequential(tm.tail.dropout, head)
                 loaders = self.activation_loaders(feats, cfg.batch_size)
             else:
@@ -229,7 +238,8 @@ class TransferTrainer:
             "model": cfg.model,
             "parameters": count_parameters(tm.network),
             "epochs_run": sum(s["epochs_run"] for s in summaries.values()),
-            "train_seconds": sum(s["train_seconds"] for s in summaries.values()),
+            "cache_seconds": cache_seconds,
+            "train_seconds": cache_seconds + sum(s["train_seconds"] for s in summaries.values()),
             "image_size": tm.image_size,
             "phases": summaries,
         }

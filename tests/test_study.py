@@ -1,0 +1,56 @@
+"""`imgclf study`: the quick preset end to end on a tiny slice, continuing a finished study, bad presets."""
+
+import json
+
+import pytest
+
+from imgclf.cli import main
+from imgclf.errors import ImgclfError
+from imgclf.study import parse_overrides, study_configs
+
+TINY = ["train_subset=64", "test_subset=64", "epochs=1", "head_epochs=1", "batch_size=32", "tensorboard=false"]
+
+
+def study_args(output, data_dir, cache_dir, *extra: str) -> list[str]:
+    sets = [a for pair in [*TINY, f"cache_dir={cache_dir}"] for a in ("--set", pair)]
+    return ["study", "--quick", "--output", str(output), "--data-dir", str(data_dir), "--no-progress", *sets, *extra]
+
+
+def test_quick_study_trains_evaluates_and_compares_every_run(data_dir, tmp_path, capsys):
+    output = tmp_path / "study"
+    assert main(study_args(output, data_dir, tmp_path / "cache")) == 0
+    record = json.loads((output / "study.json").read_text())
+    names = ["simple_cnn", "vgg10", "resnet20", "transfer_96", "transfer_224"]
+    assert list(record["runs"]) == names
+    assert all(run["status"] == "trained" and 0 <= run["test_accuracy"] <= 1 for run in record["runs"].values())
+    metrics = json.loads((output / "transfer_224" / "metrics.json").read_text())
+    assert metrics["test_images"] == 64 and metrics["model"] == "tf_efficientnet_lite2"
+    assert (output / "transfer_96" / "phase1" / "best.safetensors").is_file()
+    rows = [line for line in (output / "comparison" / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == names
+    assert (output / "comparison" / "report.html").stat().st_size > 10_000
+    assert "study finished" in capsys.readouterr().out
+
+    # a second call keeps every finished run instead of training it again
+    assert main(study_args(output, data_dir, tmp_path / "cache")) == 0
+    record = json.loads((output / "study.json").read_text())
+    assert all(run["status"] == "kept" for run in record["runs"].values())
+
+    # the same folder with other options is refused, nothing overwritten
+    assert main(study_args(output, data_dir, tmp_path / "cache", "--set", "seed=7")) == 2
+    assert "holds a run with other options" in capsys.readouterr().err
+
+
+def test_study_presets_and_overrides_are_checked(tmp_path):
+    configs = study_configs("reference", tmp_path, {})
+    assert [c.model for c in configs.values()][:3] == ["simple_cnn", "vgg10", "resnet20"]
+    assert {configs["transfer_96"].img_size, configs["transfer_224"].img_size} == {96, 224}
+    # transfer-only overrides leave the from-scratch runs alone
+    configs = study_configs("quick", tmp_path, parse_overrides(["img_size=128"]))
+    assert configs["resnet20"].img_size == 0 and configs["transfer_224"].img_size == 128
+    with pytest.raises(ImgclfError, match="study preset not found"):
+        study_configs("nonexistent", tmp_path, {})
+    with pytest.raises(ImgclfError, match="--set expects KEY=VALUE"):
+        parse_overrides(["bogus=1"])
+    with pytest.raises(ImgclfError, match="must be int"):
+        parse_overrides(["epochs=many"])

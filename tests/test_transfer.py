@@ -1,0 +1,248 @@
+"""Transfer learning: real ImageNet weights, freezing, the activation cache, bad backbones and weights files."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from imgclf.config import TrainConfig
+from imgclf.data.cifar import ImageSet
+from imgclf.data.features import ActivationCache, resize_normalise
+from imgclf.errors import ImgclfError
+from imgclf.models import count_parameters
+from imgclf.models.backbones import (
+    backbone_units,
+    create_backbone,
+    package_weights_path,
+    split_backbone,
+    unfrozen_units,
+)
+from imgclf.training.transfer import TransferTrainer, build_transfer_model
+
+
+def imagenet_top1(model: torch.nn.Module, image: np.ndarray, size: int) -> str:
+    from timm.data import ImageNetInfo
+
+    x = resize_normalise(torch.from_numpy(image).permute(2, 0, 1)[None], size, (0.5,) * 3, (0.5,) * 3)
+    with torch.no_grad():
+        index = model.eval()(x).argmax(1).item()
+    return ImageNetInfo().index_to_description(index)
+
+
+@pytest.mark.parametrize("name,size", [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite2", 260)])
+def test_installed_weights_are_imagenet_weights(name, size):
+    """The scikit-image cat and espresso photos get their ImageNet labels from the offline weights."""
+    skimage_data = pytest.importorskip("skimage.data")
+    model = create_backbone(name, num_classes=1000, pretrained=True)
+    # create_backbone gives a new (zeroed) head; the ImageNet classifier is in the weights file itself
+    from imgclf.models.backbones import lukemelas_to_timm, read_weights_file
+
+    model.load_state_dict(lukemelas_to_timm(read_weights_file(package_weights_path(name))))
+    assert imagenet_top1(model, skimage_data.chelsea(), size) in ("Egyptian cat", "tabby, tabby cat", "tiger cat")
+    assert imagenet_top1(model, skimage_data.coffee(), size) == "espresso"
+
+
+def test_lite2_names_the_cat_egyptian_cat():
+    skimage_data = pytest.importorskip("skimage.data")
+    from imgclf.models.backbones import lukemelas_to_timm, read_weights_file
+
+    model = create_backbone("tf_efficientnet_lite2", num_classes=1000)
+    model.load_state_dict(lukemelas_to_timm(read_weights_file(package_weights_path("tf_efficientnet_lite2"))))
+    assert imagenet_top1(model, skimage_data.chelsea(), 260) == "Egyptian cat"
+
+
+def test_pretrained_backbone_gets_weights_and_a_new_zero_head():
+    plain = create_backbone("tf_efficientnet_lite0", 10)
+    pretrained = create_backbone("tf_efficientnet_lite0", 10, pretrained=True)
+    assert not torch.equal(plain.conv_stem.weight, pretrained.conv_stem.weight)
+    assert pretrained.classifier.out_features == 10 and not pretrained.classifier.weight.any()
+
+
+def test_efficientnetv2_b0_builds_and_loads_a_local_weights_file(tmp_path):
+    """The reference backbone: 7.14M parameters at 1000 classes; a local file loads through the same mechanism."""
+    source = create_backbone("tf_efficientnetv2_b0", 1000)
+    assert count_parameters(source) == 7_139_704
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    for ext in ("safetensors", "pth"):
+        path = tmp_path / f"v2b0.{ext}"
+        if ext == "safetensors":
+            save_file(state, str(path))
+        else:
+            torch.save({"state_dict": state}, path)
+        model = create_backbone("tf_efficientnetv2_b0", 10, weights=str(path))
+        assert torch.equal(model.conv_stem.weight, state["conv_stem.weight"])
+        assert torch.equal(model.blocks[5][7].conv_pwl.weight, state["blocks.5.7.conv_pwl.weight"])
+        assert model.classifier.out_features == 10
+
+
+def test_bad_backbones_and_weights_give_one_line_errors(tmp_path):
+    with pytest.raises(ImgclfError, match="unknown model 'efficientnet_b99'"):
+        create_backbone("efficientnet_b99", 10)
+    with pytest.raises(ImgclfError, match="weights file not found"):
+        create_backbone("tf_efficientnet_lite0", 10, weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ImgclfError, match="do not fit tf_efficientnet_lite2"):
+        create_backbone("tf_efficientnet_lite2", 10, weights=str(package_weights_path("tf_efficientnet_lite0")))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ImgclfError, match="cannot read weights file"):
+        create_backbone("tf_efficientnet_lite0", 10, weights=str(corrupt))
+
+
+def test_unfreeze_specs():
+    assert unfrozen_units("0.25", 23) == 6
+    assert unfrozen_units("3", 23) == 3
+    assert unfrozen_units("all", 23) == 23
+    assert unfrozen_units("0", 23) == 0
+    with pytest.raises(ImgclfError, match="--unfreeze"):
+        unfrozen_units("half", 23)
+
+
+@pytest.mark.parametrize("unfreeze", ["0", "0.25", "5"])
+def test_split_composes_to_the_whole_network(unfreeze):
+    model = create_backbone("tf_efficientnet_lite0", 10, pretrained=True).eval()
+    torch.nn.init.normal_(model.classifier.weight)
+    prefix, tail = split_backbone(model, unfreeze)
+    assert len(tail.units) == unfrozen_units(unfreeze, len(backbone_units(model)))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tail.eval()(prefix(x)), model(x), rtol=1e-4, atol=1e-4)
+
+
+def tiny_transfer_config(data_dir, tmp_path, **overrides) -> TrainConfig:
+    options = dict(
+        model="tf_efficientnet_lite0",
+        pretrained=True,
+        img_size=64,
+        head_epochs=1,
+        epochs=1,
+        unfreeze="3",
+        optimizer="adamw",
+        lr=1e-3,
+        batch_size=32,
+        train_subset=64,
+        data_dir=str(data_dir),
+        output=str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+        tensorboard=False,
+    )
+    return TrainConfig(**{**options, **overrides}).validate()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_freezing_really_freezes(data_dir, tmp_path, cache):
+    """Two phases change only the head and the unfrozen layers; no BatchNorm statistic moves (cached activations
+    or the whole network on images)."""
+    cfg = tiny_transfer_config(data_dir, tmp_path, cache=cache)
+    trainer = TransferTrainer(cfg, tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.tm.network.state_dict().items()}
+    prefix_names = {n for n, _ in trainer.tm.network.named_parameters()} - {
+        n for n, _ in trainer.tm.network.named_parameters() if any(p is _ for p in trainer.tm.tail.parameters())
+    }
+    summary = trainer.fit()
+    after = trainer.tm.network.state_dict()
+    tail_ids = {id(p) for p in trainer.tm.tail.parameters()}
+    for name, param in trainer.tm.network.named_parameters():
+        if id(param) not in tail_ids:
+            assert torch.equal(before[name], after[name]), f"frozen {name} changed"
+            assert param.grad is None, f"frozen {name} got a gradient"
+    assert prefix_names and all(torch.equal(before[n], after[n]) for n in prefix_names)
+    for name in before:
+        if "running_mean" in name or "running_var" in name:
+            assert torch.equal(before[name], after[name]), f"BatchNorm statistic {name} changed"
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert not torch.equal(before["conv_head.weight"], after["conv_head.weight"])  # unfrozen in phase 2
+    phases = summary["phases"]
+    assert phases["phase1"]["trainable_parameters"] == 1280 * 10 + 10
+    assert phases["phase1"]["trainable_parameters"] < phases["phase2"]["trainable_parameters"]
+    assert phases["phase2"]["total_parameters"] == count_parameters(trainer.tm.network)
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    assert [row["phase"] for row in map(eval_json, (tmp_path / "run" / "history.jsonl").read_text().splitlines())] == [
+        1,
+        2,
+    ]
+
+
+def eval_json(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def test_activation_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, cifar_train):
+    data = cifar_train.subset(torch.arange(12))
+    cfg = TrainConfig(model="tf_efficientnet_lite0", pretrained=True, unfreeze="0.25")
+    device = torch.device("cpu")
+
+    def cache(name="tf_efficientnet_lite0", size=48, weights=None):
+        tm = build_transfer_model(dataclasses.replace(cfg, model=name, weights=weights), 10)
+        return ActivationCache(tmp_path, tm.prefix, size, tm.mean, tm.std, device, "fp32", 8, progress=False)
+
+    first = cache()
+    acts = first.get(data)
+    assert (first.hits, first.misses) == (0, 1) and acts.dtype == torch.bfloat16 and len(acts) == 12
+    again = cache()
+    torch.testing.assert_close(again.get(data), acts, rtol=0, atol=0)
+    assert (again.hits, again.misses) == (1, 0)
+    mirrored = again.get(data, flip=True)
+    assert again.misses == 1 and not torch.equal(mirrored, acts)
+
+    for changed in (cache(size=64), cache(name="tf_efficientnet_lite1")):
+        changed.get(data)
+        assert (changed.hits, changed.misses) == (0, 1)
+    # other weights (a modified copy of the installed file) rebuild the cache too
+    from imgclf.models.backbones import read_weights_file
+
+    state = read_weights_file(package_weights_path("tf_efficientnet_lite0"))
+    state["_conv_stem.weight"] = state["_conv_stem.weight"] * 1.01
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    other = cache(weights=str(path))
+    other.get(data)
+    assert (other.hits, other.misses) == (0, 1)
+    other_data = ImageSet(data.images.flip(2), data.labels, data.classes)
+    fresh = cache()
+    fresh.get(other_data)
+    assert fresh.misses == 1
+
+
+def test_full_fine_tuning_trains_every_layer_and_evaluates(data_dir, tmp_path):
+    from imgclf.evaluation.evaluate import evaluate_run
+
+    cfg = tiny_transfer_config(data_dir, tmp_path, unfreeze="all", img_size=32, test_subset=50)
+    from imgclf.training.checkpoint import read_weights
+    from imgclf.training.run import train_run
+
+    pretrained = create_backbone("tf_efficientnet_lite0", 10, pretrained=True).state_dict()
+    summary = train_run(cfg, tmp_path / "run")
+    trained, _ = read_weights(tmp_path / "run" / "best.safetensors")
+    assert summary["phases"]["phase2"]["trainable_parameters"] == summary["parameters"]
+    assert not torch.equal(pretrained["conv_stem.weight"], trained["conv_stem.weight"])
+    assert torch.equal(pretrained["bn1.running_mean"], trained["bn1.running_mean"])
+    metrics = evaluate_run(tmp_path / "run")
+    assert metrics["test_images"] == 50 and metrics["model"] == "tf_efficientnet_lite0"
+    assert metrics["parameters"] == summary["parameters"]
+
+
+def test_discriminative_learning_rates():
+    from imgclf.training.optim import build_optimizer, layer_lr_scales
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    scales = layer_lr_scales(list(model), 0.5)
+    optimizer = build_optimizer(model, "adamw", 1.0, 0.01, lr_scales=scales)
+    by_scale = {g["lr_scale"]: sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
+    assert by_scale == {1.0: 6, 0.5: 6, 0.25: 6}
+    assert {g["weight_decay"] for g in optimizer.param_groups if g["params"][0].ndim == 1} == {0.0}
+
+
+def test_cli_rejects_bad_backbones_in_one_line(tmp_path, data_dir):
+    from test_cli import assert_one_line_error, imgclf
+
+    common = ["--output", str(tmp_path), "--data-dir", str(data_dir)]
+    assert_one_line_error(imgclf("train", "--model", "efficientnet_b99", *common), "unknown model 'efficientnet_b99'")
+    wrong = str(package_weights_path("tf_efficientnet_lite0"))
+    result = imgclf("train", "--model", "tf_efficientnet_lite1", "--weights", wrong, *common)
+    assert_one_line_error(result, "do not fit tf_efficientnet_lite1")
+    assert not any(tmp_path.iterdir())  # nothing written for a run that could not start
