@@ -100,3 +100,21 @@ def test_progressive_resizing_ramps_to_full_size():
     sizes = [progressive_image_size(e, 10, 16, 0.5, full=32) for e in range(10)]
     assert sizes == [16, 16, 20, 24, 28, 0, 0, 0, 0, 0]
     assert all(progressive_image_size(e, 10, 0, 0.5, full=32) == 0 for e in range(10))
+
+
+def test_mixup_mixes_inputs_and_labels():
+    import torch.nn.functional as F
+
+    from imgclf.training.mixup import mix_batch, mixed_cross_entropy
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8), torch.arange(16)  # distinct labels name each input
+    mixed, partners, lam = mix_batch(x, y, 0.4)
+    assert mixed.shape == x.shape and 0 < lam < 1
+    assert sorted(partners.tolist()) == list(range(16)) and not torch.equal(partners, y)
+    # every mixed input is lam × itself + (1 − lam) × the input its partner label names
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[partners])
+    logits = torch.randn(16, 16)
+    torch.testing.assert_close(mixed_cross_entropy(logits, y, partners, 1.0), F.cross_entropy(logits, y))
+    expected = 0.3 * F.cross_entropy(logits, y) + 0.7 * F.cross_entropy(logits, partners)
+    torch.testing.assert_close(mixed_cross_entropy(logits, y, partners, 0.3), expected)

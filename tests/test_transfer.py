@@ -232,7 +232,9 @@ def test_discriminative_learning_rates():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     scales = layer_lr_scales(list(model), 0.5)
     optimizer = build_optimizer(model, "adamw", 1.0, 0.01, lr_scales=scales)
-    by_scale = {g["lr_scale"]: sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
+    by_scale = {}
+    for group in optimizer.param_groups:
+        by_scale[group["lr_scale"]] = by_scale.get(group["lr_scale"], 0) + sum(p.numel() for p in group["params"])
     assert by_scale == {1.0: 6, 0.5: 6, 0.25: 6}
     assert {g["weight_decay"] for g in optimizer.param_groups if g["params"][0].ndim == 1} == {0.0}
 

@@ -29,6 +29,7 @@ class TrainConfig:
     schedule: str = option("onecycle", "learning-rate schedule after warmup", ("onecycle", "cosine", "constant"))
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
+    mixup: float = option(0.0, "mixup of training inputs (images or cached activations) and labels, Beta(α, α); 0: off")
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
     pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")
     weights: str | None = option(None, "timm models: local ImageNet weights file (.safetensors or .pth) to start from")
@@ -105,6 +106,7 @@ class TrainConfig:
             "weight_decay",
             "warmup_epochs",
             "label_smoothing",
+            "mixup",
             "cutout",
             "train_subset",
             "test_subset",

@@ -24,6 +24,7 @@ from imgclf.models import count_parameters, create_model
 from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from imgclf.training.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights
 from imgclf.training.history import History
+from imgclf.training.mixup import mix_batch, mixed_cross_entropy
 from imgclf.training.optim import build_optimizer
 from imgclf.training.schedule import lr_multiplier
 
@@ -179,9 +180,14 @@ class Trainer:
         n = 0
         for images, labels in self.train_loader:
             lr = self.set_lr()
+            if self.cfg.mixup:
+                images, partners, lam = mix_batch(images, labels, self.cfg.mixup)
             with autocast(self.device, self.precision):
                 logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
+            if self.cfg.mixup:
+                loss = mixed_cross_entropy(logits.float(), labels, partners, lam, self.cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
