@@ -167,19 +167,20 @@ def coerce(key: str, value, source: str):
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def bundled_configs() -> list[str]:
-    """Names of the recipes shipped with imgclf (``--config resnet20``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+def bundled_or_file(name_or_path: str | Path, folder: Path, kind: str) -> Path:
+    """An existing YAML file, or the name of one bundled in ``folder``; a one-line error naming ``kind`` otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if (folder / f"{name_or_path}.yaml").is_file():
+        return folder / f"{name_or_path}.yaml"
+    bundled = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ImgclfError(f"{kind} not found: {name_or_path} (bundled: {bundled})")
 
 
 def config_path(name_or_path: str | Path) -> Path:
     """A config file's path: an existing file, or the name of a bundled recipe."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
-        return CONFIG_DIR / f"{name_or_path}.yaml"
-    raise ImgclfError(f"config file not found: {path} (bundled recipes: {', '.join(bundled_configs())})")
+    return bundled_or_file(name_or_path, CONFIG_DIR, "config file")
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from imgclf.config import TrainConfig, build_config, coerce, field_types, load_config_file
+from imgclf.config import TrainConfig, build_config, bundled_or_file, coerce, field_types, load_config_file
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import evaluate_run, load_run_config
 from imgclf.report.compare import compare
@@ -25,20 +25,15 @@ from imgclf.training.checkpoint import atomic_write
 from imgclf.training.run import train_run
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
-# options that do not change what a run computes: a finished run stays valid when they differ
+# options that only timm models take: study-wide overrides skip the from-scratch runs
 TRANSFER_ONLY = {"pretrained", "weights", "img_size", "head_epochs", "head_lr", "unfreeze", "layer_decay"}
+# options that do not change what a run computes: a finished run stays valid when they differ
 RUNTIME_OPTIONS = {"progress", "tensorboard", "data_dir", "device", "evaluate", "output", "cache_dir", "compile"}
 
 
 def preset_path(name_or_path: str | Path) -> Path:
     """A study preset's path: an existing file, or the name of a bundled preset."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if (STUDY_DIR / f"{name_or_path}.yaml").is_file():
-        return STUDY_DIR / f"{name_or_path}.yaml"
-    bundled = ", ".join(sorted(p.stem for p in STUDY_DIR.glob("*.yaml")))
-    raise ImgclfError(f"study preset not found: {name_or_path} (bundled presets: {bundled})")
+    return bundled_or_file(name_or_path, STUDY_DIR, "study preset")
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -9,7 +9,29 @@ from imgclf.data.augment import augment_batch
 from imgclf.data.cifar import ImageSet
 
 
-class BatchLoader:
+class SeededBatches:
+    """Batches of ``labels``-many samples whose order (and augmentation) derive from (seed, epoch) only."""
+
+    labels: torch.Tensor
+    batch_size: int
+    drop_last: bool
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffling and augmentation randomness of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """The random generator of the current epoch."""
+        return torch.Generator(device).manual_seed(self.seed * 1_000_003 + self.epoch)
+
+
+class BatchLoader(SeededBatches):
     """Iterate (images, labels) batches; epoch ``e`` of seed ``s`` always yields the same batches."""
 
     def __init__(
@@ -25,6 +47,7 @@ class BatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = True,
+        image_size: int = 0,
     ) -> None:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
@@ -34,18 +57,10 @@ class BatchLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.image_size = 0  # 0: native resolution; otherwise batches are resized (antialiased) to this side
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffling and augmentation randomness of ``epoch``."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        self.image_size = image_size  # 0: native resolution; otherwise batches are resized (antialiased) to this side
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = self.generator(self.device)
         n = len(self.labels)
         order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
         for i in range(len(self)):
@@ -60,7 +75,7 @@ class BatchLoader:
             yield images, self.labels[idx]
 
 
-class ActivationLoader:
+class ActivationLoader(SeededBatches):
     """Iterate (activations, labels) batches of cached backbone activations; with ``mirrored`` given, each sample of
     each epoch is drawn from the original or the mirrored image's activations at random (flip augmentation)."""
 
@@ -81,16 +96,8 @@ class ActivationLoader:
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last and activations.ndim == 4 else torch.contiguous_format
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffling and flip randomness of ``epoch``."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = self.generator()
         n = len(self.labels)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=generator) < 0.5 if self.mirrored is not None else None

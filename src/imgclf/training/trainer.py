@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
-from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_train_val
+from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, ImageSet, load_train_val
 from imgclf.data.loader import BatchLoader
 from imgclf.device import autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
@@ -74,6 +74,30 @@ def check_input_size(model: nn.Module, name: str, size: int, device: torch.devic
             model.eval()(torch.zeros(2, 3, size, size, device=device))
     except RuntimeError:
         raise ImgclfError(f"model '{name}' only takes 32×32 inputs; progressive resizing needs a pooled head") from None
+
+
+def image_loaders(
+    cfg: TrainConfig,
+    train: ImageSet,
+    val: ImageSet,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    image_size: int = 0,
+) -> tuple[BatchLoader, BatchLoader | None]:
+    """Shuffled, augmented training batches and plain validation batches (resized to ``image_size`` if set)."""
+    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last, image_size=image_size)
+    train_loader = BatchLoader(
+        train,
+        cfg.batch_size,
+        augment=cfg.augment,
+        cutout=cfg.cutout,
+        shuffle=True,
+        drop_last=len(train) >= 2 * cfg.batch_size,
+        seed=cfg.seed,
+        **common,
+    )
+    return train_loader, BatchLoader(val, 256 if image_size else 1024, **common) if len(val) else None
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -136,18 +160,7 @@ class Trainer:
         cfg = self.cfg
         train, val = load_train_val(cfg.data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
         self.classes = train.classes
-        common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, device=self.device, channels_last=cfg.channels_last)
-        train_loader = BatchLoader(
-            train,
-            cfg.batch_size,
-            augment=cfg.augment,
-            cutout=cfg.cutout,
-            shuffle=True,
-            drop_last=len(train) >= 2 * cfg.batch_size,
-            seed=cfg.seed,
-            **common,
-        )
-        return train_loader, BatchLoader(val, 1024, **common) if len(val) else None
+        return image_loaders(cfg, train, val, CIFAR10_MEAN, CIFAR10_STD, self.device)
 
     @property
     def eval_model(self) -> nn.Module:

@@ -27,11 +27,11 @@ from imgclf.data.features import ActivationCache
 from imgclf.data.loader import ActivationLoader, BatchLoader
 from imgclf.device import autocast, resolve_precision, select_device
 from imgclf.models import count_parameters
-from imgclf.models.backbones import FeatureTail, create_backbone, preprocessing, split_backbone
+from imgclf.models.backbones import FeatureTail, backbone_units, create_backbone, preprocessing, split_backbone
 from imgclf.training.checkpoint import atomic_write, load_weights, save_weights
 from imgclf.training.history import History, read_history
 from imgclf.training.optim import layer_lr_scales
-from imgclf.training.trainer import BEST_WEIGHTS, Trainer
+from imgclf.training.trainer import BEST_WEIGHTS, Trainer, image_loaders
 
 
 @dataclasses.dataclass
@@ -135,23 +135,8 @@ class TransferTrainer:
 
     def image_loaders(self) -> tuple[BatchLoader, BatchLoader | None]:
         """Augmented, resized image batches (uncached path)."""
-        cfg, tm = self.cfg, self.tm
-        common = dict(mean=tm.mean, std=tm.std, device=self.device, channels_last=cfg.channels_last)
-        train = BatchLoader(
-            self.train,
-            cfg.batch_size,
-            augment=cfg.augment,
-            cutout=cfg.cutout,
-            shuffle=True,
-            drop_last=len(self.train) >= 2 * cfg.batch_size,
-            seed=cfg.seed,
-            **common,
-        )
-        val = BatchLoader(self.val, 256, **common) if len(self.val) else None
-        for loader in (train, val):
-            if loader is not None:
-                loader.image_size = tm.image_size
-        return train, val
+        tm = self.tm
+        return image_loaders(self.cfg, self.train, self.val, tm.mean, tm.std, self.device, tm.image_size)
 
     def cached_activations(self) -> dict[str, torch.Tensor | None]:
         """Prefix activations of the training images, their mirror images and the validation images."""
@@ -187,7 +172,7 @@ class TransferTrainer:
         set_trainable(self.tm.network, trainable)
         scales = None
         if number == 2 and cfg.layer_decay != 1.0:
-            layers = [*self.tm.tail.units] if self.tm.tail is not None else backbone_layers(self.tm.network)
+            layers = [*self.tm.tail.units] if self.tm.tail is not None else backbone_units(self.tm.network)
             scales = layer_lr_scales([*layers, self.tm.network.get_classifier()], cfg.layer_decay)
         phase_dir = self.run_dir / f"phase{number}"
         label = f"{cfg.model} phase {number} ({'head' if number == 1 else f'unfreeze {cfg.unfreeze}'})"
@@ -258,13 +243,6 @@ class TransferTrainer:
         history.close()
 
 
-def backbone_layers(network: nn.Module) -> list[nn.Module]:
-    """The stem, blocks and head of an EfficientNet-style network, for discriminative learning rates."""
-    from imgclf.models.backbones import backbone_units
-
-    return backbone_units(network)
-
-
 @torch.inference_mode()
 def transfer_logits(
     cfg: TrainConfig, tm: TransferModel, data: ImageSet, device, precision, flip: bool = False, desc: str = ""
@@ -276,8 +254,9 @@ def transfer_logits(
         loader = ActivationLoader(acts, data.labels, 512, device=device, channels_last=cfg.channels_last)
         model = tm.tail
     else:
-        loader = BatchLoader(data, 128, tm.mean, tm.std, device=device, channels_last=cfg.channels_last)
-        loader.image_size = tm.image_size
+        loader = BatchLoader(
+            data, 128, tm.mean, tm.std, device=device, channels_last=cfg.channels_last, image_size=tm.image_size
+        )
         model = tm.network
     out = []
     for x, _ in tqdm(loader, desc=desc or "predicting", disable=not cfg.progress or len(data) < 5000, leave=False):
