@@ -63,6 +63,11 @@ def build_transfer_model(cfg: TrainConfig, num_classes: int, pretrained: bool = 
     return TransferModel(network, prefix, tail, cfg.img_size or prep.native_size, prep.mean, prep.std)
 
 
+def uses_cache(cfg: TrainConfig, tm: TransferModel) -> bool:
+    """True when a run trains and predicts through cached prefix activations (there is a frozen prefix to cache)."""
+    return cfg.cache and tm.tail is not None and len(tm.prefix) > 0
+
+
 def activation_cache(cfg: TrainConfig, tm: TransferModel, device: torch.device, precision: str) -> ActivationCache:
     """The on-disk cache of ``tm.prefix`` activations for ``cfg``."""
     return ActivationCache(
@@ -131,12 +136,13 @@ class TransferTrainer:
         self.tm.network.to(self.device)
         if cfg.channels_last:
             self.tm.network.to(memory_format=torch.channels_last)
-        self.use_cache = cfg.cache and self.tm.tail is not None
+        self.use_cache = uses_cache(cfg, self.tm)
 
-    def image_loaders(self) -> tuple[BatchLoader, BatchLoader | None]:
-        """Augmented, resized image batches (uncached path)."""
+    def uncached(self) -> tuple[nn.Module, tuple[BatchLoader, BatchLoader | None]]:
+        """The whole network and augmented, resized image batches (uncached path)."""
         tm = self.tm
-        return image_loaders(self.cfg, self.train, self.val, tm.mean, tm.std, self.device, tm.image_size)
+        model = tm.network if tm.tail is None else ImageModel(tm.prefix, tm.tail)
+        return model, image_loaders(self.cfg, self.train, self.val, tm.mean, tm.std, self.device, tm.image_size)
 
     def cached_activations(self) -> dict[str, torch.Tensor | None]:
         """Prefix activations of the training images, their mirror images and the validation images."""
@@ -203,15 +209,13 @@ class TransferTrainer:
                 model = nn.Sequential(tm.tail.dropout, head)
                 loaders = self.activation_loaders(feats, cfg.batch_size)
             else:
-                model = tm.network if tm.tail is None else ImageModel(tm.prefix, tm.tail)
-                loaders = self.image_loaders()
+                model, loaders = self.uncached()
             summaries["phase1"] = self.phase(1, model, loaders, [head], resume)
         if cfg.epochs and (tm.tail is None or len(tm.tail.units)):
             if self.use_cache:
                 model, loaders = tm.tail, self.activation_loaders(acts, cfg.batch_size)
             else:
-                model = tm.network if tm.tail is None else ImageModel(tm.prefix, tm.tail)
-                loaders = self.image_loaders()
+                model, loaders = self.uncached()
             trainable = [tm.network] if tm.tail is None else [tm.tail]
             summaries["phase2"] = self.phase(2, model, loaders, trainable, resume)
         tm.network.requires_grad_(True)
@@ -249,7 +253,8 @@ def transfer_logits(
 ) -> torch.Tensor:
     """Float32 logits of a trained transfer model for ``data``: through the activation cache when ``cfg.cache``."""
     tm.network.eval()
-    if cfg.cache and tm.tail is not None and len(tm.prefix):
+    cached = uses_cache(cfg, tm)
+    if cached:  # mirrored activations are cached under their own key
         acts = activation_cache(cfg, tm, device, precision).get(data, flip=flip, desc=desc)
         loader = ActivationLoader(acts, data.labels, 512, device=device, channels_last=cfg.channels_last)
         model = tm.tail
@@ -260,7 +265,7 @@ def transfer_logits(
         model = tm.network
     out = []
     for x, _ in tqdm(loader, desc=desc or "predicting", disable=not cfg.progress or len(data) < 5000, leave=False):
-        if flip and not cfg.cache:
+        if flip and not cached:
             x = x.flip(3)
         with autocast(device, precision):
             out.append(model(x).float())
