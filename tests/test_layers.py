@@ -1,0 +1,66 @@
+"""The fast-backward depthwise convolution computes what nn.Conv2d computes."""
+
+import copy
+
+import pytest
+import torch
+from timm.layers import Conv2dSame
+from torch import nn
+
+from imgclf.models.backbones import create_backbone
+from imgclf.models.layers import DepthwiseConv2d, use_fast_depthwise
+
+
+def grads(conv: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = conv(x)
+    (out.float() * upstream).sum().backward()
+    return out.float(), x.grad.float(), conv.weight.grad
+
+
+@pytest.mark.parametrize("kernel,stride", [(5, 1), (5, 2), (3, 2), (7, 1)])
+def test_fast_depthwise_matches_conv2d(kernel, stride):
+    torch.manual_seed(0)
+    native = nn.Conv2d(96, 96, kernel, stride, padding=kernel // 2, groups=96, bias=False)
+    fast = copy.deepcopy(native)
+    assert use_fast_depthwise(fast) == 1 and type(fast) is DepthwiseConv2d
+    x = torch.randn(16, 96, 9, 9).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(16, 96, *native(x).shape[2:])
+    reference = copy.deepcopy(native)  # fp32 all the way: what bf16 approximates
+    ref_x = x.clone().requires_grad_(True)
+    ref_out = reference(ref_x)
+    (ref_out * upstream).sum().backward()
+    ref_gx, ref_gw = ref_x.grad, reference.weight.grad
+    for out, gx, gw in (grads(native, x, upstream), grads(fast, x, upstream)):
+        assert torch.allclose(out, ref_out.detach(), rtol=0.02, atol=0.05)
+        assert torch.allclose(gx, ref_gx, rtol=0.02, atol=0.05)
+        assert gw.dtype == torch.float32 and gw.shape == ref_gw.shape
+        assert (gw - ref_gw).abs().max() < 0.01 * ref_gw.abs().max()
+    assert torch.equal(grads(native, x, upstream)[0], grads(fast, x, upstream)[0])  # same bf16 forward
+
+
+def test_only_slow_depthwise_convs_are_converted_and_state_dict_is_unchanged():
+    layers = nn.Sequential(
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),  # 3×3 at stride 1: native bf16 is fast
+        nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False),
+        nn.Conv2d(8, 16, 5, padding=2, bias=False),  # not depthwise
+        nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=True),
+    )
+    keys = list(layers.state_dict())
+    assert use_fast_depthwise(layers) == 1
+    assert [type(m) for m in layers] == [nn.Conv2d, DepthwiseConv2d, nn.Conv2d, nn.Conv2d]
+    assert list(layers.state_dict()) == keys
+
+    model = create_backbone("tf_efficientnet_lite0", 10)
+    converted = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    assert {(m.kernel_size, m.stride) for m in converted} == {((5, 5), (1, 1)), ((5, 5), (2, 2)), ((3, 3), (2, 2))}
+    assert {m.same_padding for m in converted} == {True, False}  # strided ones were timm's Conv2dSame
+    x = torch.randn(2, 3, 64, 64)
+    native = create_backbone("tf_efficientnet_lite0", 10)
+    native.load_state_dict(model.state_dict())
+    for m in native.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.__class__ = nn.Conv2d if not m.same_padding else Conv2dSame
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), native.eval()(x), atol=1e-5)
