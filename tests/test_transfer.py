@@ -19,6 +19,7 @@ from imgclf.models.backbones import (
     split_backbone,
     unfrozen_units,
 )
+from imgclf.models.layers import DepthwiseConv2d
 from imgclf.training.transfer import TransferTrainer, build_transfer_model
 
 
@@ -154,6 +155,8 @@ def test_freezing_really_freezes(data_dir, tmp_path, cache):
             assert torch.equal(before[name], after[name]), f"BatchNorm statistic {name} changed"
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
     assert not torch.equal(before["conv_head.weight"], after["conv_head.weight"])  # unfrozen in phase 2
+    assert any(isinstance(m, DepthwiseConv2d) for m in trainer.tm.tail.modules())  # phase 2's fast CPU backward
+    assert not any(isinstance(m, DepthwiseConv2d) for m in trainer.tm.prefix.modules())  # frozen: compiles whole
     phases = summary["phases"]
     assert phases["phase1"]["trainable_parameters"] == 1280 * 10 + 10
     assert phases["phase1"]["trainable_parameters"] < phases["phase2"]["trainable_parameters"]

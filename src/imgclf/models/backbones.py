@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from imgclf.errors import ImgclfError
-from imgclf.models.layers import use_fast_depthwise
 
 # (package module, class exposing get_model_file_path) for the weights that install from the package index.
 LITE_PACKAGES = {
@@ -178,7 +177,6 @@ def create_backbone(
                 "pass --weights FILE with a local copy"
             ) from None
         load_backbone_weights(model, hub.state_dict(), name, "the timm hub")
-    use_fast_depthwise(model)
     return model
 
 

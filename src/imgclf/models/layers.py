@@ -71,16 +71,20 @@ class DepthwiseConv2d(nn.Conv2d):
         return _DepthwiseConv.apply(x.to(torch.bfloat16), weight, self.stride, self.padding, self.groups)
 
 
-def use_fast_depthwise(model: nn.Module) -> int:
+def use_fast_depthwise(model: nn.Module, fast: bool = True) -> int:
     """Turn ``model``'s bias-free depthwise convolutions (``nn.Conv2d`` or timm's ``Conv2dSame``) whose bf16
-    backward is slow into :class:`DepthwiseConv2d`, in place; returns how many. Parameters, state dict and outputs
-    are unchanged."""
+    backward is slow into :class:`DepthwiseConv2d` in place (``fast=False``: back again); returns how many.
+    Parameters, state dict and outputs are unchanged."""
     from timm.layers import Conv2dSame
 
     count = 0
     for module in model.modules():
-        if (
-            type(module) in (nn.Conv2d, Conv2dSame)
+        if not fast and isinstance(module, DepthwiseConv2d):
+            module.__class__ = Conv2dSame if module.same_padding else nn.Conv2d
+            count += 1
+        elif (
+            fast
+            and type(module) in (nn.Conv2d, Conv2dSame)
             and module.groups == module.in_channels == module.out_channels > 1
             and module.bias is None
             and slow_in_bf16(module)

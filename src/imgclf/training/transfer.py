@@ -28,6 +28,7 @@ from imgclf.data.loader import ActivationLoader, BatchLoader
 from imgclf.device import autocast, resolve_precision, select_device
 from imgclf.models import count_parameters
 from imgclf.models.backbones import FeatureTail, backbone_units, create_backbone, preprocessing, split_backbone
+from imgclf.models.layers import use_fast_depthwise
 from imgclf.training.checkpoint import atomic_write, load_weights, save_weights
 from imgclf.training.history import History, read_history
 from imgclf.training.optim import layer_lr_scales
@@ -176,6 +177,9 @@ class TransferTrainer:
         cfg = self.cfg
         phase_cfg = dataclasses.replace(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr) if number == 1 else cfg
         set_trainable(self.tm.network, trainable)
+        if number == 2:  # what phase 2 trains: fast bf16 CPU backward for its depthwise convolutions
+            for module in trainable:
+                use_fast_depthwise(module)
         scales = None
         if number == 2 and cfg.layer_decay != 1.0:
             layers = [*self.tm.tail.units] if self.tm.tail is not None else backbone_units(self.tm.network)
