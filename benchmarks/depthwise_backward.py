@@ -23,6 +23,7 @@ from throughput import images_per_second
 
 from imgclf.models.backbones import create_backbone, split_backbone
 from imgclf.models.layers import use_fast_depthwise
+from imgclf.training.trainer import set_train_mode
 
 # (name, backbone, image size, unfreeze, batch size)
 CASES = [
@@ -41,10 +42,7 @@ def trainable_part(backbone: str, size: int, unfreeze: str, batch: int) -> tuple
         prefix, model = split_backbone(model, unfreeze)
         with torch.no_grad():
             x = prefix.eval()(x).contiguous(memory_format=torch.channels_last)
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
+    set_train_mode(model, freeze_batchnorm=True)
     return model, x
 
 

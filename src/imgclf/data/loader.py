@@ -9,6 +9,11 @@ from imgclf.data.augment import augment_batch
 from imgclf.data.cifar import ImageSet
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s randomness (order, augmentation, dropout) in a run seeded with ``seed``."""
+    return seed * 1_000_003 + epoch
+
+
 class SeededBatches:
     """Batches of ``labels``-many samples whose order (and augmentation) derive from (seed, epoch) only."""
 
@@ -28,7 +33,7 @@ class SeededBatches:
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """The random generator of the current epoch."""
-        return torch.Generator(device).manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.Generator(device).manual_seed(epoch_seed(self.seed, self.epoch))
 
 
 class BatchLoader(SeededBatches):

@@ -1,11 +1,10 @@
 """Depthwise convolution with a fast backward pass for bf16 training on CPU.
 
-PyTorch's CPU backward of a bf16 depthwise convolution is pathological except for 3×3 kernels at stride 1. Measured
-at a batch of 128 (ms, forward ~4): 1248 channels at 7×7 with a 5×5 kernel 266 in bf16 against 89 in fp32; 720
-channels, 5×5, stride 2 ~1,270 against 78; 3×3 at stride 2 753 against 43; but 3×3 at stride 1 9 against 38.
-EfficientNets fine-tune such layers, so :class:`DepthwiseConv2d` runs its backward in fp32 and everything else as
-before. Measured training img/s, fast against native (benchmarks/results/depthwise_backward.json): the last 25% of
-EfficientNet-Lite2 at 224 px 1.67×, the last 30% 2.44×, the last 50% at 96 px 2.62×, all of Lite0 at 96 px 2.59×.
+PyTorch's CPU backward of a bf16 depthwise convolution is far slower than its fp32 backward for kernels over 3×3 or
+strides over 1 (3×3 at stride 1 is fast in bf16, so it is left alone). EfficientNets fine-tune such layers, so
+:class:`DepthwiseConv2d` runs its backward in fp32 and everything else as before. Measured training img/s, fast
+against native (benchmarks/results/depthwise_backward.json): the last 25% of EfficientNet-Lite2 at 224 px 1.67×,
+the last 30% 2.44×, the last 50% at 96 px 2.62×, all of Lite0 at 96 px 2.59×.
 """
 
 import torch

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, ImageSet, load_train_val
-from imgclf.data.loader import BatchLoader
+from imgclf.data.loader import BatchLoader, epoch_seed
 from imgclf.device import autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters, create_model
@@ -74,6 +74,15 @@ def check_input_size(model: nn.Module, name: str, size: int, device: torch.devic
             model.eval()(torch.zeros(2, 3, size, size, device=device))
     except RuntimeError:
         raise ImgclfError(f"model '{name}' only takes 32×32 inputs; progressive resizing needs a pooled head") from None
+
+
+def set_train_mode(model: nn.Module, freeze_batchnorm: bool = False) -> None:
+    """``model.train()``; with ``freeze_batchnorm``, BatchNorm layers stay in inference mode (statistics untouched)."""
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def image_loaders(
@@ -177,12 +186,8 @@ class Trainer:
 
     def train_epoch(self, bar: tqdm) -> dict:
         """One pass over the training split; returns mean loss and accuracy on the augmented batches."""
-        self.model.train()
-        if self.freeze_batchnorm:  # transfer learning keeps BatchNorm in inference mode, statistics untouched
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        torch.manual_seed(self.cfg.seed * 1_000_003 + self.epoch)  # dropout randomness of this epoch
+        set_train_mode(self.model, self.freeze_batchnorm)  # transfer learning freezes BatchNorm
+        torch.manual_seed(epoch_seed(self.cfg.seed, self.epoch))  # dropout randomness of this epoch
         self.train_loader.set_epoch(self.epoch)
         if self.cfg.progressive_size:
             self.train_loader.image_size = progressive_image_size(
