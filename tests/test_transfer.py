@@ -111,6 +111,22 @@ def test_split_composes_to_the_whole_network(unfreeze):
         torch.testing.assert_close(tail.eval()(prefix(x)), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_drop_path_drops_residual_branches_in_training_only():
+    model = create_backbone("tf_efficientnet_lite0", 10, pretrained=True, drop_path=0.5)
+    rates = [b.drop_path.drop_prob for s in model.blocks for b in s if hasattr(b.drop_path, "drop_prob")]
+    assert rates and max(rates) > 0.3 and rates == sorted(rates)  # timm's linear ramp, deepest blocks most
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        model.eval()
+        features = model.forward_features  # the new head starts at zero
+        torch.testing.assert_close(features(x), features(x))
+        torch.manual_seed(0)
+        model.train()  # BatchNorm uses the same batch statistics in both draws: only drop-path differs
+        assert not torch.allclose(features(x), features(x))
+    with pytest.raises(ImgclfError, match="drop_path must be in"):
+        TrainConfig(model="tf_efficientnet_lite0", drop_path=1.0).validate()
+
+
 def tiny_transfer_config(data_dir, tmp_path, **overrides) -> TrainConfig:
     options = dict(
         model="tf_efficientnet_lite0",

@@ -35,6 +35,7 @@ class TrainConfig:
     weights: str | None = option(None, "timm models: local ImageNet weights file (.safetensors or .pth) to start from")
     img_size: int = option(0, "timm models: side the 32×32 images are resized to (0: the backbone's native side)")
     dropout: float = option(0.2, "timm models: dropout before the new classifier")
+    drop_path: float = option(0.0, "timm models: stochastic depth of the residual blocks (timm's drop_path_rate)")
     head_epochs: int = option(0, "timm models: phase 1 epochs, training only the new head on the frozen backbone")
     head_lr: float = option(1e-3, "timm models: peak learning rate of phase 1")
     unfreeze: str = option("0.25", "timm models: layers fine-tuned in phase 2: a count N, a fraction like 0.25, or all")
@@ -102,6 +103,7 @@ class TrainConfig:
             "head_epochs",
             "img_size",
             "dropout",
+            "drop_path",
             "layer_decay",
             "weight_decay",
             "warmup_epochs",
@@ -115,8 +117,9 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise ImgclfError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.dropout >= 1:
-            raise ImgclfError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "drop_path"):
+            if getattr(self, name) >= 1:
+                raise ImgclfError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise ImgclfError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.progressive_fraction <= 1:

@@ -26,7 +26,7 @@ from imgclf.training.run import train_run
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
 # options that only timm models take: study-wide overrides skip the from-scratch runs
-TRANSFER_ONLY = {"pretrained", "weights", "img_size", "head_epochs", "head_lr", "unfreeze", "layer_decay"}
+TRANSFER_ONLY = {"pretrained", "weights", "img_size", "head_epochs", "head_lr", "unfreeze", "layer_decay", "drop_path"}
 # options that do not change what a run computes: a finished run stays valid when they differ
 RUNTIME_OPTIONS = {"progress", "tensorboard", "data_dir", "device", "evaluate", "output", "cache_dir", "compile"}
 

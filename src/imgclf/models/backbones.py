@@ -152,14 +152,24 @@ def _classifier_prefix(model: nn.Module) -> str:
 
 
 def create_backbone(
-    name: str, num_classes: int, pretrained: bool = False, weights: str | None = None, dropout: float = 0.0
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights: str | None = None,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
 ) -> nn.Module:
-    """A timm model with a new ``num_classes`` head (dropout before it), optionally with ImageNet weights: a local
-    ``weights`` file, the installed weights package, or timm's hub download, in that order."""
+    """A timm model with a new ``num_classes`` head (dropout before it, stochastic depth ``drop_path`` in its residual
+    blocks), optionally with ImageNet weights: a local ``weights`` file, the installed weights package, or timm's hub
+    download, in that order."""
     timm = import_timm()
     if not timm.is_model(name):
         raise ImgclfError(f"unknown model '{name}': neither an imgclf model nor a timm model name")
-    model = timm.create_model(name, num_classes=num_classes, drop_rate=dropout)
+    options = {"drop_path_rate": drop_path} if drop_path else {}
+    try:
+        model = timm.create_model(name, num_classes=num_classes, drop_rate=dropout, **options)
+    except TypeError:  # only some architectures take a drop-path rate
+        raise ImgclfError(f"timm model '{name}' does not support drop_path") from None
     head = model.get_classifier()
     if isinstance(head, nn.Linear):  # a zero head starts at chance with loss ln(C); timm's init gives logits ~±10
         nn.init.zeros_(head.weight)

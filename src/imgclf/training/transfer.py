@@ -55,6 +55,7 @@ def build_transfer_model(cfg: TrainConfig, num_classes: int, pretrained: bool = 
         pretrained=pretrained and cfg.pretrained,
         weights=cfg.weights if pretrained else None,
         dropout=cfg.dropout,
+        drop_path=cfg.drop_path,
     )
     prep = preprocessing(network)
     if cfg.unfreeze == "all":
