@@ -68,6 +68,7 @@ def main() -> None:
         "wall_seconds": round(wall, 1),
         "test_accuracy": metrics["test_accuracy"],
         "test_loss": metrics["test_loss"],
+        **({"tta_test_accuracy": metrics["tta"]["test_accuracy"]} if "tta" in metrics else {}),
         "best_val_acc": summary.get("best_val_acc"),
         "best_epoch": summary["best_epoch"],
         "epochs_run": summary["epochs_run"],

@@ -1,5 +1,6 @@
 """The command line as users meet it: the installed `imgclf` script, one-line errors, exit codes."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,14 @@ def test_config_file_then_flags_take_precedence(tmp_path):
     (tmp_path / "bad.yaml").write_text("epochs: many\n")
     with pytest.raises(ImgclfError, match="'epochs' must be int"):
         load_config_file(tmp_path / "bad.yaml")
+
+
+def test_train_can_report_flip_tta(tmp_path, tiny_options):
+    options = [o for o in tiny_options if o != "--no-evaluate"]
+    args = ["train", "--name", "t", "--model", "simple_cnn", "--epochs", "1", "--test-subset", "64", "--tta", *options]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["test_images"] == 64 and 0 <= metrics["tta"]["test_accuracy"] <= 1
 
 
 def test_existing_run_is_not_overwritten(tmp_path, tiny_options):

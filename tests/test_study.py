@@ -31,10 +31,12 @@ def test_quick_study_trains_evaluates_and_compares_every_run(data_dir, tmp_path,
     assert (output / "comparison" / "report.html").stat().st_size > 10_000
     assert "study finished" in capsys.readouterr().out
 
-    # a second call keeps every finished run instead of training it again
-    assert main(study_args(output, data_dir, tmp_path / "cache")) == 0
+    # a second call keeps every finished run instead of training it again; asking for TTA only re-evaluates
+    assert all("tta_test_accuracy" not in run for run in record["runs"].values())
+    assert main(study_args(output, data_dir, tmp_path / "cache", "--tta")) == 0
     record = json.loads((output / "study.json").read_text())
     assert all(run["status"] == "kept" for run in record["runs"].values())
+    assert all(0 <= run["tta_test_accuracy"] <= 1 for run in record["runs"].values())
 
     # the same folder with other options is refused, nothing overwritten
     assert main(study_args(output, data_dir, tmp_path / "cache", "--set", "seed=7")) == 2

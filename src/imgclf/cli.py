@@ -73,7 +73,7 @@ def command_train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)
-        allowed = {"progress", "tensorboard", "data_dir", "device", "evaluate"}
+        allowed = {"progress", "tensorboard", "data_dir", "device", "evaluate", "tta"}
         if set(options) - allowed:
             names = ", ".join("--" + k.replace("_", "-") for k in sorted(set(options) - allowed))
             raise ImgclfError(f"--resume continues the saved config; cannot change {names}")
@@ -84,7 +84,7 @@ def command_train(args: argparse.Namespace) -> None:
     summary = train_run(cfg, run_dir, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     if cfg.evaluate:
-        print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device), run_dir)
+        print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta), run_dir)
 
 
 def print_metrics(metrics: dict, run_dir: Path) -> None:
@@ -134,8 +134,10 @@ def command_study(args: argparse.Namespace) -> None:
         overrides["data_dir"] = args.data_dir
     if args.no_progress:
         overrides["progress"] = False
+    if args.tta:
+        overrides["tta"] = True
     preset = "quick" if args.quick else args.preset
-    record = run_study(preset, args.output, overrides, tta=args.tta)
+    record = run_study(preset, args.output, overrides)
     comparison = Path(args.output) / "comparison"
     print((comparison / "results.md").read_text(), end="")
     print(f"study finished in {record['wall_seconds'] / 60:.1f} min; report: {comparison / 'report.html'}")

@@ -71,6 +71,7 @@ class TrainConfig:
     output: str = option("runs", "parent folder of run directories")
     name: str | None = option(None, "run directory name (default: MODEL-TIMESTAMP)")
     evaluate: bool = option(True, "evaluate the best checkpoint on the test split when training ends")
+    tta: bool = option(False, "evaluation also reports flip test-time augmentation (separately)")
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "write TensorBoard scalars")
 

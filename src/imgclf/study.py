@@ -28,7 +28,7 @@ STUDY_DIR = Path(__file__).resolve().parent / "studies"
 # options that only timm models take: study-wide overrides skip the from-scratch runs
 TRANSFER_ONLY = {"pretrained", "weights", "img_size", "head_epochs", "head_lr", "unfreeze", "layer_decay", "drop_path"}
 # options that do not change what a run computes: a finished run stays valid when they differ
-RUNTIME_OPTIONS = {"progress", "tensorboard", "data_dir", "device", "evaluate", "output", "cache_dir", "compile"}
+RUNTIME_OPTIONS = {"progress", "tensorboard", "data_dir", "device", "evaluate", "output", "cache_dir", "compile", "tta"}
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -83,7 +83,7 @@ def same_computation(a: TrainConfig, b: TrainConfig) -> bool:
     return all(da[k] == db[k] for k in da if k not in RUNTIME_OPTIONS)
 
 
-def run_study(preset: str | Path, output: str | Path, overrides: dict | None = None, tta: bool = False) -> dict:
+def run_study(preset: str | Path, output: str | Path, overrides: dict | None = None) -> dict:
     """Train (or resume), evaluate and compare every run of ``preset`` under ``output``; returns the study record."""
     output = Path(output)
     configs = study_configs(preset, output, overrides or {})
@@ -105,13 +105,19 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
                 status = "resumed"
         else:
             train_run(cfg, run_dir)
-        if status != "kept" or not (run_dir / "metrics.json").is_file():
-            evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=tta)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics_file = run_dir / "metrics.json"
+        if (
+            status != "kept"
+            or not metrics_file.is_file()
+            or (cfg.tta and "tta" not in json.loads(metrics_file.read_text()))
+        ):
+            evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta)
+        metrics = json.loads(metrics_file.read_text())
         record["runs"][name] = {
             "model": cfg.model,
             "status": status,
             "test_accuracy": metrics["test_accuracy"],
+            **({"tta_test_accuracy": metrics["tta"]["test_accuracy"]} if "tta" in metrics else {}),
             "wall_seconds": time.perf_counter() - run_start,
         }
         tqdm.write(f"{name}: test accuracy {metrics['test_accuracy']:.4f} ({status})")
