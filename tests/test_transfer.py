@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from timm.layers import DropPath
 
 from imgclf.config import TrainConfig
 from imgclf.data.cifar import ImageSet
-from imgclf.data.features import ActivationCache, resize_normalise
+from imgclf.data.features import ActivationCache, module_digest, resize_normalise
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters
 from imgclf.models.backbones import (
@@ -125,6 +126,13 @@ def test_drop_path_drops_residual_branches_in_training_only():
         assert not torch.allclose(features(x), features(x))
     with pytest.raises(ImgclfError, match="drop_path must be in"):
         TrainConfig(model="tf_efficientnet_lite0", drop_path=1.0).validate()
+    # only the trained tail drops paths: the frozen prefix, and so its activation cache, is as without drop-path
+    plain, dropping = (
+        build_transfer_model(TrainConfig(model="tf_efficientnet_lite0", pretrained=True, drop_path=d), 10)
+        for d in (0, 0.5)
+    )
+    assert module_digest(plain.prefix) == module_digest(dropping.prefix)
+    assert any(isinstance(m, DropPath) for m in dropping.tail.modules())
 
 
 def tiny_transfer_config(data_dir, tmp_path, **overrides) -> TrainConfig:

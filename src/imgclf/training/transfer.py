@@ -62,6 +62,9 @@ def build_transfer_model(cfg: TrainConfig, num_classes: int, pretrained: bool = 
         prefix, tail = nn.Sequential(), None
     else:
         prefix, tail = split_backbone(network, cfg.unfreeze)
+        for block in prefix.modules():  # the frozen prefix computes fixed features: no stochastic depth there,
+            if isinstance(getattr(block, "drop_path", None), nn.Module):  # so its cached activations stay valid
+                block.drop_path = nn.Identity()
     return TransferModel(network, prefix, tail, cfg.img_size or prep.native_size, prep.mean, prep.std)
 
 
