@@ -106,13 +106,9 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
         else:
             train_run(cfg, run_dir)
         metrics_file = run_dir / "metrics.json"
-        if (
-            status != "kept"
-            or not metrics_file.is_file()
-            or (cfg.tta and "tta" not in json.loads(metrics_file.read_text()))
-        ):
-            evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta)
-        metrics = json.loads(metrics_file.read_text())
+        metrics = json.loads(metrics_file.read_text()) if status == "kept" and metrics_file.is_file() else None
+        if metrics is None or (cfg.tta and "tta" not in metrics):
+            metrics = evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta)
         record["runs"][name] = {
             "model": cfg.model,
             "status": status,

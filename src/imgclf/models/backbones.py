@@ -169,6 +169,8 @@ def create_backbone(
     try:
         model = timm.create_model(name, num_classes=num_classes, drop_rate=dropout, **options)
     except TypeError:  # only some architectures take a drop-path rate
+        if not options:
+            raise
         raise ImgclfError(f"timm model '{name}' does not support drop_path") from None
     head = model.get_classifier()
     if isinstance(head, nn.Linear):  # a zero head starts at chance with loss ln(C); timm's init gives logits ~±10
