@@ -1,9 +1,11 @@
 import pytest
 import torch
 
+from imgclf.config import TrainConfig
 from imgclf.data.augment import augment_batch, cutout, random_crop
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from imgclf.data.loader import BatchLoader
+from imgclf.data.loader import ActivationLoader, BatchLoader
+from imgclf.errors import ImgclfError
 
 
 @pytest.fixture
@@ -78,3 +80,29 @@ def test_loader_resizes_for_progressive_training(cifar_train):
     loader.image_size = 24
     images, labels = next(iter(loader))
     assert images.shape == (64, 3, 24, 24) and labels.shape == (64,)
+
+
+def test_activation_loader_shifts_cached_maps_per_sample_and_epoch():
+    maps = torch.randn(64, 8, 6, 6).to(torch.bfloat16)
+    loader = ActivationLoader(maps, torch.arange(64), 64, shift=1, seed=0)
+    (shifted, labels), again = next(iter(loader)), next(iter(loader))[0]
+    assert shifted.shape == maps.shape and shifted.dtype == torch.float32 and torch.equal(shifted, again)
+    assert shifted.is_contiguous(memory_format=torch.channels_last)
+    offsets = []
+    for b in range(64):  # the centre 4x4 of every map is its original's window at an offset of at most 1
+        original = maps[labels[b]].float()
+        offsets += [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(shifted[b, :, 1:5, 1:5], original[:, 1 + dy : 5 + dy, 1 + dx : 5 + dx])
+        ][:1]
+    assert len(offsets) == 64 and len(set(offsets)) == 9  # every sample found; all nine offsets occur
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[0], shifted)
+    plain = next(iter(ActivationLoader(maps, torch.arange(64), 64)))[0]
+    assert torch.equal(plain, maps.float())
+    with pytest.raises(ImgclfError, match="feature_shift 6"):
+        ActivationLoader(maps, torch.arange(64), 64, shift=6)
+    with pytest.raises(ImgclfError, match="applies to timm models"):
+        TrainConfig(model="resnet20", feature_shift=1).validate()

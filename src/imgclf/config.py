@@ -49,6 +49,9 @@ class TrainConfig:
         ("fast", "reference", "none"),
     )
     cutout: int = option(0, "side of the square cut out of each training image (0: off)")
+    feature_shift: int = option(
+        0, "timm models, cached path: phase 2 shifts each cached activation map by up to N positions (random crop)"
+    )
     progressive_size: int = option(
         0, "progressive resizing: first epochs start at this image side, e.g. 16, and ramp up (0: off)"
     )
@@ -85,7 +88,7 @@ class TrainConfig:
                 f"unknown model '{self.model}' (imgclf models: {', '.join(MODELS)}; or any timm model name)"
             )
         if self.model in MODELS:
-            transfer = ("pretrained", "weights", "img_size", "head_epochs")
+            transfer = ("pretrained", "weights", "img_size", "head_epochs", "feature_shift")
             if used := [n for n in transfer if getattr(self, n)]:
                 raise ImgclfError(f"--{used[0].replace('_', '-')} applies to timm models, not '{self.model}'")
         unfrozen_units(self.unfreeze, 1)  # validates the spelling
@@ -111,6 +114,7 @@ class TrainConfig:
             "label_smoothing",
             "mixup",
             "cutout",
+            "feature_shift",
             "train_subset",
             "test_subset",
             "early_stopping",

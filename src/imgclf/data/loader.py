@@ -5,8 +5,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from imgclf.data.augment import augment_batch
+from imgclf.data.augment import augment_batch, random_crop
 from imgclf.data.cifar import ImageSet
+from imgclf.errors import ImgclfError
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -82,7 +83,8 @@ class BatchLoader(SeededBatches):
 
 class ActivationLoader(SeededBatches):
     """Iterate (activations, labels) batches of cached backbone activations; with ``mirrored`` given, each sample of
-    each epoch is drawn from the original or the mirrored image's activations at random (flip augmentation)."""
+    each epoch is drawn from the original or the mirrored image's activations at random (flip augmentation); with
+    ``shift``, each activation map is cropped at a random offset from its reflect-padded copy (translation)."""
 
     def __init__(
         self,
@@ -90,13 +92,18 @@ class ActivationLoader(SeededBatches):
         labels: torch.Tensor,
         batch_size: int,
         mirrored: torch.Tensor | None = None,
+        shift: int = 0,
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = True,
     ) -> None:
-        self.activations, self.mirrored, self.labels = activations, mirrored, labels
+        self.activations, self.mirrored, self.labels, self.shift = activations, mirrored, labels, shift
+        if shift and (activations.ndim != 4 or shift >= min(activations.shape[-2:])):
+            raise ImgclfError(
+                f"feature_shift {shift} needs activation maps larger than {shift}, got shape {tuple(activations.shape)}"
+            )
         self.batch_size, self.shuffle, self.drop_last, self.seed, self.epoch = batch_size, shuffle, drop_last, seed, 0
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last and activations.ndim == 4 else torch.contiguous_format
@@ -112,5 +119,8 @@ class ActivationLoader(SeededBatches):
             if flips is not None:
                 use = flips[idx]
                 batch[use] = self.mirrored[idx[use]]
-            batch = batch.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+            batch = batch.to(self.device, torch.float32, non_blocking=True)
+            if self.shift:
+                batch = random_crop(batch, self.shift, generator)
+            batch = batch.contiguous(memory_format=self.memory_format)
             yield batch, self.labels[idx].to(self.device)

@@ -160,7 +160,8 @@ class TransferTrainer:
         return acts
 
     def activation_loaders(self, acts: dict, batch_size: int) -> tuple[ActivationLoader, ActivationLoader | None]:
-        """Batches of cached activations (or features), mirrored at random for training."""
+        """Batches of cached activations (or features), mirrored (and, with ``feature_shift``, shifted) at random for
+        training."""
         cfg = self.cfg
         common = dict(device=self.device, channels_last=cfg.channels_last)
         train = ActivationLoader(
@@ -168,6 +169,7 @@ class TransferTrainer:
             self.train.labels,
             batch_size,
             mirrored=acts["mirrored"],
+            shift=cfg.feature_shift if acts["train"].ndim == 4 else 0,
             shuffle=True,
             drop_last=len(self.train) >= 2 * batch_size,
             seed=cfg.seed,
