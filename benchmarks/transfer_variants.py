@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, required=True, help="a warm activation cache of the recipe")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "FLAGS"), required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="recorded with the results, e.g. where the baseline's curve is")
     args = parser.parse_args()
     variants = {name: run_variant(args.recipe, name, flags, args.cache_dir, args.seed) for name, flags in args.variant}
     for name, record in variants.items():
@@ -67,6 +68,7 @@ def main() -> None:
             "command": "uv run " + shlex.join(command),
             "seed": args.seed,
             "wall_seconds": None,  # variants share a warm cache and may be resumed: see phase2_epoch_seconds
+            "note": args.note,
             "variants": variants,
         },
     )
