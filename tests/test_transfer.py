@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.layers import DropPath
 
 from imgclf.config import TrainConfig
@@ -21,6 +21,8 @@ from imgclf.models.backbones import (
     unfrozen_units,
 )
 from imgclf.models.layers import DepthwiseConv2d
+from imgclf.training import transfer
+from imgclf.training.trainer import Trainer
 from imgclf.training.transfer import TransferTrainer, build_transfer_model
 
 
@@ -275,3 +277,36 @@ def test_cli_rejects_bad_backbones_in_one_line(tmp_path, data_dir):
     result = imgclf("train", "--model", "tf_efficientnet_lite1", "--weights", wrong, *common)
     assert_one_line_error(result, "do not fit tf_efficientnet_lite1")
     assert not any(tmp_path.iterdir())  # nothing written for a run that could not start
+
+
+def test_resume_in_phase_2_reproduces_the_run_without_redoing_phase_1(data_dir, tmp_path, monkeypatch):
+    """A run interrupted in phase 2 resumes there, keeps phase 1 as it was (its pooled features are not recomputed)
+    and ends with the uninterrupted run's history and weights."""
+    cfg = tiny_transfer_config(data_dir, tmp_path, epochs=2)
+    TransferTrainer(cfg, tmp_path / "whole").fit()
+    train_epoch = Trainer.train_epoch
+
+    def interrupted(self, bar):
+        if "phase 2" in self.label and self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, bar)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        TransferTrainer(cfg, tmp_path / "cut").fit()
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+    def no_pooled_features(*args, **kwargs):
+        raise AssertionError("phase 1 is finished: its pooled features must not be recomputed")
+
+    monkeypatch.setattr(transfer, "pooled_features", no_pooled_features)
+    summary = TransferTrainer(cfg, tmp_path / "cut").fit(resume=True)
+    assert summary["epochs_run"] == 3 and summary["phases"]["phase1"]["trainable_parameters"] == 1280 * 10 + 10
+
+    def rows(run: str) -> list[dict]:
+        lines = (tmp_path / run / "history.jsonl").read_text().splitlines()
+        return [{k: v for k, v in eval_json(line).items() if k != "epoch_seconds"} for line in lines]
+
+    assert rows("cut") == rows("whole") and len(rows("whole")) == 3
+    whole, cut = (load_file(tmp_path / run / "best.safetensors") for run in ("whole", "cut"))
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)

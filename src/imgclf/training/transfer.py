@@ -199,6 +199,15 @@ class TransferTrainer:
         summary["trainable_parameters"] = sum(p.numel() for m in trainable for p in m.parameters())
         return summary
 
+    def finished_phase(self, number: int, model: nn.Module) -> dict | None:
+        """Summary of phase ``number`` if it already ran to its end, its best weights loaded into ``model``."""
+        phase_dir = self.run_dir / f"phase{number}"
+        if not (phase_dir / "summary.json").is_file():
+            return None
+        load_weights(phase_dir / BEST_WEIGHTS, model)
+        summary = json.loads((phase_dir / "summary.json").read_text())
+        return {**summary, "total_parameters": count_parameters(self.tm.network)}
+
     def fit(self, resume: bool = False) -> dict:
         """Phase 1, phase 2, then the whole network's best weights and the joined history into the run directory."""
         cfg, tm = self.cfg, self.tm
@@ -207,7 +216,10 @@ class TransferTrainer:
         start = time.perf_counter()
         acts = self.cached_activations() if self.use_cache else None
         cache_seconds = time.perf_counter() - start
-        if cfg.head_epochs:
+        finished = self.finished_phase(1, nn.Sequential(tm.tail.dropout, head)) if resume and self.use_cache else None
+        if finished is not None:  # a resumed run whose phase 1 is done: no pooled features needed
+            summaries["phase1"] = finished
+        elif cfg.head_epochs:
             if self.use_cache:
                 feats = {
                     k: pooled_features(tm.tail, v, self.device, self.precision, progress=cfg.progress)
