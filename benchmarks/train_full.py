@@ -1,7 +1,7 @@
 """Full CIFAR-10 training runs of a bundled recipe, timed end to end (process start to test accuracy), cold cache.
 
     uv run python benchmarks/train_full.py resnet20            # bundled recipe src/imgclf/configs/resnet20.yaml
-    uv run python benchmarks/train_full.py vgg10 --tag try2 -- --epochs 40
+    uv run python benchmarks/train_full.py vgg10 --tag try2 -- --epochs 40   # flags after -- go to imgclf train
 
     uv run python benchmarks/train_full.py lite2_224           # transfer: activation cache starts empty
 
@@ -30,8 +30,10 @@ def main() -> None:
     parser.add_argument("model", help="bundled recipe (src/imgclf/configs/NAME.yaml)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("extra", nargs="*", help="more `imgclf train` flags (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])  # everything after -- goes to `imgclf train` as it is
+    args.extra = argv[split + 1 :]
     name = f"train_{args.model}" + (f"_{args.tag}" if args.tag else "")
     run_dir = ROOT / "benchmarks" / "runs" / f"{name}_seed{args.seed}"
     cache_dir = run_dir.parent / f"cache_{run_dir.name}"
