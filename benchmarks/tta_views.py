@@ -1,6 +1,6 @@
 """Test-time augmentation beyond the mirror image, measured on the validation split of finished runs.
 
-    uv run python benchmarks/tta_views.py benchmarks/runs/train_resnet20_exp2_seed0 \
+    uv run python benchmarks/tta_views.py benchmarks/runs/train_resnet20_seed0 \
         benchmarks/runs/study_reference/transfer_224 --cache-dir benchmarks/runs/cache_study_reference
 
 imgclf's `--tta` averages a model's logits for an image and its mirror image. airbench adds views shifted by one
@@ -71,8 +71,8 @@ def view_accuracies(run_dir: Path, cache_dir: Path | None) -> dict[str, float]:
     for x, mirrored in batches:
         for m, inputs in ((False, x), (True, mirrored)):
             for name in names:
-                view = inputs.contiguous(memory_format=torch.channels_last) if name == "centre" else None
-                view = shift(inputs, *SHIFTS[name]) if view is None else view
+                centre = name == "centre"
+                view = inputs.contiguous(memory_format=torch.channels_last) if centre else shift(inputs, *SHIFTS[name])
                 with autocast(torch.device("cpu"), precision):
                     logits[name, m].append(model(view).float())
     logits = {key: torch.cat(value) for key, value in logits.items()}
