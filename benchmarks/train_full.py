@@ -4,10 +4,12 @@
     uv run python benchmarks/train_full.py vgg10 --tag try2 -- --epochs 40   # flags after -- go to imgclf train
 
     uv run python benchmarks/train_full.py lite2_224           # transfer: activation cache starts empty
+    uv run python benchmarks/train_full.py resnet20 --tag folder --benchmark train_folder \
+        --compare-to train_resnet20 -- --data benchmarks/data/cifar10-jpeg   # the same recipe on a JPEG folder
 
 Targets (2-core CPU): simple_cnn ≥ 0.75, vgg10 ≥ 0.88, resnet20 ≥ 0.9125 test accuracy, ResNet-20 ≤ 20 min;
 lite2_224 ≥ 0.960 and lite2_96 ≥ 0.930, each ≤ 60 min.
-Writes benchmarks/results/train_MODEL[_TAG].json.
+Writes benchmarks/results/train_MODEL[_TAG].json; paths in its command are relative to the repository.
 """
 
 import argparse
@@ -30,14 +32,17 @@ def main() -> None:
     parser.add_argument("model", help="bundled recipe (src/imgclf/configs/NAME.yaml)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--benchmark", default="train_full", help="the result's benchmark name")
+    parser.add_argument("--compare-to", metavar="RESULT", help="a result file name whose test accuracy to compare to")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # everything after -- goes to `imgclf train` as it is
     args.extra = argv[split + 1 :]
     name = f"train_{args.model}" + (f"_{args.tag}" if args.tag else "")
-    run_dir = ROOT / "benchmarks" / "runs" / f"{name}_seed{args.seed}"
+    run_dir = Path("benchmarks") / "runs" / f"{name}_seed{args.seed}"  # relative to the repository
     cache_dir = run_dir.parent / f"cache_{run_dir.name}"
-    for path in (run_dir, cache_dir):  # a cold start: no earlier run, no cached activations
+    prepare_dir = run_dir.parent / f"prepared_{run_dir.name}"
+    for path in (ROOT / run_dir, ROOT / cache_dir, ROOT / prepare_dir):  # a cold start: nothing cached
         if path.exists():
             shutil.rmtree(path)
     command = [
@@ -53,17 +58,28 @@ def main() -> None:
         run_dir.name,
         "--cache-dir",
         str(cache_dir),
+        "--prepare-dir",
+        str(prepare_dir),
         "--no-progress",
         *args.extra,
     ]
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
+    run_dir = ROOT / run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    compared = {}
+    if args.compare_to:
+        native = json.loads((ROOT / "benchmarks" / "results" / f"{args.compare_to}.json").read_text())
+        compared = {
+            "compared_to": args.compare_to,
+            "compared_test_accuracy": native["test_accuracy"],
+            "difference_points": round((metrics["test_accuracy"] - native["test_accuracy"]) * 100, 2),
+        }
     record = {
-        "benchmark": "train_full",
+        "benchmark": args.benchmark,
         "model": args.model,
         "command": "uv run " + shlex.join(command),
         "seed": args.seed,
@@ -78,6 +94,7 @@ def main() -> None:
         "parameters": summary["parameters"],
         "precision": summary["precision"],
         "config": (run_dir / "config.yaml").read_text(),
+        **compared,
         "history": history,
         "phases": summary.get("phases"),
     }

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
 
-from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_train_val
 from imgclf.data.loader import BatchLoader
 from imgclf.device import autocast, resolve_precision
 from imgclf.evaluation.evaluate import load_run_model
+from imgclf.runs import RunDir
+from imgclf.training.run import run_splits
 from imgclf.training.transfer import TransferModel, activation_cache
 
 SHIFTS = {"up-left": (-1, -1), "down-right": (1, 1), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -49,7 +50,8 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 def input_batches(run_dir: Path, cache_dir: Path | None) -> tuple[torch.nn.Module, Iterator, torch.Tensor, str]:
     """The run's model (its trained part), (input, mirrored input) validation batches, labels and precision."""
     model, cfg = load_run_model(run_dir)
-    _, val = load_train_val(cfg.data_dir, None, cfg.val_fraction, cfg.seed, cfg.train_subset)
+    splits = run_splits(cfg, RunDir(run_dir).read_split())
+    val = splits.val
     device = torch.device("cpu")
     precision = resolve_precision(cfg.precision, device)
     if isinstance(model, TransferModel):
@@ -58,7 +60,7 @@ def input_batches(run_dir: Path, cache_dir: Path | None) -> tuple[torch.nn.Modul
         acts, mirrored = cache.get(val), cache.get(val, flip=True)
         batches = ((acts[i : i + 500].float(), mirrored[i : i + 500].float()) for i in range(0, len(val), 500))
         return model.tail.eval(), batches, val.labels, precision
-    loader = BatchLoader(val, 500, CIFAR10_MEAN, CIFAR10_STD, channels_last=cfg.channels_last)
+    loader = BatchLoader(val, 500, splits.mean, splits.std, channels_last=cfg.channels_last)
     return model, ((x, x.flip(3)) for x, _ in loader), val.labels, precision
 
 

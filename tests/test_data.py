@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf.data.cifar import load_cifar10, stratified_split
+from imgclf.data.cifar import load_cifar10
+from imgclf.data.datasets import stratified_split
 from imgclf.errors import ImgclfError
 
 

@@ -9,20 +9,20 @@ import imgclf.data.cifar as cifar
 import imgclf.evaluation.evaluate as evaluate_module
 from imgclf.cli import main
 from imgclf.evaluation.calibration import fit_temperature
+from imgclf.training.run import run_splits
 
 
 @pytest.fixture
 def split_reads(monkeypatch):
-    """Count the loads of each CIFAR-10 split (through every module that imports the loader)."""
+    """Count the loads of each CIFAR-10 split (every source loads through cifar.load_cifar)."""
     reads = {"train": 0, "test": 0}
-    original = cifar.load_cifar10
+    original = cifar.load_cifar
 
     def counting(split, *args, **kwargs):
         reads[split] += 1
         return original(split, *args, **kwargs)
 
-    monkeypatch.setattr(cifar, "load_cifar10", counting)
-    monkeypatch.setattr(evaluate_module, "load_cifar10", counting)
+    monkeypatch.setattr(cifar, "load_cifar", counting)
     return reads
 
 
@@ -51,8 +51,9 @@ def test_test_split_feeds_no_fitting_and_is_read_once(tmp_path, tiny_options, sp
 
     # the temperature is the one fitted on the validation split of the run
     model, cfg = evaluate_module.load_run_model(run_dir)
-    _, val = cifar.load_train_val(cfg.data_dir, None, cfg.val_fraction, cfg.seed, cfg.train_subset)
-    val_logits = evaluate_module.predict_logits(model, val, evaluate_module.select_device("cpu"), "bf16")
+    val = run_splits(cfg).val
+    cpu = evaluate_module.select_device("cpu")
+    val_logits = evaluate_module.predict_logits(model, val, cpu, "bf16", cifar.CIFAR10_MEAN, cifar.CIFAR10_STD)
     assert metrics["temperature"] == pytest.approx(fit_temperature(val_logits, val.labels.numpy()), rel=1e-3)
 
 

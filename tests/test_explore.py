@@ -5,16 +5,16 @@ import torch
 
 from imgclf.cli import main
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from imgclf.data.explore import channel_stats
+from imgclf.data.datasets import channel_stats
 
 
 def test_channel_stats_of_a_known_tensor():
     images = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
     images[:, 1] = 255
     images[0, 2] = 255
-    stats = channel_stats(images)
-    assert stats["mean"] == pytest.approx([0.0, 1.0, 0.5])
-    assert stats["std"][:2] == pytest.approx([0.0, 0.0]) and stats["std"][2] > 0.5
+    mean, std = channel_stats(images)
+    assert mean == pytest.approx([0.0, 1.0, 0.5])
+    assert std[:2] == pytest.approx([0.0, 0.0]) and std[2] > 0.5
 
 
 def test_explore_writes_figures_and_the_normalisation_constants(tmp_path, data_dir):

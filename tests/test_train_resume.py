@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from imgclf.cli import main
 from imgclf.data.loader import BatchLoader
+from imgclf.training.checkpoint import checkpoint_files
 from imgclf.training.history import read_history
 
 
@@ -22,8 +23,9 @@ def test_training_writes_run_directory(tmp_path, tiny_options):
     history = read_history(run_dir / "history.jsonl")
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"} <= set(history[0])
-    for name in ("config.yaml", "best.safetensors", "summary.json", "metrics.json", "checkpoints/last.safetensors"):
+    for name in ("config.yaml", "best.safetensors", "summary.json", "metrics.json", "model.json"):
         assert (run_dir / name).is_file(), name
+    assert checkpoint_files(run_dir / "checkpoints")["weights"].name == "weights.safetensors"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_images"] == 10_000 and 0.0 <= metrics["test_accuracy"] <= 1.0
@@ -57,8 +59,8 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, tiny_options, mon
     for a, b in zip(expected, resumed, strict=True):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
-    w_full = load_file(full / "checkpoints" / "last.safetensors")
-    w_cut = load_file(cut / "checkpoints" / "last.safetensors")
+    w_full = load_file(checkpoint_files(full / "checkpoints")["weights"])
+    w_cut = load_file(checkpoint_files(cut / "checkpoints")["weights"])
     assert all(torch.allclose(w_full[k], w_cut[k], atol=1e-5) for k in w_full)
 
 
@@ -78,8 +80,8 @@ def test_early_stopping_ends_the_run(tmp_path, tiny_options):
     assert summary["stopped_early"] and summary["epochs_run"] == 3
 
 
-def test_progressive_resizing_needs_a_pooled_head(tmp_path, tiny_options):
+def test_progressive_resizing_works_for_every_network(tmp_path, tiny_options):
     common = ["--epochs", "2", "--progressive-size", "16", *tiny_options]
-    assert main(["train", "--name", "vgg", "--model", "vgg10", *common]) == 2
-    assert not (tmp_path / "vgg").exists()  # a run that fails during set-up leaves nothing behind
-    assert main(["train", "--name", "resnet", "--model", "resnet20", *common]) == 0
+    for model in ("simple_cnn", "vgg10", "resnet20"):  # Flatten heads pool to their 32-px map size
+        assert main(["train", "--name", model, "--model", model, *common]) == 0
+        assert len(read_history(tmp_path / model / "history.jsonl")) == 2

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from timm.layers import DropPath
 
 from imgclf.config import TrainConfig
-from imgclf.data.cifar import ImageSet
+from imgclf.data.datasets import ImageSet
 from imgclf.data.features import ActivationCache, module_digest, resize_normalise
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters
@@ -22,6 +22,7 @@ from imgclf.models.backbones import (
 )
 from imgclf.models.layers import DepthwiseConv2d
 from imgclf.training import transfer
+from imgclf.training.run import run_splits
 from imgclf.training.trainer import Trainer
 from imgclf.training.transfer import TransferTrainer, build_transfer_model
 
@@ -163,7 +164,7 @@ def test_freezing_really_freezes(data_dir, tmp_path, cache):
     """Two phases change only the head and the unfrozen layers; no BatchNorm statistic moves (cached activations
     or the whole network on images)."""
     cfg = tiny_transfer_config(data_dir, tmp_path, cache=cache)
-    trainer = TransferTrainer(cfg, tmp_path / "run")
+    trainer = TransferTrainer(cfg, tmp_path / "run", run_splits(cfg))
     before = {k: v.clone() for k, v in trainer.tm.network.state_dict().items()}
     prefix_names = {n for n, _ in trainer.tm.network.named_parameters()} - {
         n for n, _ in trainer.tm.network.named_parameters() if any(p is _ for p in trainer.tm.tail.parameters())
@@ -283,7 +284,7 @@ def test_resume_in_phase_2_reproduces_the_run_without_redoing_phase_1(data_dir, 
     """A run interrupted in phase 2 resumes there, keeps phase 1 as it was (its pooled features are not recomputed)
     and ends with the uninterrupted run's history and weights."""
     cfg = tiny_transfer_config(data_dir, tmp_path, epochs=2)
-    TransferTrainer(cfg, tmp_path / "whole").fit()
+    TransferTrainer(cfg, tmp_path / "whole", run_splits(cfg)).fit()
     train_epoch = Trainer.train_epoch
 
     def interrupted(self, bar):
@@ -293,14 +294,14 @@ def test_resume_in_phase_2_reproduces_the_run_without_redoing_phase_1(data_dir, 
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        TransferTrainer(cfg, tmp_path / "cut").fit()
+        TransferTrainer(cfg, tmp_path / "cut", run_splits(cfg)).fit()
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
 
     def no_pooled_features(*args, **kwargs):
         raise AssertionError("phase 1 is finished: its pooled features must not be recomputed")
 
     monkeypatch.setattr(transfer, "pooled_features", no_pooled_features)
-    summary = TransferTrainer(cfg, tmp_path / "cut").fit(resume=True)
+    summary = TransferTrainer(cfg, tmp_path / "cut", run_splits(cfg)).fit(resume=True)
     assert summary["epochs_run"] == 3 and summary["phases"]["phase1"]["trainable_parameters"] == 1280 * 10 + 10
 
     def rows(run: str) -> list[dict]:

@@ -10,11 +10,72 @@ imgclf models
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from imgclf.config import TrainConfig, build_config, field_types, load_config_file
+from imgclf.config import (
+    RUNTIME_OPTIONS,
+    TrainConfig,
+    build_config,
+    check_writable_folder,
+    field_types,
+    load_config_file,
+    one_line,
+    os_reason,
+)
 from imgclf.errors import ImgclfError
+
+EXPLORE_MAX_PER_CLASS = 64
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one usage line and one error line, not the whole option list."""
+
+    def format_usage(self) -> str:
+        """One usage line: the command, its positional arguments, and where the options are listed."""
+        words = [self.prog, "[options]"]
+        for action in self._get_positional_actions():
+            name = action.metavar or action.dest.upper()
+            words.append(f"{name} ..." if action.nargs in ("+", "*", argparse.PARSER) else name)
+        return f"usage: {' '.join(words)} ({self.prog} --help lists them)\n"
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line usage and a one-line error, then exit with status 2."""
+        self.print_usage(sys.stderr)
+        self.exit(2, f"imgclf: error: {one_line(message)}\n")
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        """Parse ``args``; an unknown flag of a command is reported with that command's usage line."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.command_parser(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The subcommand's parser that ``parsed`` went through (this parser when there is none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None))
+                if isinstance(chosen, OneLineErrorParser):
+                    return chosen.command_parser(parsed)
+        return self
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the path(s) an OS error concerns and the system's reason."""
+    names = (exc.filename, exc.filename2)
+    paths = [os.fsdecode(p) if isinstance(p, str | bytes) else str(p) for p in names if p is not None]
+    return one_line(f"{' → '.join(paths)}: {os_reason(exc)}" if paths else os_reason(exc))
+
+
+def check_explore_args(args: argparse.Namespace) -> None:
+    """One-line errors for `imgclf explore` options outside their range, before any data loads."""
+    if not 1 <= args.per_class <= EXPLORE_MAX_PER_CLASS:
+        raise ImgclfError(f"--per-class must be in 1..{EXPLORE_MAX_PER_CLASS}, got {args.per_class}")
+    if not 0 <= getattr(args, "data_size", 0) <= 1024:
+        raise ImgclfError(f"--data-size must be in 0..1024 (0: the images' own side), got {args.data_size}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,19 +92,24 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgclf", description="Train, evaluate and compare image classifiers.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model on CIFAR-10 (then evaluate it on the test split)")
+    parser = OneLineErrorParser(prog="imgclf", description="Train, evaluate and compare image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+    train = sub.add_parser("train", help="train a model on CIFAR-10 or a folder of images (then evaluate it)")
     train.add_argument("--config", help="YAML file of options (flags override it)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     add_config_flags(train)
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
     evaluate.add_argument("run_dir", help="run directory written by `imgclf train`")
-    evaluate.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: the run's)")
+    evaluate.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files (default: the run's)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
-    explore.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
+    explore.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a folder of images")
+    explore.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
+    explore.add_argument("--data-size", type=int, default=0, help="side of the sample images (0: 32, or the folder's)")
+    explore.add_argument(
+        "--resize", default="crop", choices=("crop", "pad", "stretch"), help="folder images to squares"
+    )
     explore.add_argument("--output", default="runs/explore", help="folder for the figures and stats.json")
     explore.add_argument("--per-class", type=int, default=8, help="sample images shown per class")
     comp = sub.add_parser("compare", help="results table, impact of each step and figures across evaluated runs")
@@ -54,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--preset", default="reference", help="bundled preset name or YAML file (default: reference)")
     study.add_argument("--quick", action="store_true", help="the quick preset: a first look in minutes")
     study.add_argument("--output", default="runs/study", help="folder of the study's runs and comparison")
-    study.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
+    study.add_argument("--data", help="cifar10 (default), cifar100 or a folder of images: every run trains on it")
+    study.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
     study.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an option of every run"
     )
@@ -73,7 +140,7 @@ def command_train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)
-        allowed = {"progress", "tensorboard", "data_dir", "device", "evaluate", "tta"}
+        allowed = RUNTIME_OPTIONS - {"output"}
         if set(options) - allowed:
             names = ", ".join("--" + k.replace("_", "-") for k in sorted(set(options) - allowed))
             raise ImgclfError(f"--resume continues the saved config; cannot change {names}")
@@ -109,12 +176,15 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
 
 def command_explore(args: argparse.Namespace) -> None:
+    check_explore_args(args)
     from imgclf.data.explore import explore
 
-    stats = explore(args.output, args.data_dir, args.per_class)
+    stats = explore(args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize)
     mean = ", ".join(f"{v:.4f}" for v in stats["mean"])
     std = ", ".join(f"{v:.4f}" for v in stats["std"])
-    print(f"{stats['images']:,} training images in {len(stats['classes'])} classes; mean ({mean}) std ({std})")
+    print(
+        f"{stats['dataset']}: {stats['images']:,} images in {len(stats['classes'])} classes; mean ({mean}) std ({std})"
+    )
     print(f"figures and stats.json written to {args.output}")
 
 
@@ -130,6 +200,8 @@ def command_study(args: argparse.Namespace) -> None:
     from imgclf.study import parse_overrides, run_study
 
     overrides = parse_overrides(args.set)
+    if args.data:
+        overrides["data"] = args.data
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.no_progress:
@@ -159,13 +231,21 @@ def command_models(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors print one line and return a non-zero exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one usage and one error line (2)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    try:
+        if getattr(args, "output", None) is not None:
+            check_writable_folder(args.output, "--output")
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
         commands.update(compare=command_compare, models=command_models, study=command_study)
         commands[args.command](args)
     except ImgclfError as exc:
-        print(f"imgclf: error: {exc}", file=sys.stderr)
+        print(f"imgclf: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the last line of defence: a full disk, a read-only folder, a path that is a file…
+        print(f"imgclf: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

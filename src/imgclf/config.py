@@ -1,6 +1,8 @@
 """Training configuration: one dataclass that is the single source of CLI flags, YAML keys and defaults."""
 
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ class TrainConfig:
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
     pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")
     weights: str | None = option(None, "timm models: local ImageNet weights file (.safetensors or .pth) to start from")
-    img_size: int = option(0, "timm models: side the 32×32 images are resized to (0: the backbone's native side)")
+    img_size: int = option(0, "timm models: side the images are resized to (0: the backbone's native side)")
     dropout: float = option(0.2, "timm models: dropout before the new classifier")
     drop_path: float = option(0.0, "timm models: stochastic depth of the residual blocks (timm's drop_path_rate)")
     head_epochs: int = option(0, "timm models: phase 1 epochs, training only the new head on the frozen backbone")
@@ -56,7 +58,19 @@ class TrainConfig:
         0, "progressive resizing: first epochs start at this image side, e.g. 16, and ramp up (0: off)"
     )
     progressive_fraction: float = option(0.5, "fraction of the epochs over which the image side ramps up to full size")
-    val_fraction: float = option(0.1, "fraction of the 50,000 training images held out for validation")
+    data: str = option(
+        "cifar10", "dataset: cifar10, cifar100, or a folder of images (DIR/<class>/… or DIR/train|val|test/<class>/…)"
+    )
+    data_size: int = option(
+        0, "side the images are stored and trained at (0: 32 from scratch, the input side of a transfer backbone)"
+    )
+    resize: str = option(
+        "crop",
+        "folder images to squares: shorter side then centre crop, pad the longer side, or stretch",
+        ("crop", "pad", "stretch"),
+    )
+    val_fraction: float = option(0.1, "fraction of the training images held out for validation (stratified, seeded)")
+    test_fraction: float = option(0.1, "a folder without test/: fraction of its images held out for testing")
     train_subset: int = option(0, "train on only the first N images of the training split (0: all); for quick tests")
     test_subset: int = option(0, "evaluate on only the first N test images (0: all); for quick tests")
     seed: int = option(0, "random seed for initialisation, split, shuffling and augmentation")
@@ -69,8 +83,12 @@ class TrainConfig:
     early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)")
     reduce_lr_patience: int = option(0, "reduce the learning rate after this many epochs without improvement (0: off)")
     reduce_lr_factor: float = option(0.5, "factor applied by reduce-LR-on-plateau")
-    data_dir: str | None = option(None, "folder holding cifar-10-batches-py (default: $IMGCLF_DATA_DIR or download)")
-    download: bool = option(False, "download CIFAR-10 into --data-dir when it is missing")
+    data_dir: str | None = option(
+        None, "--data cifar10/cifar100: folder holding their downloaded files (default: $IMGCLF_DATA_DIR or download)"
+    )
+    download: bool = option(False, "download CIFAR into --data-dir when it is missing")
+    prepare_dir: str | None = option(None, "folder of prepared folder datasets (default: ~/.cache/imgclf/prepared)")
+    workers: int = option(0, "processes decoding a folder's images (0: one per available CPU core)")
     output: str = option("runs", "parent folder of run directories")
     name: str | None = option(None, "run directory name (default: MODEL-TIMESTAMP)")
     evaluate: bool = option(True, "evaluate the best checkpoint on the test split when training ends")
@@ -80,59 +98,85 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise a one-line error for the first invalid value."""
+        from imgclf.data.datasets import is_builtin
+        from imgclf.device import check_device_name
         from imgclf.models import MODELS
         from imgclf.models.backbones import is_timm_model, unfrozen_units
 
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name))
         if self.model not in MODELS and not is_timm_model(self.model):
             raise ImgclfError(
-                f"unknown model '{self.model}' (imgclf models: {', '.join(MODELS)}; or any timm model name)"
+                f"unknown model {shown(self.model)} (imgclf models: {', '.join(MODELS)}; or any timm model name)"
             )
         if self.model in MODELS:
             transfer = ("pretrained", "weights", "img_size", "head_epochs", "feature_shift")
             if used := [n for n in transfer if getattr(self, n)]:
                 raise ImgclfError(f"--{used[0].replace('_', '-')} applies to timm models, not '{self.model}'")
+        check_unfreeze(self.unfreeze)
         unfrozen_units(self.unfreeze, 1)  # validates the spelling
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ImgclfError(f"invalid {f.name} '{value}' (choose from: {', '.join(choices)})")
-        if self.batch_size < 1:
-            raise ImgclfError(f"batch_size must be a positive integer, got {self.batch_size}")
+                raise ImgclfError(f"invalid {flag(f.name)} {shown(value)} (choose from: {', '.join(choices)})")
+        check_device_name(self.device)
+        if self.name is not None:
+            check_run_name(self.name)
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ImgclfError(f"--batch-size must be a positive integer up to {MAX_BATCH_SIZE}, got {self.batch_size}")
         if self.epochs < 0 or (self.epochs == 0 and not self.head_epochs):
-            raise ImgclfError(f"epochs must be a positive integer, got {self.epochs}")
+            raise ImgclfError(f"--epochs must be a positive integer, got {self.epochs}")
+        if not 0 <= self.seed < 2**32:
+            raise ImgclfError(f"--seed must be in [0, 2**32), got {self.seed}")
         for name in (
             "lr",
             "head_lr",
             "head_epochs",
             "img_size",
+            "data_size",
             "dropout",
             "drop_path",
             "layer_decay",
             "weight_decay",
             "warmup_epochs",
-            "label_smoothing",
             "mixup",
             "cutout",
             "feature_shift",
+            "progressive_size",
             "train_subset",
             "test_subset",
             "early_stopping",
             "reduce_lr_patience",
+            "workers",
         ):
             if getattr(self, name) < 0:
-                raise ImgclfError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise ImgclfError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("dropout", "drop_path"):
             if getattr(self, name) >= 1:
-                raise ImgclfError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.val_fraction < 1:
-            raise ImgclfError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+                raise ImgclfError(f"{name} must be in [0, 1), got {getattr(self, name)}")  # tests match this spelling
+        for name in ("momentum", "label_smoothing", "val_fraction", "test_fraction", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ImgclfError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("img_size", "data_size"):
+            if getattr(self, name) > MAX_IMAGE_SIDE:
+                raise ImgclfError(
+                    f"{flag(name)} must be at most {MAX_IMAGE_SIDE}, got {getattr(self, name)}: "
+                    "images of that side cannot fit in memory"
+                )
+        if 0 < self.data_size < 32:
+            raise ImgclfError(f"--data-size must be at least 32 (or 0: the default), got {self.data_size}")
+        if not is_builtin(self.data) and self.val_fraction + self.test_fraction >= 1:
+            raise ImgclfError(
+                f"--val-fraction + --test-fraction must be below 1 (no training images would be left), "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
         if not 0 <= self.progressive_fraction <= 1:
-            raise ImgclfError(f"progressive_fraction must be in [0, 1], got {self.progressive_fraction}")
-        if not 0 <= self.ema_decay < 1:
-            raise ImgclfError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise ImgclfError(f"--progressive-fraction must be in [0, 1], got {self.progressive_fraction}")
+        if not 0 < self.reduce_lr_factor <= 1:
+            raise ImgclfError(f"--reduce-lr-factor must be in (0, 1], got {self.reduce_lr_factor}")
         if self.val_fraction == 0 and (self.early_stopping or self.reduce_lr_patience):
-            raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (val_fraction > 0)")
+            raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (--val-fraction > 0)")
         return self
 
     @property
@@ -156,34 +200,197 @@ def field_types() -> dict[str, type]:
     return {f.name: base(f.type) for f in dataclasses.fields(TrainConfig)}
 
 
+MAX_BATCH_SIZE = 65536
+MAX_IMAGE_SIDE = 1024  # a larger side does not fit in memory for a dataset of images (or in a GPU for a batch)
+MAX_RUN_NAME_BYTES = 200
+MAX_YAML_BYTES = 1 << 20  # config files and presets are a few lines; a larger file is the wrong file
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of config field ``name``, e.g. ``--label-smoothing``."""
+    return "--" + name.replace("_", "-")
+
+
+def optional_fields() -> frozenset[str]:
+    """The config fields that may be null (their type is ``X | None``)."""
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if type(None) in typing.get_args(f.type))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined, so an error message stays on one line."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def shown(value, limit: int = 80) -> str:
+    """A short one-line repr of ``value`` for an error message."""
+    text = "null" if value is None else one_line(repr(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def os_reason(exc: OSError) -> str:
+    """The operating system's reason for ``exc``, lower-case, e.g. 'no space left on device'."""
+    reason = exc.strerror or one_line(str(exc)) or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+def check_value(name: str, value) -> None:
+    """A one-line error when config field ``name`` holds a value of the wrong type, nan/inf or a NUL character."""
+    kind = field_types()[name]
+    if value is None:
+        if name in optional_fields():
+            return
+        raise ImgclfError(f"{flag(name)} must be {kind.__name__}, got null")
+    if kind is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if kind is bool:
+        fits = isinstance(value, bool)
+    elif kind is float:
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, kind) and not isinstance(value, bool)
+    if not fits:
+        raise ImgclfError(f"{flag(name)} must be {kind.__name__}, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ImgclfError(f"{flag(name)} must be a finite number, got {value}")
+    if isinstance(value, str) and "\0" in value:
+        raise ImgclfError(f"{flag(name)} must not contain a NUL character, got {shown(value)}")
+
+
+def check_unfreeze(spec: str) -> None:
+    """A one-line error for an ``--unfreeze`` that parses as nan or infinity (the rest: ``unfrozen_units``)."""
+    try:
+        value = float(spec)
+    except ValueError:
+        return
+    if not math.isfinite(value):
+        raise ImgclfError(f"--unfreeze must be 'all', a number of layers or a fraction in [0, 1], got '{spec}'")
+
+
+def check_run_name(name: str) -> None:
+    """A one-line error unless ``name`` can be a run directory's name: one path component, not '.' or '..'."""
+    if not isinstance(name, str) or not name:
+        raise ImgclfError(f"--name must be a non-empty folder name, got {shown(name)}")
+    if name in (".", ".."):
+        raise ImgclfError(f"--name must be a folder name, not '{name}'")
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        raise ImgclfError(f"--name must be a folder name without path separators, got {shown(name)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ImgclfError(f"--name must not contain NUL or other control characters, got {shown(name)}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ImgclfError(f"--name must be valid UTF-8 text, got {shown(name)}") from None
+    if size > MAX_RUN_NAME_BYTES:
+        raise ImgclfError(f"--name must be at most {MAX_RUN_NAME_BYTES} bytes long, got {size} bytes")
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> None:
+    """A one-line error unless ``path`` is a folder, or can be created as one, that this process may write into."""
+    text = os.fspath(path)
+    if not text:
+        raise ImgclfError(f"{what} must not be empty")
+    if "\0" in text:
+        raise ImgclfError(f"{what} must not contain a NUL character, got {shown(text)}")
+    target = Path(text)
+    folder = next((p for p in (target, *target.parents) if os.path.lexists(p)), Path("."))
+    if not folder.is_dir():
+        where = "" if folder == target else f": {folder} exists and is not a folder"
+        raise ImgclfError(f"{what} {target} is not a folder{where}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ImgclfError(f"{what} {target} is not writable ({folder}: permission denied or read-only file system)")
+
+
 def coerce(key: str, value, source: str):
     """Convert ``value`` to the type of config field ``key``, or raise a one-line error."""
     kind = field_types()[key]
     if value is None:
-        return None
+        if key in optional_fields():
+            return None
+        raise ImgclfError(f"{source}: '{key}' must be {kind.__name__}, got null")
     if kind is bool and isinstance(value, bool):
         return value
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ImgclfError(f"{source}: '{key}' is too large for a float, got {shown(value)}") from None
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind is str and isinstance(value, str | int | float):
+    if kind is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
-    raise ImgclfError(f"{source}: '{key}' must be {kind.__name__}, got {value!r}")
+    raise ImgclfError(f"{source}: '{key}' must be {kind.__name__}, got {shown(value)}")
 
+
+def parse_yaml(text: str, what: str):
+    """The value of YAML ``text`` (safe loader: no Python objects), or a one-line error naming ``what``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = one_line(exc.problem or exc.context or str(exc))
+        if "tag:yaml.org,2002:python/" in problem:
+            tag = problem.split("tag:yaml.org,2002:", 1)[1].rstrip("'")
+            raise ImgclfError(f"{what} uses the tag !!{tag}{where}: only plain YAML values are read") from None
+        raise ImgclfError(f"{what} is not valid YAML: {problem}{where}") from None
+    except yaml.YAMLError as exc:
+        raise ImgclfError(f"{what} is not valid YAML: {one_line(str(exc))}") from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:  # e.g. a date 2001-13-45, !!int x
+        raise ImgclfError(f"{what} is not valid YAML: {one_line(str(exc)) or type(exc).__name__}") from None
+
+
+def read_yaml_file(path: Path, what: str):
+    """The YAML value stored in file ``path``, or a one-line error naming ``what`` and the path."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ImgclfError(f"cannot read {what} {path}: {os_reason(exc)}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ImgclfError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KiB: not a YAML file of options")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImgclfError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    return parse_yaml(text, f"{what} {path}")
+
+
+def type_name(value) -> str:
+    """'a list', 'a string'… : what a YAML value is, for an error message."""
+    names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean", dict: "a mapping"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# options that do not change what a run computes: a finished run stays valid when they differ, --resume may set them
+RUNTIME_OPTIONS = frozenset(
+    {"progress", "tensorboard", "data_dir", "prepare_dir", "workers", "device", "evaluate", "tta", "output"}
+    | {"cache_dir", "compile"}
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def bundled_or_file(name_or_path: str | Path, folder: Path, kind: str) -> Path:
     """An existing YAML file, or the name of one bundled in ``folder``; a one-line error naming ``kind`` otherwise."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if (folder / f"{name_or_path}.yaml").is_file():
-        return folder / f"{name_or_path}.yaml"
-    bundled = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-    raise ImgclfError(f"{kind} not found: {name_or_path} (bundled: {bundled})")
+    text = os.fspath(name_or_path)
+    bundled = sorted(p.stem for p in folder.glob("*.yaml"))
+    if not text or "\0" in text:
+        raise ImgclfError(f"{kind} not found: {shown(text)} (bundled: {', '.join(bundled)})")
+    path = Path(text)
+    try:
+        if path.is_file():
+            return path
+        if text in bundled:  # a bare name: the bundled file
+            return folder / f"{text}.yaml"
+        if path.is_dir():
+            raise ImgclfError(f"{kind} {path} is a folder, not a YAML file")
+        if os.path.lexists(path):
+            raise ImgclfError(f"{kind} {path} is not a regular file")
+    except OSError as exc:  # e.g. a name too long, a permission denied on a parent folder
+        raise ImgclfError(f"cannot read {kind} {path}: {os_reason(exc)}") from None
+    raise ImgclfError(f"{kind} not found: {text} (bundled: {', '.join(bundled)})")
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -194,20 +401,27 @@ def config_path(name_or_path: str | Path) -> Path:
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML file (or bundled recipe) of config keys, rejecting unknown keys and wrong types in one line."""
     path = config_path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ImgclfError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(path, "config file")
+    if data is None:  # an empty file
+        return {}
     if not isinstance(data, dict):
-        raise ImgclfError(f"config file {path} must hold a mapping of option: value")
+        raise ImgclfError(f"config file {path} must hold a mapping of option: value, got {type_name(data)}")
     known = field_types()
     for key in data:
         norm = str(key).replace("-", "_")
         if norm not in known:
-            raise ImgclfError(f"unknown config key '{key}' in {path} (valid keys: {', '.join(known)})")
+            raise ImgclfError(f"unknown config key {shown(key)} in {path} (valid keys: {', '.join(known)})")
     return {str(k).replace("-", "_"): coerce(str(k).replace("-", "_"), v, str(path)) for k, v in data.items()}
 
 
 def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
-    """Defaults, overridden by a config file, overridden by command-line flags; validated."""
-    return TrainConfig(**{**file_values, **cli_values}).validate()
+    """Defaults, overridden by a config file, overridden by command-line flags; validated, with a folder given as
+    ``data`` made absolute (the run is evaluated from anywhere) and the output folder checked to be writable."""
+    from imgclf.data.datasets import is_builtin
+
+    cfg = TrainConfig(**{**file_values, **cli_values})
+    if isinstance(cfg.data, str) and cfg.data and not is_builtin(cfg.data):
+        cfg.data = str(Path(cfg.data).expanduser().absolute())
+    cfg.validate()
+    check_writable_folder(cfg.output, "--output")
+    return cfg

@@ -10,25 +10,35 @@ stopped: finished runs are kept, an interrupted one resumes from its last checkp
 when missing. The comparison (tables, figures, report.html) is written to ``OUTPUT/comparison``.
 """
 
-import json
 import time
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
-from imgclf.config import TrainConfig, build_config, bundled_or_file, coerce, field_types, load_config_file
+from imgclf.config import (
+    RUNTIME_OPTIONS,
+    TrainConfig,
+    build_config,
+    bundled_or_file,
+    coerce,
+    field_types,
+    load_config_file,
+    parse_yaml,
+    read_yaml_file,
+    shown,
+    type_name,
+)
 from imgclf.errors import ImgclfError
-from imgclf.evaluation.evaluate import evaluate_run, load_run_config
+from imgclf.evaluation.evaluate import evaluate_run
+from imgclf.io import write_json
 from imgclf.report.compare import compare
-from imgclf.training.checkpoint import atomic_write
+from imgclf.report.reference import dataset_name
+from imgclf.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
 from imgclf.training.run import train_run
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
 # options that only timm models take: study-wide overrides skip the from-scratch runs
 TRANSFER_ONLY = {"pretrained", "weights", "img_size", "head_epochs", "head_lr", "unfreeze", "layer_decay", "drop_path"}
-# options that do not change what a run computes: a finished run stays valid when they differ
-RUNTIME_OPTIONS = {"progress", "tensorboard", "data_dir", "device", "evaluate", "output", "cache_dir", "compile", "tta"}
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -44,30 +54,48 @@ def parse_overrides(pairs: list[str]) -> dict:
         key = key.strip().replace("-", "_")
         if not sep or key not in known:
             raise ImgclfError(f"--set expects KEY=VALUE with a config key, got '{pair}'")
-        out[key] = coerce(key, yaml.safe_load(value), "--set")
+        out[key] = coerce(key, parse_yaml(value, f"--set {key}"), "--set")
     return out
 
 
 def study_configs(preset: str | Path, output: Path, overrides: dict) -> dict[str, TrainConfig]:
     """The validated configuration of every run of ``preset``, in study order."""
     path = preset_path(preset)
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml_file(path, "study preset")
+    if not isinstance(spec, dict):
+        raise ImgclfError(f"study preset {path} must hold a mapping with a 'runs' key, got {type_name(spec)}")
     runs = spec.get("runs")
     if not isinstance(runs, dict) or not runs:
-        raise ImgclfError(f"study preset {path} must have a 'runs' mapping of run name: options")
-    configs = {}
+        got = "no runs" if isinstance(runs, dict) else type_name(runs)
+        raise ImgclfError(f"study preset {path} must have a 'runs' mapping of run name: options, got {got}")
+    known, configs = field_types(), {}
     for name, options in runs.items():
-        options = dict(options or {})
-        file_values = load_config_file(options.pop("config")) if "config" in options else {}
-        for key in options:
-            if key not in field_types():
-                raise ImgclfError(f"unknown config key '{key}' for run '{name}' in {path}")
-        values = {k: coerce(k, v, str(path)) for k, v in options.items()}
-        # options a run cannot take (e.g. img_size for a from-scratch network) are not forced on it
-        applicable = {
-            k: v for k, v in overrides.items() if k not in TRANSFER_ONLY or not _is_scratch(file_values, values)
-        }
-        configs[name] = build_config(file_values, {**values, **applicable, "name": name, "output": str(output)})
+        where = f"run {shown(name)} of study preset {path}"
+        if not isinstance(name, str):
+            raise ImgclfError(f"{where}: a run's name must be text, got {type_name(name)}")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ImgclfError(f"{where} must be a mapping of option: value, got {type_name(options)}")
+        options = {str(k).replace("-", "_"): v for k, v in options.items()}
+        try:
+            file_values = {}
+            if "config" in options:
+                config = options.pop("config")
+                if not isinstance(config, str) or not config:
+                    raise ImgclfError(f"'config' must name a bundled recipe or a YAML file, got {shown(config)}")
+                file_values = load_config_file(config)
+            for key in options:
+                if key not in known:
+                    raise ImgclfError(f"unknown config key {shown(key)} (valid keys: {', '.join(known)})")
+            values = {k: coerce(k, v, "option") for k, v in options.items()}
+            # options a run cannot take (e.g. img_size for a from-scratch network) are not forced on it
+            applicable = {
+                k: v for k, v in overrides.items() if k not in TRANSFER_ONLY or not _is_scratch(file_values, values)
+            }
+            configs[name] = build_config(file_values, {**values, **applicable, "name": name, "output": str(output)})
+        except ImgclfError as exc:
+            raise ImgclfError(f"{where}: {exc}") from None
     return configs
 
 
@@ -90,25 +118,24 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
     record = {"preset": str(preset_path(preset)), "output": str(output), "runs": {}}
     start = time.perf_counter()
     for index, (name, cfg) in enumerate(configs.items(), 1):
-        run_dir = output / name
+        run = RunDir(output / name)
         tqdm.write(f"== study run {index}/{len(configs)}: {name} ({cfg.model}) ==")
         run_start = time.perf_counter()
         status = "trained"
-        if (run_dir / "config.yaml").is_file():
-            saved = load_run_config(run_dir)
-            if not same_computation(saved, cfg):
-                raise ImgclfError(f"{run_dir} holds a run with other options; delete it or choose another --output")
-            if (run_dir / "summary.json").is_file() and (run_dir / "best.safetensors").is_file():
+        if run.exists():
+            if not same_computation(run.read_config(), cfg):
+                raise ImgclfError(f"{run.path} holds a run with other options; delete it or choose another --output")
+            if run.file(SUMMARY).is_file() and run.file(BEST_WEIGHTS).is_file():
                 status = "kept"
             else:
-                train_run(cfg, run_dir, resume=True)
+                train_run(cfg, run.path, resume=True)
                 status = "resumed"
         else:
-            train_run(cfg, run_dir)
-        metrics_file = run_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if status == "kept" and metrics_file.is_file() else None
+            train_run(cfg, run.path)
+        metrics = run.read_metrics() if status == "kept" and run.file(METRICS).is_file() else None
         if metrics is None or (cfg.tta and "tta" not in metrics):
-            metrics = evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta)
+            metrics = evaluate_run(run.path, cfg.data_dir, cfg.device, tta=cfg.tta)
+        record["dataset"] = dataset_name(metrics)
         record["runs"][name] = {
             "model": cfg.model,
             "status": status,
@@ -119,5 +146,5 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
         tqdm.write(f"{name}: test accuracy {metrics['test_accuracy']:.4f} ({status})")
     compare([output / name for name in configs], output / "comparison", list(configs))
     record["wall_seconds"] = time.perf_counter() - start
-    atomic_write(output / "study.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    write_json(output / "study.json", record)
     return record

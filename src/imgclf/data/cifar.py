@@ -1,36 +1,28 @@
-"""CIFAR-10 as in-memory uint8 tensors, loaded through torchvision with every file's checksum verified."""
+"""CIFAR-10 and CIFAR-100 as in-memory uint8 tensors, loaded through torchvision with every file's checksum verified.
+
+This module is the one place that knows CIFAR: its 32-px images, its classes and its mean and std.
+"""
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torchvision.datasets import CIFAR10
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 
+from imgclf.data.datasets import ImageSet, Splits, train_val_indices
 from imgclf.errors import ImgclfError
 
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "imgclf" / "data"
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclass
-class ImageSet:
-    """Images as a uint8 tensor of shape (N, 3, H, W), integer labels (N,), and the class names."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, indices: torch.Tensor | np.ndarray) -> "ImageSet":
-        """The images at ``indices``."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(self.images[idx], self.labels[idx], self.classes)
+CIFAR_SIDE = 32
+# source name → (torchvision dataset, display name, per-channel mean, std of the training images)
+CIFAR_SOURCES = {
+    "cifar10": (CIFAR10, "CIFAR-10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": (CIFAR100, "CIFAR-100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+CIFAR10_MEAN, CIFAR10_STD = CIFAR_SOURCES["cifar10"][2:]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -39,72 +31,101 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     if not chosen:
         return DEFAULT_DATA_DIR, False
     path = Path(chosen).expanduser()
-    if path.name == CIFAR10.base_folder:  # accept the cifar-10-batches-py folder itself
+    if path.name in (CIFAR10.base_folder, CIFAR100.base_folder):  # accept the batches folder itself
         path = path.parent
     return path, True
 
 
-def verify_cifar10(root: Path) -> None:
-    """Raise a one-line error naming the first missing or corrupt CIFAR-10 file under ``root``."""
-    folder = root / CIFAR10.base_folder
-    for name, md5 in [
-        *CIFAR10.train_list,
-        *CIFAR10.test_list,
-        (CIFAR10.meta["filename"], CIFAR10.meta["md5"]),
-    ]:
-        path = folder / name
+def verify_cifar(root: Path, dataset: type[CIFAR10] = CIFAR10) -> None:
+    """Raise a one-line error naming the first missing or corrupt file of ``dataset`` under ``root``."""
+    folder = root / dataset.base_folder
+    name = "CIFAR-100" if dataset is CIFAR100 else "CIFAR-10"
+    for filename, md5 in [*dataset.train_list, *dataset.test_list, (dataset.meta["filename"], dataset.meta["md5"])]:
+        path = folder / filename
         if not path.is_file():
-            raise ImgclfError(f"CIFAR-10 file missing: {path}")
+            raise ImgclfError(f"{name} file missing: {path}")
         if not check_integrity(str(path), md5):
-            raise ImgclfError(f"CIFAR-10 file corrupt (md5 mismatch): {path}; delete it and download again")
+            raise ImgclfError(f"{name} file corrupt (md5 mismatch): {path}; delete it and download again")
 
 
-def load_cifar10(split: str, data_dir: str | os.PathLike | None = None, download: bool | None = None) -> ImageSet:
+def load_cifar(
+    split: str, data_dir: str | os.PathLike | None = None, download: bool | None = None, source: str = "cifar10"
+) -> ImageSet:
     """Load the ``train`` (50,000) or ``test`` (10,000) split, downloading to the default cache if needed."""
     if split not in ("train", "test"):
         raise ImgclfError(f"unknown split '{split}' (use 'train' or 'test')")
+    dataset, name = CIFAR_SOURCES[source][:2]
     root, user_chosen = resolve_data_dir(data_dir)
     if download is None:
         download = not user_chosen
     if user_chosen and not root.is_dir():
         raise ImgclfError(f"data dir not found: {root}")
-    if not (root / CIFAR10.base_folder).is_dir():
+    if not (root / dataset.base_folder).is_dir():
         if not download:
-            raise ImgclfError(f"CIFAR-10 not found: {root / CIFAR10.base_folder} does not exist (pass --download)")
+            raise ImgclfError(f"{name} not found: {root / dataset.base_folder} does not exist (pass --download)")
         root.mkdir(parents=True, exist_ok=True)
         try:
-            CIFAR10(str(root), train=True, download=True)
+            dataset(str(root), train=True, download=True)
         except Exception as exc:  # network errors come in many types
-            raise ImgclfError(f"could not download CIFAR-10 to {root}: {exc}") from None
-    verify_cifar10(root)
+            raise ImgclfError(f"could not download {name} to {root}: {exc}") from None
+    verify_cifar(root, dataset)
     try:
-        ds = CIFAR10(str(root), train=split == "train", download=False)
+        ds = dataset(str(root), train=split == "train", download=False)
     except Exception as exc:  # unpickling a damaged file
-        raise ImgclfError(f"could not read CIFAR-10 from {root / CIFAR10.base_folder}: {exc}") from None
+        raise ImgclfError(f"could not read {name} from {root / dataset.base_folder}: {exc}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes))
 
 
-def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/validation index split with the same class proportions in both parts."""
-    from sklearn.model_selection import train_test_split
+def load_cifar10(split: str, data_dir: str | os.PathLike | None = None, download: bool | None = None) -> ImageSet:
+    """CIFAR-10's ``train`` or ``test`` split."""
+    return load_cifar(split, data_dir, download, "cifar10")
 
-    indices = np.arange(len(labels))
-    if val_fraction <= 0:
-        return indices, indices[:0]
-    train_idx, val_idx = train_test_split(
-        indices, test_size=val_fraction, stratify=labels.numpy(), random_state=seed, shuffle=True
+
+def resize_images(images: torch.Tensor, side: int, chunk: int = 2048) -> torch.Tensor:
+    """uint8 images resized (antialiased bilinear) to ``side``×``side``, chunk by chunk."""
+    out = []
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].float()
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else images.new_zeros(0, 3, side, side)
+
+
+def cifar_splits(
+    source: str,
+    data_dir: str | os.PathLike | None,
+    download: bool | None,
+    val_fraction: float,
+    seed: int,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    side: int = 0,
+) -> Splits:
+    """CIFAR's training set split into (train, validation) as a run with these options splits it; its test set
+    (optionally its first ``test_subset`` images) is loaded when :meth:`Splits.test` is called."""
+    _, name, mean, std = CIFAR_SOURCES[source]
+    full = load_cifar("train", data_dir, download, source)
+    side = side or CIFAR_SIDE
+    if side != CIFAR_SIDE:
+        full = ImageSet(resize_images(full.images, side), full.labels, full.classes)
+    train_idx, val_idx = train_val_indices(full.labels, val_fraction, seed, train_subset)
+
+    def load_test() -> ImageSet:
+        test = load_cifar("test", data_dir, download, source)
+        if test_subset:
+            test = test.subset(torch.arange(min(test_subset, len(test))))
+        return ImageSet(resize_images(test.images, side), test.labels, test.classes) if side != CIFAR_SIDE else test
+
+    return Splits(
+        name=name,
+        train=full.subset(train_idx),
+        val=full.subset(val_idx),
+        classes=full.classes,
+        mean=mean,
+        std=std,
+        side=side,
+        fingerprint=source,  # the official files, verified by their checksums
+        load_test=load_test,
+        info={"source": source, "train": len(train_idx), "val": len(val_idx)},
     )
-    return np.sort(train_idx), np.sort(val_idx)
-
-
-def load_train_val(
-    data_dir: str | os.PathLike | None, download: bool | None, val_fraction: float, seed: int, train_subset: int = 0
-) -> tuple[ImageSet, ImageSet]:
-    """The training split divided into (train, validation) parts exactly as a run with these options divides it."""
-    full = load_cifar10("train", data_dir, download=download)
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
-    if train_subset:
-        train_idx = train_idx[:train_subset]
-        val_idx = val_idx[: max(train_subset // 4, 1)] if len(val_idx) else val_idx
-    return full.subset(train_idx), full.subset(val_idx)

@@ -1,35 +1,109 @@
-"""A first look at a dataset: sample images per class, class distribution, per-channel mean and std."""
+"""A first look at a dataset: sample images per class, class balance, per-channel mean and std, and for a folder
+the sizes and modes of its raw image files."""
 
-import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imgclf.data.cifar import load_cifar10
-from imgclf.training.checkpoint import atomic_write
+from imgclf.data.datasets import ImageSet, MappedImages, channel_stats, is_builtin
+from imgclf.io import write_json
+
+GALLERY_CLASSES = 20  # the sample grid shows the first classes only; stats.json covers all
+RAW_SAMPLE = 5000  # raw-file headers read for the size and mode statistics of a large folder
 
 
-def channel_stats(images: torch.Tensor) -> dict[str, list[float]]:
-    """Per-channel mean and standard deviation of uint8 (N, C, H, W) images, on the [0, 1] scale."""
-    x = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return {"mean": x.mean(dim=1).tolist(), "std": x.std(dim=1).tolist()}
+def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, workers: int, progress: bool):
+    """Every readable image of a folder (all splits), its display name and the facts of its raw files."""
+    from imgclf.data.folder import prepare, scan_folder
+
+    scan = scan_folder(data)
+    files = [f for split in scan.files for f in scan.files[split]]
+    labels = [label for split in scan.labels for label in scan.labels[split]]
+    prepared = prepare(scan.root, files, side, resize, prepare_dir, workers, progress)
+    rows = np.array([i for i, reason in enumerate(prepared.reasons) if not reason], dtype=np.int64)
+    images = ImageSet(
+        MappedImages(prepared.array, rows, prepared.key),
+        torch.tensor(labels)[torch.from_numpy(rows)],
+        scan.classes,
+        [files[i] for i in rows],
+    )
+    raw = raw_file_stats(scan.root, files, seed=0)
+    raw.update(layout=scan.layout, files=len(files), ignored_files=scan.ignored)
+    raw["skipped"] = [{"file": f, "reason": r} for f, r in zip(files, prepared.reasons, strict=True) if r]
+    return images, scan.root.name, raw
 
 
-def explore(output: str | Path, data_dir: str | None = None, per_class: int = 8, seed: int = 0) -> dict:
-    """Write samples.png, class_distribution.png and stats.json for the training split into ``output``."""
+def raw_file_stats(root: Path, files: list[str], seed: int = 0) -> dict:
+    """Width, height, mode and format of the raw files (headers only; a sample of a large folder)."""
+    from PIL import Image
+
+    picked = files
+    if len(files) > RAW_SAMPLE:
+        picked = [files[i] for i in np.sort(np.random.default_rng(seed).permutation(len(files))[:RAW_SAMPLE])]
+    sizes, modes, formats = [], Counter(), Counter()
+    for name in picked:
+        try:
+            with Image.open(root / name) as image:
+                sizes.append(image.size)
+                modes[image.mode] += 1
+                formats[image.format or "?"] += 1
+        except Exception:  # unreadable files are counted by the preparation
+            continue
+    widths = np.array([w for w, _ in sizes] or [0])
+    heights = np.array([h for _, h in sizes] or [0])
+    return {
+        "raw_files_read": len(sizes),
+        "width": {"min": int(widths.min()), "median": float(np.median(widths)), "max": int(widths.max())},
+        "height": {"min": int(heights.min()), "median": float(np.median(heights)), "max": int(heights.max())},
+        "modes": dict(modes.most_common()),
+        "formats": dict(formats.most_common()),
+        "sizes": sizes,
+    }
+
+
+def explore(
+    output: str | Path,
+    data: str = "cifar10",
+    data_dir: str | None = None,
+    per_class: int = 8,
+    seed: int = 0,
+    side: int = 0,
+    resize: str = "crop",
+    prepare_dir: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Write samples.png, class_distribution.png (and image_sizes.png for a folder) and stats.json into ``output``."""
     from imgclf.evaluation import plots
 
     output = Path(output)
-    train = load_cifar10("train", data_dir)
-    counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
+    raw = None
+    if is_builtin(data):
+        from imgclf.data.cifar import CIFAR_SOURCES, load_cifar
+
+        images, name = load_cifar("train", data_dir, source=data), CIFAR_SOURCES[data][1]
+    else:
+        images, name, raw = folder_images(data, side or 64, resize, prepare_dir, workers, progress)
+    classes = images.classes
+    labels = images.labels.numpy()
+    counts = np.bincount(labels, minlength=len(classes)).tolist()
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(train.labels.numpy() == c), per_class, replace=False) for c in range(10)]
-    order = np.concatenate(picks)
-    captions = [train.classes[train.labels[i]] for i in order]
-    plots.plot_gallery(train.images[order].numpy(), captions, output / "samples.png", columns=per_class)
-    plots.plot_bars(train.classes, counts, output / "class_distribution.png", title="training images per class")
-    stats = {"images": len(train), "classes": train.classes, "per_class": dict(zip(train.classes, counts, strict=True))}
-    stats.update(channel_stats(train.images))
-    atomic_write(output / "stats.json", lambda tmp: tmp.write_text(json.dumps(stats, indent=2)))
+    shown = classes[:GALLERY_CLASSES]
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), min(per_class, counts[c]), replace=False) for c in range(len(shown))
+    ]
+    order = np.concatenate(picks).astype(np.int64)
+    captions = [classes[labels[i]] for i in order]
+    plots.plot_gallery(images.images[order].numpy(), captions, output / "samples.png", columns=per_class)
+    plots.plot_bars(classes, counts, output / "class_distribution.png", title=f"{name}: images per class")
+    mean, std = channel_stats(images.images)
+    per = dict(zip(classes, counts, strict=True))
+    stats = {"dataset": name, "images": len(images), "classes": classes, "per_class": per}
+    stats.update(mean=list(mean), std=list(std))
+    if raw is not None:
+        plots.plot_sizes(raw.pop("sizes"), output / "image_sizes.png", title=f"{name}: raw image sizes")
+        stats["raw"] = raw
+    write_json(output / "stats.json", stats)
     return stats

@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.data.cifar import ImageSet
+from imgclf.data.datasets import ImageSet
 from imgclf.device import autocast
 from imgclf.errors import ImgclfError
-from imgclf.training.checkpoint import atomic_write
+from imgclf.io import atomic_write
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "imgclf" / "activations"
 COMPILE_MIN_IMAGES = 2000  # compiling the prefix costs ~30 s and speeds caching up ~1.6× (Lite2 at 224, 2-core CPU)
@@ -85,7 +85,7 @@ class ActivationCache:
             "std": self.std,
             "precision": self.precision,
             "flip": flip,
-            "data": tensor_digest([data.images, data.labels]),
+            "data": data.fingerprint(),
         }
         return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -1,4 +1,5 @@
-"""Batches from an in-memory :class:`ImageSet`: seeded shuffling, batch augmentation, normalisation."""
+"""Batches of an :class:`ImageSet` — in memory (moved to the device once) or memory-mapped on disk (each batch
+gathered from the file) — with seeded shuffling, batch augmentation and normalisation."""
 
 from collections.abc import Iterator
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.data.augment import augment_batch, random_crop
-from imgclf.data.cifar import ImageSet
+from imgclf.data.datasets import ImageSet, MappedImages
 from imgclf.errors import ImgclfError
 
 
@@ -56,7 +57,7 @@ class BatchLoader(SeededBatches):
         image_size: int = 0,
     ) -> None:
         self.device = torch.device(device)
-        self.images = data.images.to(self.device)
+        self.images = data.images if isinstance(data.images, MappedImages) else data.images.to(self.device)
         self.labels = data.labels.to(self.device)
         self.batch_size, self.augment, self.cutout = batch_size, augment, cutout
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0
@@ -73,7 +74,8 @@ class BatchLoader(SeededBatches):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
                 idx = order[idx]
-            images = augment_batch(self.images[idx], self.augment, generator, self.cutout)
+            images = self.images[idx].to(self.device, non_blocking=True)
+            images = augment_batch(images, self.augment, generator, self.cutout)
             if self.image_size and self.image_size != images.shape[-1]:
                 size = (self.image_size, self.image_size)
                 images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)

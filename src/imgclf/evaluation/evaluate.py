@@ -4,17 +4,16 @@ the model was selected on the validation split during training, and the temperat
 Writes ``metrics.json``, figures (``figures/*.png``) and a self-contained ``report.html`` into the run directory.
 """
 
-import json
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from imgclf.config import TrainConfig
-from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, ImageSet, load_cifar10, load_train_val
+from imgclf.data.datasets import ImageSet, Splits
 from imgclf.data.loader import BatchLoader
 from imgclf.device import describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
@@ -23,35 +22,37 @@ from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, 
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
 from imgclf.models import count_parameters, create_model
 from imgclf.report.html import evaluation_report
-from imgclf.training.checkpoint import atomic_write, load_weights
-from imgclf.training.history import read_history
-from imgclf.training.trainer import BEST_WEIGHTS, predict
+from imgclf.runs import BEST_WEIGHTS, FIGURES, ModelCard, RunDir
+from imgclf.training.checkpoint import load_weights
+from imgclf.training.run import model_card, run_splits
+from imgclf.training.trainer import predict
 from imgclf.training.transfer import TransferModel, build_transfer_model, transfer_logits
 
 
-def load_run_config(run_dir: Path) -> TrainConfig:
+def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run was trained with."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ImgclfError(f"not a run directory (no config.yaml): {run_dir}")
-    return TrainConfig(**yaml.safe_load(path.read_text()))
+    return RunDir(run_dir).read_config()
 
 
 def load_run_model(
-    run_dir: Path, device: torch.device | str = "cpu"
+    run_dir: str | Path, device: torch.device | str = "cpu", num_classes: int | None = None
 ) -> tuple[torch.nn.Module | TransferModel, TrainConfig]:
     """The run's selected (best-validation) model, in eval mode on ``device``: an imgclf network, or a timm network
-    with its frozen/trainable split for transfer runs."""
-    cfg = load_run_config(run_dir)
+    with its frozen/trainable split for transfer runs. The number of classes comes from the run's model card (runs
+    of earlier versions: ``num_classes``, else CIFAR-10's 10)."""
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    card = run.read_card()
+    num_classes = card.num_classes if card is not None else num_classes or 10
     if cfg.is_transfer:
-        tm = build_transfer_model(cfg, 10, pretrained=False)
-        load_weights(Path(run_dir) / BEST_WEIGHTS, tm.network)
+        tm = build_transfer_model(cfg, num_classes, pretrained=False)
+        load_weights(run.file(BEST_WEIGHTS), tm.network)
         tm.network.to(device).eval()
         if cfg.channels_last:
             tm.network.to(memory_format=torch.channels_last)
         return tm, cfg
-    model = create_model(cfg.model)
-    load_weights(Path(run_dir) / BEST_WEIGHTS, model)
+    model = create_model(cfg.model, num_classes=num_classes)
+    load_weights(run.file(BEST_WEIGHTS), model)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -66,10 +67,12 @@ def run_logits(
     precision: str,
     flip_tta: bool = False,
     desc: str = "",
+    normalisation: tuple = (),
 ) -> np.ndarray:
-    """Logits (N, C) of a run's model for ``data``; transfer models go through the activation cache."""
+    """Logits (N, C) of a run's model for ``data``; transfer models go through the activation cache, networks from
+    scratch normalise with ``normalisation`` (mean, std)."""
     if not isinstance(model, TransferModel):
-        return predict_logits(model, data, device, precision, flip_tta, cfg.channels_last)
+        return predict_logits(model, data, device, precision, *normalisation, flip_tta, cfg.channels_last)
     if not len(data):
         return np.zeros((0, len(data.classes)), np.float32)
     logits = transfer_logits(cfg, model, data, device, precision, desc=desc)
@@ -83,13 +86,15 @@ def predict_logits(
     data: ImageSet,
     device: torch.device,
     precision: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     flip_tta: bool = False,
     channels_last: bool = True,
 ) -> np.ndarray:
-    """Logits (N, C) in float32 for every image of ``data`` (see :func:`predict`)."""
+    """Logits (N, C) in float32 for every image of ``data`` normalised with ``mean``/``std`` (see :func:`predict`)."""
     if not len(data):
         return np.zeros((0, len(data.classes)), np.float32)
-    loader = BatchLoader(data, 1000, CIFAR10_MEAN, CIFAR10_STD, device=device, channels_last=channels_last)
+    loader = BatchLoader(data, 1000, mean, std, device=device, channels_last=channels_last)
     return predict(model, loader, device, precision, flip_tta)[0].cpu().numpy()
 
 
@@ -100,36 +105,46 @@ def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto", tta: bool = False) -> dict:
     """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     dev = select_device(device)
-    model, cfg = load_run_model(run_dir, dev)
+    cfg = run.read_config()  # every run file is read (and checked) before anything is computed or written
+    summary, history, lists, card = run.read_summary(), run.read_history(), run.read_split(), run.read_card()
+    if data_dir:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+    splits = run_splits(cfg, lists)
+    check_card(card, splits, run)
+    model, cfg = load_run_model(run_dir, dev, len(splits.classes))
+    if card is None:  # a run of an earlier version: describe its model now
+        prep = (model.image_size, model.mean, model.std) if isinstance(model, TransferModel) else splits_prep(splits)
+        card = model_card(cfg, splits, *prep)
     precision = resolve_precision(cfg.precision, dev)
-    data_dir = data_dir or cfg.data_dir
-    train, val = load_train_val(data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
-    classes = train.classes
+    classes = splits.classes
+    norm = (tuple(card.mean), tuple(card.std))
+    train, val = splits.train, splits.val
 
-    train_logits = run_logits(model, cfg, train, dev, precision, desc="train")
+    train_logits = run_logits(model, cfg, train, dev, precision, desc="train", normalisation=norm)
     train_labels = train.labels.numpy()
     val_labels = val.labels.numpy()
-    val_logits = run_logits(model, cfg, val, dev, precision, desc="val") if len(val) else None
+    val_logits = run_logits(model, cfg, val, dev, precision, desc="val", normalisation=norm) if len(val) else None
     temperature = fit_temperature(val_logits, val_labels) if val_logits is not None else 1.0
 
-    test = load_cifar10("test", data_dir, download=cfg.download or None)  # the only read of the test split
-    if cfg.test_subset:
-        test = test.subset(torch.arange(min(cfg.test_subset, len(test))))
+    test = splits.test()  # the only read of the test split
     test_labels = test.labels.numpy()
     start = time.perf_counter()
-    test_logits = run_logits(model, cfg, test, dev, precision, desc="test")
+    test_logits = run_logits(model, cfg, test, dev, precision, desc="test", normalisation=norm)
     seconds = time.perf_counter() - start
+    if not np.isfinite(test_logits).all():
+        raise ImgclfError(f"the model of {run_dir} gives non-finite outputs on the test split (training diverged)")
 
     report = classification_metrics(test_logits, test_labels, classes)
     network = model.network if isinstance(model, TransferModel) else model
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     test_bins = reliability_bins(softmax(test_logits), test_labels)
     train_acc = float((train_logits.argmax(1) == train_labels).mean())
     metrics = {
         "model": cfg.model,
+        "dataset": splits.name,
+        "classes": classes,
         "test_accuracy": report["accuracy"],
         "test_loss": mean_loss(test_logits, test_labels),
         "train_accuracy": train_acc,
@@ -138,7 +153,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         "test_images": len(test),
         "parameters": count_parameters(network),
         "trainable_parameters": summary.get("trainable_parameters", count_parameters(network)),
-        "model_bytes": (run_dir / BEST_WEIGHTS).stat().st_size,
+        "model_bytes": run.file(BEST_WEIGHTS).stat().st_size,
         "inference_images_per_second": len(test) / seconds,
         "device": describe_device(dev),
         "precision": precision,
@@ -159,20 +174,36 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         reliability={k: v.tolist() for k, v in test_bins.items()},
     )
     if tta:
-        tta_logits = run_logits(model, cfg, test, dev, precision, flip_tta=True, desc="test")
+        tta_logits = run_logits(model, cfg, test, dev, precision, flip_tta=True, desc="test", normalisation=norm)
         metrics["tta"] = {
             "test_accuracy": float((tta_logits.argmax(1) == test_labels).mean()),
             "test_loss": mean_loss(tta_logits, test_labels),
         }
-    metrics["figures"] = write_figures(run_dir, cfg, test, test_logits, temperature, report, test_bins)
-    atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    metrics["figures"] = write_figures(run, cfg, history, test, test_logits, temperature, report, test_bins)
+    run.write_metrics(metrics)
+    if run.read_card() is None:
+        run.write_card(card)
     evaluation_report(run_dir, metrics, cfg.to_dict())
     return metrics
 
 
+def splits_prep(splits: Splits) -> tuple[int, tuple, tuple]:
+    """Input side, mean and std of a network from scratch trained on ``splits``."""
+    return splits.side, splits.mean, splits.std
+
+
+def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
+    """A one-line error when the data found now is not the data the run's model was trained on."""
+    if card is not None and card.classes != splits.classes:
+        missing = sorted(set(card.classes) ^ set(splits.classes))
+        detail = f"class '{missing[0]}' differs" if missing else "the class order differs"
+        raise ImgclfError(f"the data of {run.path} has changed since training ({detail}); evaluate needs the same data")
+
+
 def write_figures(
-    run_dir: Path,
+    run: RunDir,
     cfg: TrainConfig,
+    history: list[dict],
     test: ImageSet,
     logits: np.ndarray,
     temperature: float,
@@ -180,7 +211,7 @@ def write_figures(
     bins: dict[str, np.ndarray],
 ) -> list[str]:
     """Confusion matrix, reliability diagram, training curves and the most confident mistakes, as PNG files."""
-    figures = run_dir / "figures"
+    figures, run_dir = run.file(FIGURES), run.path
     labels = test.labels.numpy()
     probs = softmax(logits)
     paths = [
@@ -193,7 +224,6 @@ def write_figures(
             figures / "reliability.png",
         ),
     ]
-    history = read_history(run_dir / "history.jsonl")
     if history:
         paths.append(plots.plot_history(history, figures / "training_curves.png", title=cfg.model))
     wrong = np.flatnonzero(probs.argmax(1) != labels)

@@ -8,6 +8,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+ANNOTATE_UP_TO = 20  # classes (or bars): above this, figures drop the number written on every cell
+TICK_LABELS_UP_TO = 50  # class tick labels: above this, only every k-th class is named
+NAME_CHARS = 18  # class names longer than this are cut in figures
+
 
 def save(fig: plt.Figure, path: Path) -> Path:
     """Write ``fig`` as PNG and close it."""
@@ -17,21 +21,51 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def shorten(name: str, limit: int = NAME_CHARS) -> str:
+    """``name``, cut to ``limit`` characters with an ellipsis when longer."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def class_ticks(ax: plt.Axes, classes: list[str], axis: str = "x") -> None:
+    """Legible class tick labels on ``axis``: names shortened, smaller font above 20, only every k-th above 50."""
+    n = len(classes)
+    step = -(-n // TICK_LABELS_UP_TO)
+    positions = list(range(0, n, step))
+    labels = [shorten(classes[i]) for i in positions]
+    fontsize = 8 if n <= ANNOTATE_UP_TO else 7
+    if axis == "x":
+        few = n <= ANNOTATE_UP_TO
+        ax.set_xticks(positions, labels, rotation=45 if few else 90, ha="right" if few else "center", fontsize=fontsize)
+    else:
+        ax.set_yticks(positions, labels, fontsize=fontsize)
+
+
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Counts and row-normalised confusion matrices side by side."""
+    """Counts and row-normalised confusion matrices side by side; above 20 classes only the latter, without numbers."""
     matrix = np.asarray(matrix)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    n = len(classes)
+    if n > ANNOTATE_UP_TO:
+        side = min(5 + 0.09 * n, 14)
+        fig, ax = plt.subplots(figsize=(side + 1.5, side))
+        image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        ax.set(xlabel="predicted", ylabel="true", title="confusion matrix, normalised by true class")
+        class_ticks(ax, classes, "x")
+        class_ticks(ax, classes, "y")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        return save(fig, path)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    cell_font = 7 if n <= 10 else 5
     panels = ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised by true class", ".2f"))
     for ax, data, title, fmt in panels:
         image = ax.imshow(data, cmap="Blues")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title=title)
-        ax.set_xticklabels(classes, rotation=45, ha="right")
-        ax.set_yticklabels(classes)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+        class_ticks(ax, classes, "x")
+        class_ticks(ax, classes, "y")
+        for i in range(n):
+            for j in range(n):
                 color = "white" if data[i, j] > data.max() / 2 else "black"
-                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7, color=color)
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=cell_font, color=color)
         fig.colorbar(image, ax=ax, fraction=0.046)
     return save(fig, path)
 
@@ -68,23 +102,48 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> Path:
     return save(fig, path)
 
 
+def short_caption(caption: str) -> str:
+    """``caption`` with each class name (the parts between " → " and newlines) shortened; a long line split at " → "."""
+    lines = []
+    for line in caption.split("\n"):
+        parts = [shorten(part) for part in line.split(" → ")]
+        joined = " → ".join(parts)
+        lines += [joined] if len(joined) <= NAME_CHARS + 6 else [part + " →" for part in parts[:-1]] + parts[-1:]
+    return "\n".join(lines)
+
+
 def plot_gallery(images: np.ndarray, captions: list[str], path: Path, columns: int = 8) -> Path:
-    """A grid of uint8 (N, 3, H, W) images with a caption under each."""
+    """A grid of uint8 (N, 3, H, W) images with a short caption over each."""
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, image, caption in zip(np.atleast_1d(axes).ravel(), images, captions, strict=False):
         ax.imshow(np.transpose(image, (1, 2, 0)), interpolation="nearest")
-        ax.set_title(caption, fontsize=7)
+        ax.set_title(short_caption(caption), fontsize=7)
     return save(fig, path)
 
 
 def plot_bars(labels: list[str], values: list[float], path: Path, title: str = "") -> Path:
-    """A labelled bar chart."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    bars = ax.bar(labels, values, color="#4c72b0")
-    ax.bar_label(bars, fontsize=8)
-    ax.set(title=title)
-    ax.tick_params(axis="x", rotation=45)
+    """A bar chart, one bar per label; above 20 bars without the value on each and with small ticks."""
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(min(max(8, 0.16 * n), 16), 3.5))
+    bars = ax.bar(range(n), values, color="#4c72b0")
+    if n <= ANNOTATE_UP_TO:
+        ax.bar_label(bars, fontsize=8)
+    class_ticks(ax, labels, "x")
+    ax.set(title=title, xlim=(-0.6, n - 0.4))
+    return save(fig, path)
+
+
+def plot_sizes(sizes: list[tuple[int, int]], path: Path, title: str = "") -> Path:
+    """Width against height of raw images, one dot per image (log scales)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if sizes:
+        widths, heights = zip(*sizes, strict=True)
+        ax.scatter(widths, heights, s=6, alpha=0.4, color="#4c72b0")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set(xlabel="width (px)", ylabel="height (px)", title=title)
+    ax.grid(alpha=0.3)
     return save(fig, path)

@@ -60,6 +60,12 @@ def preprocessing(model: nn.Module) -> Preprocessing:
     )
 
 
+def native_input_size(name: str) -> int:
+    """The input side timm model ``name`` was pretrained at (224 when timm does not say), without building it."""
+    size = import_timm().models.get_pretrained_cfg_value(name, "input_size")
+    return int(size[-1]) if size else 224
+
+
 def package_weights_path(name: str) -> Path | None:
     """Path of the installed weights package file for timm model ``name``, or None if there is none."""
     if name not in LITE_PACKAGES:

@@ -1,4 +1,5 @@
-"""Depthwise convolution with a fast backward pass for bf16 training on CPU.
+"""Layers the networks share: a flatten that adapts to the input side, and a depthwise convolution with a fast
+backward pass for bf16 training on CPU.
 
 PyTorch's CPU backward of a bf16 depthwise convolution is far slower than its fp32 backward for kernels over 3×3 or
 strides over 1 (3×3 at stride 1 is fast in bf16, so it is left alone). EfficientNets fine-tune such layers, so
@@ -8,7 +9,22 @@ the last 30% 2.44×, the last 50% at 96 px 2.62×, all of Lite0 at 96 px 2.59×.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class PooledFlatten(nn.Module):
+    """Flatten a feature map average-pooled to ``size``×``size``: the reference's Flatten at its 32-px input (where the
+    map already has that size and nothing is pooled), a pooled head at any other side. No parameters."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.adaptive_avg_pool2d(x, self.size)
+        return x.flatten(1)
 
 
 def slow_in_bf16(conv: nn.Conv2d) -> bool:

@@ -30,7 +30,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32×32 inputs: conv → 3 stages of n blocks → global average pool → linear."""
+    """ResNet-(6n+2): conv → 3 stages of n blocks → global average pool → linear (any input side; the paper's 32)."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from imgclf.models.layers import PooledFlatten
+
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     """3×3 same-padded convolution, BatchNorm, ReLU."""
@@ -12,7 +14,8 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 class VGG10(nn.Module):
     """Six 3×3 convolutions in three pooled stages (32, 64, 128 channels), then a small dense head.
 
-    The hidden dense width (56) sizes the network to the reference's 403K parameters.
+    The hidden dense width (56) sizes the network to the reference's 403K parameters. At 32 px the last map is 4×4 and
+    flattened as in the reference; at other sides it is average-pooled to 4×4 first (:class:`PooledFlatten`).
     """
 
     def __init__(
@@ -26,7 +29,7 @@ class VGG10(nn.Module):
             c = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.Flatten(),
+            PooledFlatten(4),  # exactly Flatten at 32 px
             nn.Dropout(dropout),
             nn.Linear(c * 4 * 4, hidden),
             nn.ReLU(inplace=True),

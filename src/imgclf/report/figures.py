@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.evaluation.plots import plt, save
+from imgclf.evaluation.plots import ANNOTATE_UP_TO, class_ticks, plt, save
 
 
 def plot_curves(runs: list[dict], path: Path) -> Path:
@@ -42,17 +42,19 @@ def plot_scatter(runs: list[dict], x_key: str, x_label: str, path: Path, log_x: 
 
 
 def plot_per_class(runs: list[dict], path: Path) -> Path:
-    """Heat map of per-class test accuracy: runs × classes."""
+    """Heat map of per-class test accuracy: runs × classes (the first run's classes); numbers up to 20 classes."""
     classes = list(runs[0]["per_class_accuracy"])
-    data = np.array([[r["per_class_accuracy"][c] for c in classes] for r in runs]) * 100
-    fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 0.5 * len(runs) + 1.5))
+    data = np.array([[r["per_class_accuracy"].get(c, np.nan) for c in classes] for r in runs]) * 100
+    few = len(classes) <= ANNOTATE_UP_TO
+    width = 1.0 * len(classes) + 2 if few else min(4 + 0.12 * len(classes), 16)
+    fig, ax = plt.subplots(figsize=(width, 0.5 * len(runs) + 1.5))
     image = ax.imshow(data, cmap="viridis", aspect="auto")
-    ax.set(xticks=range(len(classes)), yticks=range(len(runs)), title="per-class test accuracy (%)")
-    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set(yticks=range(len(runs)), title="per-class test accuracy (%)")
+    class_ticks(ax, classes, "x")
     ax.set_yticklabels([r["run"] for r in runs])
-    for i in range(len(runs)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{data[i, j]:.0f}", ha="center", va="center", fontsize=8, color="white")
+    if few:
+        for (i, j), value in np.ndenumerate(data):
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8, color="white")
     fig.colorbar(image, ax=ax)
     return save(fig, path)
 

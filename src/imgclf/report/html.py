@@ -2,12 +2,16 @@
 
 import base64
 import html
-import json
+import os
 from pathlib import Path
 
 import yaml
 
-from imgclf.training.checkpoint import atomic_write
+from imgclf.io import atomic_write
+from imgclf.report.reference import dataset_name
+from imgclf.runs import CONFIG, REPORT
+
+SORT_ABOVE = 20  # classes: above this, the per-class table lists the worst classes first
 
 STYLE = """
 body { font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; margin: 0;
@@ -57,9 +61,20 @@ def table(headers: list[str], rows: list[list[str]], css_class: str = "") -> str
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def hide_paths(value: object) -> object:
+    """``value`` with every absolute path (in nested dicts and lists too) cut to ``…/<its last part>``."""
+    if isinstance(value, dict):
+        return {k: hide_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [hide_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return f"…/{Path(value).name}"
+    return value
+
+
 def config_block(title: str, config: dict) -> str:
-    """A run's configuration as collapsible YAML."""
-    text = html.escape(yaml.safe_dump(config, sort_keys=False))
+    """A run's configuration as collapsible YAML, absolute paths of this machine cut to their last part."""
+    text = html.escape(yaml.safe_dump(hide_paths(config), sort_keys=False, allow_unicode=True))
     return f"<details><summary>{html.escape(title)}</summary><pre>{text}</pre></details>"
 
 
@@ -90,9 +105,14 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     ]
     if "tta" in metrics:
         headline.insert(1, ("test accuracy, flip TTA", f"{metrics['tta']['test_accuracy']:.2%}"))
+    class_scores = list(metrics["per_class"].items())
+    heading = "Per-class precision, recall and F1"
+    if len(class_scores) > SORT_ABOVE:
+        class_scores.sort(key=lambda item: item[1]["accuracy"])
+        heading += f" ({len(class_scores)} classes, worst accuracy first)"
     per_class = [
         [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['accuracy']:.2%}", v["support"]]
-        for name, v in metrics["per_class"].items()
+        for name, v in class_scores
     ]
     for average in ("macro", "weighted"):
         m = metrics[average]
@@ -110,7 +130,7 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     }
     body = [
         cards(headline),
-        "<h2>Per-class precision, recall and F1</h2>",
+        f"<h2>{html.escape(heading)}</h2>",
         table(["class", "precision", "recall", "F1", "accuracy", "support"], per_class),
         "<h2>Calibration</h2>",
         table(["", "ECE (15 bins)", "MCE", "NLL", "Brier"], calibration),
@@ -119,21 +139,21 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
         "<h2>Figures</h2>",
         *[figure(run_dir / f, captions.get(Path(f).stem, Path(f).stem)) for f in metrics["figures"]],
         "<h2>Configuration</h2>",
-        config_block("config.yaml", config),
+        config_block(CONFIG, config),
         config_block(
             "metrics.json (without the confusion matrix)",
-            {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "reliability", "per_class")},
+            {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "reliability", "per_class", "classes")},
         ),
     ]
-    subtitle = f"{run_dir.name} · {metrics['device']} · {metrics['precision']}"
-    return write_page(run_dir / "report.html", f"{metrics['model']} on CIFAR-10", subtitle, body)
+    dataset = dataset_name(metrics)
+    subtitle = f"{run_dir.name} · {dataset}, {len(class_scores)} classes · {metrics['device']} · {metrics['precision']}"
+    return write_page(run_dir / REPORT, f"{metrics['model']} on {dataset}", subtitle, body)
 
 
-def comparison_report(output: Path, runs: list[dict], columns: list, figure_paths: list[Path]) -> Path:
-    """``report.html`` comparing several runs: results table, impact of each step, figures, configs."""
-    from imgclf.report.compare import cell
-
-    rows = [[cell(r, key, fmt) for key, _, fmt in columns] for r in runs]
+def comparison_report(
+    output: Path, runs: list[dict], headers: list[str], rows: list[list[str]], figure_paths: list[Path]
+) -> Path:
+    """``report.html`` comparing several runs: results table (formatted ``rows``), figures, configs."""
     captions = {
         "curves": "Validation accuracy and loss per epoch",
         "accuracy_vs_parameters": "Test accuracy vs parameters",
@@ -145,11 +165,11 @@ def comparison_report(output: Path, runs: list[dict], columns: list, figure_path
     body = [
         cards([("runs", str(len(runs))), ("best", f"{best['run']}: {best['test_accuracy']:.2%}")]),
         "<h2>Results</h2>",
-        table([h for _, h, _ in columns], rows, css_class="results"),
+        table(headers, rows, css_class="results"),
         "<h2>Figures</h2>",
         *[figure(p, captions.get(p.stem, p.stem)) for p in figure_paths],
         "<h2>Run configurations</h2>",
         *[config_block(r["run"], r["config"]) for r in runs],
-        f"<pre>{html.escape(json.dumps([r['path'] for r in runs], indent=1))}</pre>",
     ]
-    return write_page(output / "report.html", "Model comparison on CIFAR-10", f"{len(runs)} runs", body)
+    datasets = " / ".join(dict.fromkeys(r["dataset"] for r in runs))
+    return write_page(output / REPORT, f"Model comparison on {datasets}", f"{len(runs)} runs", body)

@@ -1,7 +1,12 @@
-"""Atomic checkpoint files: weights as safetensors, optimizer and loop state loaded with ``weights_only``."""
+"""Checkpoints: weights as safetensors, optimizer and loop state loaded with ``weights_only``.
+
+An epoch's checkpoint is one unit: its files go into a new folder ``checkpoints/epoch-NNNN/``, then ``last.json`` is
+pointed at it (the commit), then older folders are removed. A run killed anywhere in between resumes from the
+previous complete checkpoint.
+"""
 
 import json
-import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,14 +15,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from imgclf.errors import ImgclfError
+from imgclf.io import atomic_write, read_json, write_json
 
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result over ``path`` in one step, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+POINTER = "last.json"
+LEGACY_FILES = {"weights": "last.safetensors", "ema": "last_ema.safetensors", "state": "last_state.pt"}
 
 
 def save_weights(path: Path, model: nn.Module, metadata: dict | None = None) -> None:
@@ -66,3 +67,42 @@ def load_state(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ImgclfError(f"cannot read checkpoint state {path}: {exc}".splitlines()[0]) from None
+
+
+def add_metadata(path: Path, metadata: dict) -> None:
+    """Rewrite the safetensors file at ``path`` with ``metadata`` added to its own."""
+    tensors, meta = read_weights(path)
+    meta.update(metadata)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()}))
+
+
+def save_checkpoint(folder: Path, epoch: int, modules: dict[str, nn.Module], state: dict) -> None:
+    """Write epoch ``epoch``'s checkpoint into ``folder`` as one unit: ``modules`` as NAME.safetensors and ``state``
+    as state.pt in a new sub-folder, then the pointer moved to it."""
+    target = folder / f"epoch-{epoch:04d}"
+    shutil.rmtree(target, ignore_errors=True)  # what a write killed half-way left behind
+    for name, module in modules.items():
+        save_weights(target / f"{name}.safetensors", module, {"epoch": epoch})
+    save_state(target / "state.pt", state)
+    write_json(folder / POINTER, {"epoch": epoch, "folder": target.name})
+    for old in folder.glob("epoch-*"):
+        if old.name != target.name:
+            shutil.rmtree(old, ignore_errors=True)
+    for legacy in LEGACY_FILES.values():
+        (folder / legacy).unlink(missing_ok=True)
+
+
+def checkpoint_files(folder: Path) -> dict[str, Path] | None:
+    """The files of the last complete checkpoint in ``folder`` (name → path, 'state' included); None if none."""
+    pointer = folder / POINTER
+    if pointer.is_file():
+        data = read_json(pointer, "checkpoint pointer")
+        name = data.get("folder") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name.startswith("epoch-") or "/" in name or not (folder / name).is_dir():
+            raise ImgclfError(f"damaged checkpoint pointer {pointer}")
+        target = folder / name
+        files = {p.stem: p for p in target.glob("*.safetensors")}
+        return {**files, "state": target / "state.pt"}
+    if (folder / LEGACY_FILES["state"]).is_file():  # the layout of earlier imgclf versions
+        return {k: folder / v for k, v in LEGACY_FILES.items() if (folder / v).is_file()}
+    return None

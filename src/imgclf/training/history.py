@@ -4,24 +4,26 @@ import json
 import os
 from pathlib import Path
 
+from imgclf.errors import ImgclfError
+from imgclf.io import write_text
+from imgclf.runs import HISTORY, TENSORBOARD
+
 
 class History:
     """Append epoch records to ``history.jsonl`` and TensorBoard; drop records past a resume point."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = run_dir / "history.jsonl"
+        self.path = run_dir / HISTORY
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD))
 
     def truncate(self, last_epoch: int) -> None:
         """Keep only records of epochs ≤ ``last_epoch`` (those covered by the checkpoint being resumed)."""
         kept = [r for r in read_history(self.path) if r["epoch"] <= last_epoch]
-        tmp = self.path.with_name(".history.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
         """Append one epoch's record."""
@@ -41,7 +43,23 @@ class History:
 
 
 def read_history(path: Path) -> list[dict]:
-    """The records of a ``history.jsonl`` file (empty if it does not exist)."""
+    """The epoch records of a ``history.jsonl`` file (empty if it does not exist); a one-line error naming a damaged
+    line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImgclfError(f"cannot read {path}: {exc}".splitlines()[0]) from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ImgclfError(f"{path} line {number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise ImgclfError(f"{path} line {number} is not an epoch record")
+        records.append(record)
+    return records

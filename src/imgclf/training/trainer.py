@@ -4,7 +4,6 @@ Every epoch's randomness (shuffling, augmentation, dropout) derives from (seed, 
 atomically after each epoch, so ``--resume`` continues an interrupted run with the history it would have had.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -16,22 +15,18 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
-from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, ImageSet, load_train_val
+from imgclf.data.datasets import ImageSet, Splits
 from imgclf.data.loader import BatchLoader, epoch_seed
 from imgclf.device import autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters, create_model
+from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, RunDir
 from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
-from imgclf.training.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights
+from imgclf.training.checkpoint import checkpoint_files, load_state, load_weights, save_checkpoint
 from imgclf.training.history import History
 from imgclf.training.mixup import mix_batch, mixed_cross_entropy
 from imgclf.training.optim import build_optimizer
 from imgclf.training.schedule import lr_multiplier
-
-BEST_WEIGHTS = "best.safetensors"
-LAST_WEIGHTS = "checkpoints/last.safetensors"
-LAST_EMA = "checkpoints/last_ema.safetensors"
-LAST_STATE = "checkpoints/last_state.pt"
 
 
 @torch.inference_mode()
@@ -73,7 +68,7 @@ def check_input_size(model: nn.Module, name: str, size: int, device: torch.devic
         with torch.no_grad():
             model.eval()(torch.zeros(2, 3, size, size, device=device))
     except RuntimeError:
-        raise ImgclfError(f"model '{name}' only takes 32×32 inputs; progressive resizing needs a pooled head") from None
+        raise ImgclfError(f"model '{name}' cannot take {size}×{size} inputs (progressive resizing)") from None
 
 
 def set_train_mode(model: nn.Module, freeze_batchnorm: bool = False) -> None:
@@ -113,38 +108,42 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     """The path of a new run under ``cfg.output`` (created later, once set-up succeeded); never an existing run."""
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output) / name
-    if (run_dir / "config.yaml").exists():
+    if (run_dir / CONFIG).exists():
         raise ImgclfError(f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)")
     return run_dir
 
 
 class Trainer:
-    """Trains ``cfg.model`` on CIFAR-10 into ``run_dir``."""
+    """Trains ``cfg.model`` on the ``splits`` it is handed (or on given loaders) into ``run_dir``."""
 
     def __init__(
         self,
         cfg: TrainConfig,
         run_dir: Path,
+        splits: Splits | None = None,
         model: nn.Module | None = None,
         loaders: tuple | None = None,
         lr_scales: dict[int, float] | None = None,
         freeze_batchnorm: bool = False,
         label: str | None = None,
     ) -> None:
-        """Build data and model from ``cfg``, or train the given ``model`` on the given (train, val) ``loaders``."""
-        self.cfg, self.run_dir, self.label = cfg, run_dir, label or cfg.model
+        """Build loaders from ``splits`` and the model from ``cfg``, or train the given ``model`` on the given
+        (train, val) ``loaders``."""
+        self.cfg, self.run_dir, self.label = cfg, Path(run_dir), label or cfg.model
         self.device = select_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.freeze_batchnorm = freeze_batchnorm
         torch.manual_seed(cfg.seed)
-        if loaders is None:
-            loaders = self.cifar_loaders()
+        self.input_size = 0  # side of the network's input (for progressive resizing); 0: as the loaders give it
+        if splits is not None:
+            self.input_size, self.mean, self.std = splits.side, splits.mean, splits.std
+            loaders = image_loaders(cfg, splits.train, splits.val, splits.mean, splits.std, self.device)
         self.train_loader, self.val_loader = loaders
         self.num_train = len(self.train_loader.labels)
         self.num_val = len(self.val_loader.labels) if self.val_loader is not None else 0
 
         if model is None:
-            model = create_model(cfg.model, num_classes=len(self.classes)).to(self.device)
+            model = create_model(cfg.model, num_classes=len(splits.classes)).to(self.device)
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if cfg.progressive_size:
@@ -163,13 +162,6 @@ class Trainer:
         # without a validation split the last epoch is the selected model
         self.best = BestCheckpoint(run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"}))
         self.epoch, self.step, self.train_seconds = 0, 0, 0.0
-
-    def cifar_loaders(self) -> tuple[BatchLoader, BatchLoader | None]:
-        """Augmented training batches and validation batches of CIFAR-10, split as ``cfg`` says."""
-        cfg = self.cfg
-        train, val = load_train_val(cfg.data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset)
-        self.classes = train.classes
-        return image_loaders(cfg, train, val, CIFAR10_MEAN, CIFAR10_STD, self.device)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -191,7 +183,7 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         if self.cfg.progressive_size:
             self.train_loader.image_size = progressive_image_size(
-                self.epoch, self.cfg.epochs, self.cfg.progressive_size, self.cfg.progressive_fraction, full=32
+                self.epoch, self.cfg.epochs, self.cfg.progressive_size, self.cfg.progressive_fraction, self.input_size
             )
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
@@ -236,33 +228,39 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write weights, EMA and loop state of the epoch just finished (each file atomically; state last)."""
-        save_weights(self.run_dir / LAST_WEIGHTS, self.model, {"epoch": self.epoch})
-        if self.ema is not None:
-            save_weights(self.run_dir / LAST_EMA, self.ema.module, {"epoch": self.epoch})
-        save_state(self.run_dir / LAST_STATE, self.state_dict())
+        """Write weights, EMA and loop state of the epoch just finished as one unit."""
+        modules = {"weights": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
+        save_checkpoint(self.run_dir / CHECKPOINTS, self.epoch, modules, self.state_dict())
 
-    def resume(self) -> None:
-        """Restore the state of the last completed epoch from the run directory."""
-        state = load_state(self.run_dir / LAST_STATE)
-        meta = load_weights(self.run_dir / LAST_WEIGHTS, self.model)
-        if meta.get("epoch") != state["epoch"]:
-            raise ImgclfError(f"checkpoint files in {self.run_dir / 'checkpoints'} disagree on the epoch")
-        if self.ema is not None:
-            load_weights(self.run_dir / LAST_EMA, self.ema.module)
-            self.ema.n_averaged.fill_(state["ema_n_averaged"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.early_stopping.load_state_dict(state["early_stopping"])
-        self.plateau.load_state_dict(state["plateau"])
-        self.best.load_state_dict(state["best"])
-        self.epoch, self.step, self.train_seconds = state["epoch"], state["step"], state["train_seconds"]
+    def resume(self, files: dict[str, Path]) -> None:
+        """Restore the state of the last completed epoch from its checkpoint ``files``."""
+        state = load_state(files["state"])
+        meta = load_weights(files["weights"], self.model)
+        try:
+            if meta.get("epoch") != state["epoch"]:
+                raise ImgclfError(f"checkpoint files in {files['state'].parent} disagree on the epoch")
+            if self.ema is not None:
+                if "ema" not in files:
+                    raise ImgclfError(f"checkpoint in {files['state'].parent} has no EMA weights")
+                load_weights(files["ema"], self.ema.module)
+                self.ema.n_averaged.fill_(state["ema_n_averaged"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.early_stopping.load_state_dict(state["early_stopping"])
+            self.plateau.load_state_dict(state["plateau"])
+            self.best.load_state_dict(state["best"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.train_seconds = float(state["train_seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ImgclfError(f"checkpoint state {files['state']} does not fit this run ({detail[:200]})") from None
 
     def fit(self, resume: bool = False) -> dict:
         """Train until the last epoch or early stopping; returns the run summary."""
         cfg = self.cfg
         history = History(self.run_dir, tensorboard=cfg.tensorboard)
-        if resume and (self.run_dir / LAST_STATE).exists():
-            self.resume()
+        files = checkpoint_files(self.run_dir / CHECKPOINTS) if resume else None
+        if files is not None:
+            self.resume(files)
             history.truncate(self.epoch)
         elif resume:
             history.truncate(0)
@@ -328,5 +326,5 @@ class Trainer:
             "precision": self.precision,
             "torch": torch.__version__,
         }
-        atomic_write(self.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+        RunDir(self.run_dir).write_summary(summary)
         return summary

@@ -13,7 +13,6 @@ the whole network on augmented, resized images: the path for GPUs.
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -22,17 +21,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
-from imgclf.data.cifar import ImageSet, load_train_val
+from imgclf.data.datasets import ImageSet, Splits
 from imgclf.data.features import ActivationCache
 from imgclf.data.loader import ActivationLoader, BatchLoader
 from imgclf.device import autocast, resolve_precision, select_device
 from imgclf.models import count_parameters
 from imgclf.models.backbones import FeatureTail, backbone_units, create_backbone, preprocessing, split_backbone
 from imgclf.models.layers import use_fast_depthwise
-from imgclf.training.checkpoint import atomic_write, load_weights, save_weights
+from imgclf.runs import BEST_WEIGHTS, HISTORY, SUMMARY, RunDir
+from imgclf.training.checkpoint import load_weights, save_weights
 from imgclf.training.history import History, read_history
 from imgclf.training.optim import layer_lr_scales
-from imgclf.training.trainer import BEST_WEIGHTS, Trainer, image_loaders
+from imgclf.training.trainer import Trainer, image_loaders
 
 
 @dataclasses.dataclass
@@ -126,18 +126,17 @@ def pooled_features(
 
 
 class TransferTrainer:
-    """Runs phase 1 and phase 2 of ``cfg`` into ``run_dir``."""
+    """Runs phase 1 and phase 2 of ``cfg`` on the ``splits`` it is handed into ``run_dir``."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, splits: Splits) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = select_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.train, self.val = load_train_val(
-            cfg.data_dir, cfg.download or None, cfg.val_fraction, cfg.seed, cfg.train_subset
-        )
-        self.classes = self.train.classes
+        self.train, self.val = splits.train, splits.val
+        self.classes = splits.classes
         self.tm = build_transfer_model(cfg, len(self.classes))
+        self.input_size, self.mean, self.std = self.tm.image_size, self.tm.mean, self.tm.std
         self.tm.network.to(self.device)
         if cfg.channels_last:
             self.tm.network.to(memory_format=torch.channels_last)
@@ -192,8 +191,8 @@ class TransferTrainer:
             scales = layer_lr_scales([*layers, self.tm.network.get_classifier()], cfg.layer_decay)
         phase_dir = self.run_dir / f"phase{number}"
         label = f"{cfg.model} phase {number} ({'head' if number == 1 else f'unfreeze {cfg.unfreeze}'})"
-        trainer = Trainer(phase_cfg, phase_dir, model, loaders, scales, freeze_batchnorm=True, label=label)
-        summary = trainer.fit(resume=resume and (phase_dir / "checkpoints").exists())
+        trainer = Trainer(phase_cfg, phase_dir, None, model, loaders, scales, freeze_batchnorm=True, label=label)
+        summary = trainer.fit(resume=resume and phase_dir.exists())
         load_weights(phase_dir / BEST_WEIGHTS, model)
         summary["total_parameters"] = count_parameters(self.tm.network)
         summary["trainable_parameters"] = sum(p.numel() for m in trainable for p in m.parameters())
@@ -201,11 +200,11 @@ class TransferTrainer:
 
     def finished_phase(self, number: int, model: nn.Module) -> dict | None:
         """Summary of phase ``number`` if it already ran to its end, its best weights loaded into ``model``."""
-        phase_dir = self.run_dir / f"phase{number}"
-        if not (phase_dir / "summary.json").is_file():
+        phase = RunDir(self.run_dir).phase(number)
+        if not phase.file(SUMMARY).is_file():
             return None
-        load_weights(phase_dir / BEST_WEIGHTS, model)
-        summary = json.loads((phase_dir / "summary.json").read_text())
+        load_weights(phase.file(BEST_WEIGHTS), model)
+        summary = phase.read_summary()
         return {**summary, "total_parameters": count_parameters(self.tm.network)}
 
     def fit(self, resume: bool = False) -> dict:
@@ -254,7 +253,7 @@ class TransferTrainer:
             "image_size": tm.image_size,
             "phases": summaries,
         }
-        atomic_write(self.run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+        RunDir(self.run_dir).write_summary(summary)
         return summary
 
     def join_history(self, phases: list[int]) -> None:
@@ -263,7 +262,7 @@ class TransferTrainer:
         history.truncate(0)
         epoch = 0
         for number in phases:
-            for row in read_history(self.run_dir / f"phase{number}" / "history.jsonl"):
+            for row in read_history(self.run_dir / f"phase{number}" / HISTORY):
                 epoch += 1
                 history.log({**row, "epoch": epoch, "phase": number})
         history.close()

@@ -1,0 +1,195 @@
+"""Every data source yields the same :class:`Splits`: train, validation and (read once, later) test images.
+
+``cifar10`` and ``cifar100`` load into memory (``data/cifar.py``); a folder of images is decoded once into a
+memory-mapped array (``data/folder.py``), so a dataset larger than RAM trains with bounded memory. The trainer,
+evaluation and report receive a ``Splits`` and never ask where the images came from.
+"""
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imgclf.errors import ImgclfError
+
+
+class MappedImages:
+    """Rows of a memory-mapped uint8 (N, 3, S, S) array, read from disk when indexed."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, key: str) -> None:
+        self.array, self.rows, self.key = array, np.asarray(rows, dtype=np.int64), key
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def __getitem__(self, index: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The images at ``index`` (a slice or integer indices) as a uint8 tensor in memory."""
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = self.rows[index]
+        if isinstance(index, slice) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+            return torch.from_numpy(np.array(self.array[rows[0] : rows[-1] + 1]))  # contiguous rows: one read
+        return torch.from_numpy(self.array[rows])
+
+    def take(self, indices: np.ndarray) -> "MappedImages":
+        """The images at ``indices``, still on disk."""
+        return MappedImages(self.array, self.rows[indices], self.key)
+
+
+@dataclass
+class ImageSet:
+    """Images — a uint8 tensor (N, 3, H, W) in memory, or :class:`MappedImages` on disk — with integer labels (N,),
+    the class names and, for folder datasets, each image's path relative to the folder."""
+
+    images: torch.Tensor | MappedImages
+    labels: torch.Tensor
+    classes: list[str]
+    files: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor | np.ndarray) -> "ImageSet":
+        """The images at ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        images = self.images.take(idx) if isinstance(self.images, MappedImages) else self.images[torch.from_numpy(idx)]
+        files = [self.files[i] for i in idx] if self.files is not None else None
+        return ImageSet(images, self.labels[torch.from_numpy(idx)], self.classes, files)
+
+    def fingerprint(self) -> str:
+        """SHA-1 identifying these images and labels (the activation cache's data key)."""
+        digest = hashlib.sha1()
+        if isinstance(self.images, MappedImages):
+            digest.update(self.images.key.encode())
+            digest.update(self.images.rows.tobytes())
+        else:
+            digest.update(self.images.contiguous().reshape(-1).numpy().tobytes())
+        digest.update(self.labels.contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+@dataclass
+class Splits:
+    """What a run trains and is evaluated on: a source's train and validation images, its class names,
+    normalisation and image side; the test images come from :meth:`test`, called once, by the evaluation."""
+
+    name: str  # display name: "CIFAR-10", or the folder's name
+    train: ImageSet
+    val: ImageSet
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    side: int
+    fingerprint: str  # identity of the source's files (and preparation)
+    load_test: Callable[[], ImageSet] = field(repr=False)
+    info: dict = field(default_factory=dict)  # facts the run records: layout, counts, skipped files, leaks
+    lists: dict[str, list[str]] | None = None  # folder datasets: the file list of each split (saved in the run)
+
+    def test(self) -> ImageSet:
+        """The test images (read here, once per evaluation)."""
+        return self.load_test()
+
+
+def channel_stats(images: torch.Tensor | MappedImages, chunk: int = 4096) -> tuple[tuple, tuple]:
+    """Per-channel mean and standard deviation, on the [0, 1] scale, of uint8 (N, C, H, W) images, chunk by chunk."""
+    total = squares = 0.0
+    count = 0
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64).div_(255)
+        total = total + x.sum(dim=(0, 2, 3))
+        squares = squares + x.square().sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    if not count:
+        raise ImgclfError("no images to compute the mean and standard deviation of")
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0) * count / max(count - 1, 1)
+    return tuple(mean.tolist()), tuple(std.sqrt().tolist())
+
+
+def stratified_split(
+    labels: torch.Tensor | np.ndarray | list[int], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded index split into (rest, held out) with the same class proportions in both parts."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    if fraction <= 0:
+        return indices, indices[:0]
+    y = np.asarray(labels)
+    classes = len(np.unique(y))
+    held = int(np.ceil(fraction * len(y)))
+    if held < classes or len(y) - held < classes:
+        raise ImgclfError(
+            f"a held-out fraction of {fraction:g} of {len(y):,} images leaves {held:,} held out and "
+            f"{len(y) - held:,} kept for {classes} classes (each part needs one image per class)"
+        )
+    try:
+        rest, out = train_test_split(indices, test_size=fraction, stratify=y, random_state=seed, shuffle=True)
+    except ValueError as exc:  # e.g. a class with a single image
+        raise ImgclfError(f"cannot split {len(y):,} images by class with fraction {fraction:g}: {exc}") from None
+    return np.sort(rest), np.sort(out)
+
+
+def train_val_indices(
+    labels: torch.Tensor, val_fraction: float, seed: int, train_subset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded, stratified (train, validation) split of a training set, shortened when ``train_subset`` is set."""
+    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    if train_subset:
+        train_idx = train_idx[:train_subset]
+        val_idx = val_idx[: max(train_subset // 4, 1)] if len(val_idx) else val_idx
+    return train_idx, val_idx
+
+
+def is_builtin(source: str) -> bool:
+    """True for the datasets imgclf loads by name (CIFAR) rather than from a folder."""
+    from imgclf.data.cifar import CIFAR_SOURCES
+
+    return source in CIFAR_SOURCES
+
+
+def load_splits(
+    source: str,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float = 0.1,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    side: int = 0,
+    resize: str = "crop",
+    data_dir: str | None = None,
+    download: bool | None = None,
+    prepare_dir: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    lists: dict[str, list[str]] | None = None,
+) -> Splits:
+    """The splits of ``source`` (``cifar10``, ``cifar100`` or a folder), split as a run with these options splits it;
+    ``lists`` (a run's saved file lists) fixes a folder's split exactly."""
+    if is_builtin(source):
+        from imgclf.data.cifar import cifar_splits
+
+        return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side)
+    from imgclf.data.folder import folder_splits
+
+    return folder_splits(
+        source,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        train_subset=train_subset,
+        test_subset=test_subset,
+        side=side or 32,
+        resize=resize,
+        prepare_dir=prepare_dir,
+        workers=workers,
+        progress=progress,
+        lists=lists,
+    )

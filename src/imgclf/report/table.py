@@ -1,0 +1,74 @@
+"""The results table of a comparison: its columns, formatted cells, Markdown and CSV."""
+
+import csv
+from pathlib import Path
+
+from imgclf.io import atomic_write
+
+Column = tuple[str, str, str]  # (run key, header, format of the value)
+
+# the reference study's columns, then speed and calibration
+COLUMNS: list[Column] = [
+    ("run", "run", "{}"),
+    ("model", "model", "{}"),
+    ("test_accuracy", "test accuracy", "{:.2%}"),
+    ("test_loss", "test loss", "{:.4f}"),
+    ("overfitting_gap", "overfitting gap (train − test)", "{:+.2%}"),
+    ("parameters", "parameters", "{:,}"),
+    ("trainable_parameters", "trainable parameters", "{:,}"),
+    ("train_seconds", "training time (s)", "{:,.0f}"),
+    ("images_per_second", "inference img/s", "{:,.0f}"),
+    ("ece", "ECE", "{:.2%}"),
+    ("impact", "Δ accuracy vs previous", "{}"),
+]
+# after the test accuracy, when runs carry the reference study's accuracy (see reference.add_reference)
+REFERENCE_COLUMNS: list[Column] = [
+    ("reference_accuracy", "reference accuracy", "{:.2%}"),
+    ("vs_reference", "Δ vs reference", "{:+.2%}"),
+]
+
+
+def columns(runs: list[dict]) -> list[Column]:
+    """The table's columns: with the reference ones only when some run has a reference accuracy."""
+    if all(r.get("reference_accuracy") is None for r in runs):
+        return COLUMNS
+    at = [key for key, _, _ in COLUMNS].index("test_accuracy") + 1
+    return COLUMNS[:at] + REFERENCE_COLUMNS + COLUMNS[at:]
+
+
+def cell(run: dict, key: str, fmt: str) -> str:
+    """One formatted value; "—" where the run has none."""
+    value = run.get(key)
+    return "—" if value is None else fmt.format(value)
+
+
+def headers(runs: list[dict]) -> list[str]:
+    """The column headers of the table of ``runs``."""
+    return [header for _, header, _ in columns(runs)]
+
+
+def rows(runs: list[dict]) -> list[list[str]]:
+    """The formatted cells of the table, one row per run."""
+    cols = columns(runs)
+    return [[cell(r, key, fmt) for key, _, fmt in cols] for r in runs]
+
+
+def markdown_table(runs: list[dict]) -> str:
+    """The results table as GitHub Markdown."""
+    head = headers(runs)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(runs)]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(runs: list[dict], path: Path) -> None:
+    """The results table as CSV with raw (unformatted) values."""
+    keys = [key for key, _, _ in columns(runs)]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(keys)
+            writer.writerows([r.get(k) for k in keys] for r in runs)
+
+    atomic_write(path, write)

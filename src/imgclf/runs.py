@@ -1,0 +1,197 @@
+"""The run directory: the one home of its file names, the model card, and a validating reader for each run file.
+
+```
+RUN/config.yaml  history.jsonl  summary.json  metrics.json  model.json  best.safetensors  report.html
+    split.json (folder data: each split's files)  data.json (the data's facts)  skipped.json (unreadable files)
+    checkpoints/  figures/  tensorboard/  phase1/ phase2/ (transfer runs: each phase a run of its own)
+```
+Every reader turns a missing, damaged or foreign file into a one-line error naming it.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from imgclf.config import TrainConfig, load_config_file
+from imgclf.errors import ImgclfError
+from imgclf.io import read_json, write_json, write_text
+
+CONFIG = "config.yaml"
+HISTORY = "history.jsonl"
+SUMMARY = "summary.json"
+METRICS = "metrics.json"
+MODEL_CARD = "model.json"
+BEST_WEIGHTS = "best.safetensors"
+SPLIT = "split.json"
+DATA = "data.json"
+SKIPPED = "skipped.json"
+REPORT = "report.html"
+CHECKPOINTS = "checkpoints"
+FIGURES = "figures"
+TENSORBOARD = "tensorboard"
+
+
+@dataclass
+class ModelCard:
+    """What a trained model needs to be used: its classes, input and preprocessing, where its data came from."""
+
+    model: str
+    classes: list[str]
+    input_size: int  # side of the network's input
+    data_size: int  # side the images were stored at before any resize to input_size
+    mean: list[float]
+    std: list[float]
+    resize: str  # how a non-square image became a square: crop, pad or stretch
+    dataset: str  # display name, e.g. "CIFAR-10" or the folder's name
+    data: str  # the source: cifar10, cifar100 or the folder
+    data_fingerprint: str
+    config: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, data: object, source: str) -> "ModelCard":
+        """A card from its JSON form, checked field by field."""
+        if not isinstance(data, dict):
+            raise ImgclfError(f"{source} must hold a JSON object")
+        kinds = {"model": str, "input_size": int, "data_size": int, "resize": str, "dataset": str, "data": str}
+        kinds.update(data_fingerprint=str, config=dict, classes=list, mean=list, std=list)
+        for key, kind in kinds.items():
+            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+                raise ImgclfError(f"{source}: '{key}' is missing or not {kind.__name__}")
+        if not data["classes"] or not all(isinstance(c, str) for c in data["classes"]):
+            raise ImgclfError(f"{source}: 'classes' must be a non-empty list of names")
+        for key in ("mean", "std"):
+            if len(data[key]) != 3 or not all(is_number(v) for v in data[key]):
+                raise ImgclfError(f"{source}: '{key}' must be three numbers")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require(data: object, fields: dict[str, type], source: str, hint: str = "") -> dict:
+    """``data`` as a dict holding ``fields`` of their types (``float``: any finite number), else a one-line error."""
+    if not isinstance(data, dict):
+        raise ImgclfError(f"{source} must hold a JSON object{hint}")
+    for key, kind in fields.items():
+        value = data.get(key)
+        ok = is_number(value) if kind is float else isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            expected = "a number" if kind is float else kind.__name__
+            raise ImgclfError(f"{source}: '{key}' is missing or not {expected}{hint}")
+    return data
+
+
+class RunDir:
+    """A run directory: paths of its files and validating readers and writers."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        """The path of ``name`` (one of this module's file names) in the run."""
+        return self.path / name
+
+    def phase(self, number: int) -> "RunDir":
+        """The run directory of a transfer run's phase ``number``."""
+        return RunDir(self.path / f"phase{number}")
+
+    def exists(self) -> bool:
+        """True when this is a run directory (it has a config)."""
+        return self.file(CONFIG).is_file()
+
+    # configuration
+    def read_config(self) -> TrainConfig:
+        """The configuration the run was trained with, checked like a config file."""
+        path = self.file(CONFIG)
+        if not path.is_file():
+            raise ImgclfError(f"not a run directory (no {CONFIG}): {self.path}")
+        return TrainConfig(**load_config_file(path)).validate()
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        write_text(self.file(CONFIG), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # summary, metrics, history
+    def read_summary(self) -> dict:
+        """``summary.json``: what training measured."""
+        fields = {"model": str, "parameters": int, "epochs_run": int, "train_seconds": float}
+        return require(read_json(self.file(SUMMARY), "run summary"), fields, str(self.file(SUMMARY)))
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.file(SUMMARY), summary)
+
+    def read_metrics(self) -> dict:
+        """``metrics.json``: what evaluation measured."""
+        path = self.file(METRICS)
+        hint = f"; re-evaluate with `imgclf evaluate {self.path}`"
+        if not path.is_file():
+            raise ImgclfError(f"{self.path} has no {METRICS}{hint}")
+        fields = {"model": str, "test_accuracy": float, "test_loss": float, "overfitting_gap": float}
+        fields.update(parameters=int, trainable_parameters=int, inference_images_per_second=float)
+        fields.update(calibration=dict, per_class=dict)
+        metrics = require(read_json(path, "run metrics"), fields, str(path), hint)
+        require(metrics["calibration"], {"ece": float}, f"{path} calibration", hint)
+        for name, scores in metrics["per_class"].items():
+            require(scores, {"accuracy": float}, f"{path} per_class '{name}'", hint)
+        return metrics
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.file(METRICS), metrics)
+
+    def read_history(self) -> list[dict]:
+        """``history.jsonl``: one record per finished epoch (empty when training has not finished one)."""
+        from imgclf.training.history import read_history
+
+        return read_history(self.file(HISTORY))
+
+    # model card
+    def read_card(self) -> ModelCard | None:
+        """The model card (``model.json``); None for runs of imgclf versions that did not write one."""
+        path = self.file(MODEL_CARD)
+        if not path.is_file():
+            return None
+        return ModelCard.from_dict(read_json(path, "model card"), str(path))
+
+    def write_card(self, card: ModelCard) -> None:
+        """``model.json``, and the same card in the best weights' safetensors metadata."""
+        from imgclf.training.checkpoint import add_metadata
+
+        write_json(self.file(MODEL_CARD), card.to_dict())
+        if self.file(BEST_WEIGHTS).is_file():
+            add_metadata(self.file(BEST_WEIGHTS), {"model_card": card.to_dict()})
+
+    # data
+    def read_split(self) -> dict[str, list[str]] | None:
+        """The files of each split of a folder dataset (None for built-in datasets)."""
+        path = self.file(SPLIT)
+        if not path.is_file():
+            return None
+        lists = read_json(path, "split file")
+        if not isinstance(lists, dict) or set(lists) != {"train", "val", "test"}:
+            raise ImgclfError(f"{path} must map train, val and test to lists of files")
+        for split, files in lists.items():
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise ImgclfError(f"{path}: '{split}' must be a list of file names")
+        return lists
+
+    def write_data(self, lists: dict[str, list[str]] | None, info: dict) -> None:
+        """The split's file lists, the data's facts and the skipped files."""
+        if lists is not None:
+            write_json(self.file(SPLIT), lists)
+        write_json(self.file(DATA), {k: v for k, v in info.items() if k != "skipped"})
+        if info.get("skipped"):
+            write_json(self.file(SKIPPED), info["skipped"])

@@ -1,0 +1,128 @@
+"""Damaged run directories and interrupted checkpoints: one-line errors, nothing changed, nothing lost."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from imgclf.cli import main
+from imgclf.training.checkpoint import checkpoint_files
+from imgclf.training.history import read_history
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """A tiny trained and evaluated simple_cnn run."""
+    output = tmp_path_factory.mktemp("runs")
+    args = ["train", "--model", "simple_cnn", "--name", "r", "--epochs", "1", "--data-dir", str(data_dir)]
+    args += ["--output", str(output), "--train-subset", "256", "--test-subset", "64", "--batch-size", "64"]
+    assert main([*args, "--no-progress", "--no-tensorboard"]) == 0
+    return output / "r"
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def state_of_the_wrong_structure(run):
+    torch.save({"epoch": 1, "optimizer": [1, 2]}, checkpoint_files(run / "checkpoints")["state"])
+
+
+DAMAGE = {
+    "config-unknown-key": ("config.yaml", "model: simple_cnn\nlearning_rate: 3\n", "unknown config key"),
+    "config-wrong-type": ("config.yaml", "model: simple_cnn\nepochs: many\n", "'epochs' must be"),
+    "config-not-yaml": ("config.yaml", "model: [simple_cnn\n", "not valid YAML"),
+    "config-binary": ("config.yaml", b"\xff\xfe\x00\x81binary", "config"),
+    "config-list": ("config.yaml", "- model\n- epochs\n", "mapping"),
+    "history-garbage": ("history.jsonl", '{"epoch": 1}\nnot json at all\n', "history.jsonl line 2"),
+    "history-not-a-record": ("history.jsonl", "[1, 2]\n", "history.jsonl line 1"),
+    "summary-garbage": ("summary.json", "{{{", "not valid JSON"),
+    "summary-empty-object": ("summary.json", "{}", "summary.json: 'model' is missing"),
+    "card-garbage": ("model.json", '{"model": 3}', "model.json: 'model' is missing or not str"),
+    "split-garbage": ("split.json", '{"train": 1}', "split.json must map train, val and test"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE), ids=list(DAMAGE))
+def test_evaluate_of_a_damaged_run_is_a_one_line_error(finished_run, tmp_path, capsys, case):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    name, content, message = DAMAGE[case]
+    (run / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imgclf: error:") and message in err[0], err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{}", "metrics.json: 'model' is missing"), ("[]", "must hold a JSON object"), ("nan", "not")],
+    ids=["empty-object", "list", "garbage"],
+)
+def test_compare_of_damaged_metrics_is_a_one_line_error(finished_run, tmp_path, capsys, content, message):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    (run / "metrics.json").write_text(content)
+    capsys.readouterr()
+    assert main(["compare", str(run), "--output", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "cmp" / "report.html").exists()
+
+
+def test_resume_from_a_state_of_the_wrong_structure(finished_run, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    state_of_the_wrong_structure(run)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this run" in err[0], err
+    assert snapshot(run) == before
+
+
+KILLER = """
+import os, signal, sys
+import imgclf.training.checkpoint as checkpoint
+save_state = checkpoint.save_state
+def save_state_then_die(path, state):
+    if state["epoch"] == int(os.environ["KILL_AT_EPOCH"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed with the epoch's weights written, its state not
+    save_state(path, state)
+checkpoint.save_state = save_state_then_die
+from imgclf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_while_a_checkpoint_is_written_loses_nothing(data_dir, tmp_path):
+    """SIGKILL inside the checkpoint window (weights of epoch 2 written, state not): the run resumes from epoch 1
+    and ends with the uninterrupted run's history and weights."""
+    common = ["--model", "resnet20", "--epochs", "3", "--data-dir", str(data_dir), "--output", str(tmp_path)]
+    common += ["--train-subset", "256", "--batch-size", "64", "--lr", "0.05", "--no-progress", "--no-tensorboard"]
+    common += ["--no-evaluate"]
+    assert main(["train", "--name", "whole", *common]) == 0
+    env = {**os.environ, "KILL_AT_EPOCH": "2"}
+    killed = subprocess.run([sys.executable, "-c", KILLER, "train", "--name", "cut", *common], env=env, timeout=300)
+    assert killed.returncode == -9
+    cut = tmp_path / "cut"
+    assert checkpoint_files(cut / "checkpoints")["state"].parent.name == "epoch-0001"
+    assert (cut / "checkpoints" / "epoch-0002" / "weights.safetensors").is_file()  # the unfinished unit
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    whole = tmp_path / "whole"
+    strip = [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in read_history(whole / "history.jsonl")]
+    assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in read_history(cut / "history.jsonl")] == strip
+    from safetensors.torch import load_file
+
+    a = load_file(checkpoint_files(whole / "checkpoints")["weights"])
+    b = load_file(checkpoint_files(cut / "checkpoints")["weights"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch-0003", "last.json"]
