@@ -25,3 +25,19 @@ def test_explore_writes_figures_and_the_normalisation_constants(tmp_path, data_d
     assert stats["std"] == pytest.approx(CIFAR10_STD, abs=5e-5)
     for name in ("samples.png", "class_distribution.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explore_a_folder_reports_raw_sizes_modes_and_skipped_files(tmp_path):
+    from folders import BAD_FILES, make_folder
+
+    folder = make_folder(tmp_path / "pets", ["cat", "dog", "zebra"], 5, bad=True)
+    out = tmp_path / "out"
+    assert main(["explore", "--data", str(folder), "--output", str(out), "--per-class", "3"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["dataset"] == "pets" and stats["per_class"] == {"cat": 5, "dog": 11, "zebra": 5}
+    raw = stats["raw"]
+    assert raw["layout"] == "classes" and {"L", "RGBA", "P", "CMYK", "RGB"} <= set(raw["modes"])
+    assert 24 <= raw["width"]["min"] <= raw["width"]["median"] <= raw["width"]["max"] <= 20_000
+    assert {s["file"] for s in raw["skipped"]} == {f"cat/{name}" for name in BAD_FILES}
+    for name in ("samples.png", "class_distribution.png", "image_sizes.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -236,3 +236,22 @@ def test_cifar100_adapter_on_a_miniature_file(tmp_path, monkeypatch):
     assert splits.name == "CIFAR-100" and splits.classes == ["apple", "aquarium_fish"]
     assert (len(splits.train), len(splits.val), len(splits.test())) == (30, 10, 10)
     assert splits.train.images.shape[1:] == (3, 32, 32) and splits.side == 32
+
+
+def test_odd_entries_neither_hang_nor_crash(tmp_path):
+    """A symlink loop, a pipe named like an image, a folder named like an image, a file name that is not UTF-8."""
+    import os
+
+    folder = make_folder(tmp_path / "d", CLASSES, 6)
+    (folder / "cat" / "loop").symlink_to(folder / "cat")
+    os.mkfifo(folder / "cat" / "pipe.jpg")
+    (folder / "dog" / "folder.png").mkdir()
+    Image.new("RGB", (30, 30), (1, 2, 3)).save(folder / "dog" / "in.png")
+    (folder / "dog" / "in.png").rename(os.fsdecode(bytes(folder / "dog") + b"/caf\xe9.png"))
+    splits = splits_of(folder, tmp_path / "p")
+    files = splits.lists["train"] + splits.lists["val"] + splits.lists["test"]
+    assert len(files) == 19 and not any("pipe" in f or "loop" in f for f in files)
+    assert any(f.startswith("dog/caf") for f in files)
+    (folder / "zebra").rename(os.fsdecode(bytes(folder) + b"/zebr\xe9"))
+    with pytest.raises(ImgclfError, match="not valid UTF-8"):
+        splits_of(folder, tmp_path / "p")

@@ -63,3 +63,23 @@ def test_evaluation_report_renders(browser, evaluated_runs, tmp_path):
     assert len(images) == 4
     assert "simple_cnn on CIFAR-10" in page.locator("h1").inner_text()
     assert page.locator("table").first.locator("tbody tr").count() == 12  # 10 classes + macro + weighted
+
+
+def test_reports_of_a_folder_run_name_its_classes(browser, tmp_path):
+    """train → evaluate → compare on a folder of images; both pages in Chromium show the folder and its classes."""
+    from folders import make_folder
+
+    folder = make_folder(tmp_path / "fungi", ["amanita", "boletus", "chanterelle"], 12)
+    common = ["--data", str(folder), "--output", str(tmp_path / "runs"), "--prepare-dir", str(tmp_path / "prep")]
+    common += ["--epochs", "2", "--batch-size", "8", "--no-progress", "--no-tensorboard"]
+    for model in ("simple_cnn", "resnet20"):
+        assert main(["train", "--model", model, "--name", model, *common]) == 0
+    runs = [str(tmp_path / "runs" / m) for m in ("simple_cnn", "resnet20")]
+    assert main(["compare", *runs, "--output", str(tmp_path / "cmp")]) == 0
+    page, _ = open_report(browser, tmp_path / "runs" / "resnet20" / "report.html", tmp_path / "evaluation.png")
+    assert page.locator("h1").inner_text() == "resnet20 on fungi"
+    first_column = page.locator("table").first.locator("tbody tr td:first-child").all_inner_texts()
+    assert first_column[:3] == ["amanita", "boletus", "chanterelle"]
+    page, _ = open_report(browser, tmp_path / "cmp" / "report.html", tmp_path / "comparison.png")
+    assert page.title() == "Model comparison on fungi"
+    assert str(tmp_path) not in page.content()

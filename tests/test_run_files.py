@@ -126,3 +126,50 @@ def test_a_kill_while_a_checkpoint_is_written_loses_nothing(data_dir, tmp_path):
     b = load_file(checkpoint_files(cut / "checkpoints")["weights"])
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch-0003", "last.json"]
+
+
+def test_a_run_of_the_earlier_layout_evaluates_resumes_and_gets_its_card(finished_run, tmp_path):
+    """Before model cards and checkpoint folders: no model.json, checkpoints/last.safetensors + last_state.pt."""
+    import json
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    (run / "model.json").unlink()
+    checkpoint = checkpoint_files(run / "checkpoints")["state"].parent
+    shutil.move(checkpoint / "weights.safetensors", run / "checkpoints" / "last.safetensors")
+    shutil.move(checkpoint / "state.pt", run / "checkpoints" / "last_state.pt")
+    shutil.rmtree(checkpoint)
+    (run / "checkpoints" / "last.json").unlink()
+    history = (run / "history.jsonl").read_text()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # finished: the old checkpoint is read
+    assert (run / "history.jsonl").read_text() == history
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("dataset", "classes"):
+        del metrics[key]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["compare", str(run), "--output", str(tmp_path / "cmp")]) == 0
+    assert "Model comparison on CIFAR-10" in (tmp_path / "cmp" / "report.html").read_text()
+    assert main(["evaluate", str(run)]) == 0
+    card = json.loads((run / "model.json").read_text())
+    assert card["num_classes"] == 10 and card["classes"][0] == "airplane" and card["input_size"] == 32
+
+
+def test_a_model_that_outputs_nan_is_an_error_not_a_result(finished_run, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    with safe_open(str(run / "best.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    weights = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in load_file(run / "best.safetensors").items()
+    }
+    save_file(weights, str(run / "best.safetensors"), metadata=metadata)
+    (run / "metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite outputs" in err[0], err
+    assert not (run / "metrics.json").exists()

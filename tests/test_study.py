@@ -43,6 +43,30 @@ def test_quick_study_trains_evaluates_and_compares_every_run(data_dir, tmp_path,
     assert "holds a run with other options" in capsys.readouterr().err
 
 
+def test_study_on_a_folder_compares_from_scratch_and_transfer(tmp_path, capsys):
+    """`imgclf study --data DIR`: every run trains on the folder, the report names it and shows no machine paths."""
+    from folders import make_folder
+
+    folder = make_folder(tmp_path / "leaves", ["maple", "oak", "pine"], 12)
+    preset = tmp_path / "mini.yaml"
+    preset.write_text(
+        "runs:\n  scratch:\n    model: simple_cnn\n    epochs: 2\n"
+        "  transfer:\n    model: tf_efficientnet_lite0\n    pretrained: true\n    img_size: 64\n"
+        "    head_epochs: 2\n    epochs: 1\n    unfreeze: '2'\n    batch_size: 16\n"
+    )
+    output = tmp_path / "study"
+    args = ["study", "--preset", str(preset), "--data", str(folder), "--output", str(output), "--no-progress"]
+    sets = [f"cache_dir={tmp_path / 'acts'}", f"prepare_dir={tmp_path / 'prep'}", "tensorboard=false"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    record = json.loads((output / "study.json").read_text())
+    assert record["dataset"] == "leaves" and list(record["runs"]) == ["scratch", "transfer"]
+    cards = [json.loads((output / run / "model.json").read_text()) for run in ("scratch", "transfer")]
+    assert [c["input_size"] for c in cards] == [32, 64] and all(c["classes"] == ["maple", "oak", "pine"] for c in cards)
+    page = (output / "comparison" / "report.html").read_text()
+    assert "Model comparison on leaves" in page and str(tmp_path) not in page and "reference accuracy" not in page
+    assert "study finished" in capsys.readouterr().out
+
+
 def test_study_presets_and_overrides_are_checked(tmp_path):
     configs = study_configs("reference", tmp_path, {})
     assert [c.model for c in configs.values()][:3] == ["simple_cnn", "vgg10", "resnet20"]

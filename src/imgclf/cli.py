@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from imgclf.config import (
+    MAX_IMAGE_SIDE,
     RUNTIME_OPTIONS,
     TrainConfig,
     build_config,
@@ -74,8 +75,8 @@ def check_explore_args(args: argparse.Namespace) -> None:
     """One-line errors for `imgclf explore` options outside their range, before any data loads."""
     if not 1 <= args.per_class <= EXPLORE_MAX_PER_CLASS:
         raise ImgclfError(f"--per-class must be in 1..{EXPLORE_MAX_PER_CLASS}, got {args.per_class}")
-    if not 0 <= getattr(args, "data_size", 0) <= 1024:
-        raise ImgclfError(f"--data-size must be in 0..1024 (0: the images' own side), got {args.data_size}")
+    if not 0 <= getattr(args, "data_size", 0) <= MAX_IMAGE_SIDE:
+        raise ImgclfError(f"--data-size must be in 0..{MAX_IMAGE_SIDE} (0: the default), got {args.data_size}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -65,15 +65,19 @@ def list_dir(folder: Path) -> list[os.DirEntry]:
         raise ImgclfError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
 
 
-def image_files(folder: Path, root: Path) -> tuple[list[str], int]:
-    """Image files under ``folder`` (recursively), relative to ``root`` and sorted; and the count of ignored files."""
+def image_files(folder: Path, root: Path, seen: frozenset = frozenset()) -> tuple[list[str], int]:
+    """Image files under ``folder`` (recursively, each real folder once: no symlink loops), relative to ``root`` and
+    sorted; and the count of ignored files (no image extension, or not a regular file such as a pipe)."""
+    seen = seen | {folder.resolve()}
     found, ignored = [], 0
     for entry in list_dir(folder):
         if entry.is_dir():
-            sub, sub_ignored = image_files(Path(entry.path), root)
+            if Path(entry.path).resolve() in seen:
+                continue
+            sub, sub_ignored = image_files(Path(entry.path), root, seen)
             found += sub
             ignored += sub_ignored
-        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
             found.append(Path(entry.path).relative_to(root).as_posix())
         else:
             ignored += 1
@@ -87,6 +91,10 @@ def scan_classes(folder: Path, root: Path, where: str) -> tuple[dict[str, list[s
         if not entry.is_dir():
             ignored += 1
             continue
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ImgclfError(f"class folder name {entry.name!r} in {folder} is not valid UTF-8: rename it") from None
         files, skipped = image_files(Path(entry.path), root)
         ignored += skipped
         if not files:
@@ -148,9 +156,9 @@ def preparation_key(root: Path, files: list[str], side: int, policy: str) -> str
     for name in files:
         try:
             st = (root / name).stat()
-            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(os.fsencode(name) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{name}\0missing\n".encode())
+            digest.update(os.fsencode(name) + b"\0missing\n")
     return digest.hexdigest()[:24]
 
 
