@@ -27,8 +27,7 @@ from common import write_result
 from imgclf.data.loader import BatchLoader
 from imgclf.device import autocast, resolve_precision
 from imgclf.evaluation.evaluate import load_run_model
-from imgclf.runs import RunDir
-from imgclf.training.run import run_splits
+from imgclf.runs import RunDir, run_splits
 from imgclf.training.transfer import TransferModel, activation_cache
 
 SHIFTS = {"up-left": (-1, -1), "down-right": (1, 1), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}

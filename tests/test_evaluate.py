@@ -9,7 +9,7 @@ import imgclf.data.cifar as cifar
 import imgclf.evaluation.evaluate as evaluate_module
 from imgclf.cli import main
 from imgclf.evaluation.calibration import fit_temperature
-from imgclf.training.run import run_splits
+from imgclf.runs import run_splits
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -62,6 +63,12 @@ def test_modes_become_rgb_and_exif_orientation_is_applied(tmp_path):
         assert decode_file(tmp_path / name, 8, "crop")[0].min() == 255, name
 
 
+def test_a_thin_strip_is_cropped_without_a_huge_intermediate(tmp_path):
+    Image.new("RGB", (1, 30_000), (9, 9, 9)).save(tmp_path / "strip.png")
+    image, _, reason = decode_file(tmp_path / "strip.png", 224, "crop")
+    assert reason == "" and image.shape == (3, 224, 224) and image.max() == 9
+
+
 @pytest.mark.parametrize("policy, corner", [("crop", 200), ("pad", 0), ("stretch", 200)])
 def test_resize_policies(tmp_path, policy, corner):
     Image.new("RGB", (90, 30), (200, 200, 200)).save(tmp_path / "wide.png")
@@ -88,12 +95,28 @@ def test_both_layouts_and_missing_classes(tmp_path):
         scan_folder(split)
 
 
+def test_layouts_that_would_train_the_wrong_task_are_refused(tmp_path):
+    kaggle = make_split_folder(tmp_path / "kaggle", CLASSES, {"Training_Set": 4, "Test_Set": 2})
+    scan = scan_folder(kaggle)
+    assert scan.layout == "splits" and scan.classes == CLASSES and set(scan.files) == {"train", "test"}
+    extra = make_split_folder(tmp_path / "extra", CLASSES, {"train": 4, "unlabeled": 2})
+    with pytest.raises(ImgclfError, match="'unlabeled', which is no split folder"):
+        scan_folder(extra)
+    wrapper = make_folder(tmp_path / "wrapper" / "dataset", CLASSES, 3).parent
+    with pytest.raises(ImgclfError, match=r"one class folder, 'dataset'.*point --data at it"):
+        scan_folder(wrapper)
+    both = make_split_folder(tmp_path / "both", CLASSES, {"train": 4, "val": 2, "valid": 2})
+    with pytest.raises(ImgclfError, match="keep one val folder"):
+        scan_folder(both)
+
+
 def test_split_is_stratified_reproducible_and_seeded(tmp_path):
     folder = make_folder(tmp_path / "d", CLASSES, 20)
     a = splits_of(folder, tmp_path / "p", val_fraction=0.1, test_fraction=0.1)
     b = splits_of(folder, tmp_path / "p", val_fraction=0.1, test_fraction=0.1)
     c = splits_of(folder, tmp_path / "p", val_fraction=0.1, test_fraction=0.1, seed=1)
-    assert a.lists == b.lists and a.lists["test"] != c.lists["test"]
+    assert a.lists == b.lists and a.lists["val"] != c.lists["val"]
+    assert a.lists["test"] == c.lists["test"]  # like CIFAR's, the test set does not change with the seed
     assert torch.bincount(a.test().labels).tolist() == [2, 2, 2]
     assert torch.bincount(a.val.labels).tolist() == [2, 2, 2]
     assert not set(a.lists["train"]) & set(a.lists["test"]) and not set(a.lists["val"]) & set(a.lists["test"])
@@ -134,8 +157,8 @@ def test_worker_processes_prepare_the_same_array(tmp_path):
     "make, message",
     [
         (lambda root: (root / "cat").mkdir(parents=True), "class folder .*cat has no image files"),
-        (lambda root: make_folder(root, ["a"], 1), "class 'a' has 1 readable images"),
-        (lambda root: (root / "a").mkdir(parents=True) or (root / "a" / "x.png").write_text("no"), "no readable"),
+        (lambda root: make_folder(root, ["a", "b"], 1), "class 'a' has 1 readable images"),
+        (lambda root: [p.write_text("no") for p in make_folder(root, ["a", "b"], 1).rglob("*.*")], "no readable"),
         (lambda root: root.mkdir(), "no class folders"),
     ],
     ids=["empty-class", "one-image", "nothing-readable", "no-classes"],
@@ -207,6 +230,10 @@ def test_train_evaluate_compare_on_a_folder(messy, tmp_path, monkeypatch):
     page = (out / "report.html").read_text()
     assert "Model comparison on pets" in page and str(tmp_path) not in page
     assert "zebra" in (run / "report.html").read_text()
+    moved = tmp_path / "moved"
+    shutil.copytree(messy, moved)
+    assert main(["evaluate", str(run), "--data", str(moved)]) == 0  # a moved folder: the split names files in it
+    assert json.loads((run / "metrics.json").read_text())["test_images"] == len(split["test"])
 
 
 def cifar100_miniature(root, monkeypatch):

@@ -44,6 +44,7 @@ DAMAGE = {
     "summary-empty-object": ("summary.json", "{}", "summary.json: 'model' is missing"),
     "card-garbage": ("model.json", '{"model": 3}', "model.json: 'model' is missing or not str"),
     "split-garbage": ("split.json", '{"train": 1}', "split.json must map train, val and test"),
+    "split-overlap": ("split.json", '{"train": ["a.png"], "val": [], "test": ["a.png"]}', "names a file twice"),
 }
 
 
@@ -125,7 +126,7 @@ def test_a_kill_while_a_checkpoint_is_written_loses_nothing(data_dir, tmp_path):
     a = load_file(checkpoint_files(whole / "checkpoints")["weights"])
     b = load_file(checkpoint_files(cut / "checkpoints")["weights"])
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch-0003", "last.json"]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003", "last.json"]
 
 
 def test_a_run_of_the_earlier_layout_evaluates_resumes_and_gets_its_card(finished_run, tmp_path):

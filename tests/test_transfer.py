@@ -21,8 +21,8 @@ from imgclf.models.backbones import (
     unfrozen_units,
 )
 from imgclf.models.layers import DepthwiseConv2d
+from imgclf.runs import run_splits
 from imgclf.training import transfer
-from imgclf.training.run import run_splits
 from imgclf.training.trainer import Trainer
 from imgclf.training.transfer import TransferTrainer, build_transfer_model
 

@@ -26,6 +26,7 @@ from imgclf.config import (
     one_line,
     os_reason,
 )
+from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
 
 EXPLORE_MAX_PER_CLASS = 64
@@ -102,15 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
     evaluate.add_argument("run_dir", help="run directory written by `imgclf train`")
     evaluate.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files (default: the run's)")
+    evaluate.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
     explore.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a folder of images")
     explore.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
-    explore.add_argument("--data-size", type=int, default=0, help="side of the sample images (0: 32, or the folder's)")
     explore.add_argument(
-        "--resize", default="crop", choices=("crop", "pad", "stretch"), help="folder images to squares"
+        "--data-size", type=int, default=0, help="side the sample images are prepared at (0: 64 for a folder)"
     )
+    explore.add_argument("--resize", default="crop", choices=RESIZE_POLICIES, help="folder images to squares")
     explore.add_argument("--output", default="runs/explore", help="folder for the figures and stats.json")
     explore.add_argument("--per-class", type=int, default=8, help="sample images shown per class")
     comp = sub.add_parser("compare", help="results table, impact of each step and figures across evaluated runs")
@@ -172,7 +174,7 @@ def print_metrics(metrics: dict, run_dir: Path) -> None:
 def command_evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluation.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta)
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data)
     print_metrics(metrics, Path(args.run_dir))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
 
 
@@ -67,12 +68,14 @@ class TrainConfig:
     resize: str = option(
         "crop",
         "folder images to squares: shorter side then centre crop, pad the longer side, or stretch",
-        ("crop", "pad", "stretch"),
+        RESIZE_POLICIES,
     )
     val_fraction: float = option(0.1, "fraction of the training images held out for validation (stratified, seeded)")
     test_fraction: float = option(0.1, "a folder without test/: fraction of its images held out for testing")
-    train_subset: int = option(0, "train on only the first N images of the training split (0: all); for quick tests")
-    test_subset: int = option(0, "evaluate on only the first N test images (0: all); for quick tests")
+    train_subset: int = option(
+        0, "train on only N images of the training split (CIFAR: the first N, a folder: N at random; 0: all); for tests"
+    )
+    test_subset: int = option(0, "evaluate on only N test images (CIFAR: the first N, a folder: N at random; 0: all)")
     seed: int = option(0, "random seed for initialisation, split, shuffling and augmentation")
     precision: str = option(
         "auto", "numeric precision: bf16 autocast where native, else fp32", ("auto", "bf16", "fp32")
@@ -421,7 +424,7 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
 
     cfg = TrainConfig(**{**file_values, **cli_values})
     if isinstance(cfg.data, str) and cfg.data and not is_builtin(cfg.data):
-        cfg.data = str(Path(cfg.data).expanduser().absolute())
+        cfg.data = str(Path(cfg.data).expanduser().resolve())
     cfg.validate()
     check_writable_folder(cfg.output, "--output")
     return cfg

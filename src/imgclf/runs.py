@@ -9,6 +9,7 @@ Every reader turns a missing, damaged or foreign file into a one-line error nami
 """
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from imgclf.config import TrainConfig, load_config_file
+from imgclf.data.datasets import Splits, is_builtin, load_splits
 from imgclf.errors import ImgclfError
 from imgclf.io import read_json, write_json, write_text
 
@@ -154,8 +156,6 @@ class RunDir:
 
     def read_history(self) -> list[dict]:
         """``history.jsonl``: one record per finished epoch (empty when training has not finished one)."""
-        from imgclf.training.history import read_history
-
         return read_history(self.file(HISTORY))
 
     # model card
@@ -186,6 +186,16 @@ class RunDir:
         for split, files in lists.items():
             if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
                 raise ImgclfError(f"{path}: '{split}' must be a list of file names")
+        every = [f for files in lists.values() for f in files]
+        if len(set(every)) != len(every):
+            raise ImgclfError(f"{path} names a file twice (the splits must be disjoint)")
+        return lists
+
+    def read_data_split(self, cfg: TrainConfig) -> dict[str, list[str]] | None:
+        """The saved split of a folder run (an error when it is missing), None for built-in datasets."""
+        lists = self.read_split()
+        if lists is None and not is_builtin(cfg.data):
+            raise ImgclfError(f"{self.path} has no {SPLIT}: the run's test files are unknown; train it again")
         return lists
 
     def write_data(self, lists: dict[str, list[str]] | None, info: dict) -> None:
@@ -195,3 +205,82 @@ class RunDir:
         write_json(self.file(DATA), {k: v for k, v in info.items() if k != "skipped"})
         if info.get("skipped"):
             write_json(self.file(SKIPPED), info["skipped"])
+
+
+def read_history(path: Path) -> list[dict]:
+    """The epoch records of a ``history.jsonl`` file (empty if it does not exist); a one-line error naming a damaged
+    line."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImgclfError(f"cannot read {path}: {exc}".splitlines()[0]) from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ImgclfError(f"{path} line {number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise ImgclfError(f"{path} line {number} is not an epoch record")
+        records.append(record)
+    return records
+
+
+def data_side(cfg: TrainConfig) -> int:
+    """The side images are stored at: ``--data-size``, else a folder's images at a transfer backbone's input side;
+    0 leaves the source's own default (CIFAR's 32 px, a folder's 32 px for networks from scratch)."""
+    if cfg.data_size or not cfg.is_transfer or is_builtin(cfg.data):
+        return cfg.data_size
+    from imgclf.models.backbones import native_input_size
+
+    return cfg.img_size or native_input_size(cfg.model)
+
+
+def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, side: int | None = None) -> Splits:
+    """The data of a run with options ``cfg`` (``lists``: a folder run's saved split, used exactly; ``side``: the
+    stored side a trained model's card names, else :func:`data_side`)."""
+    return load_splits(
+        cfg.data,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+        side=data_side(cfg) if side is None else side,
+        resize=cfg.resize,
+        data_dir=cfg.data_dir,
+        download=cfg.download or None,
+        prepare_dir=cfg.prepare_dir,
+        workers=cfg.workers,
+        progress=cfg.progress,
+        lists=lists,
+    )
+
+
+def model_card(cfg: TrainConfig, splits: Splits, input_size: int, mean, std) -> ModelCard:
+    """The card of a model trained with ``cfg`` on ``splits`` at ``input_size`` with normalisation ``mean``/``std``."""
+    return ModelCard(
+        model=cfg.model,
+        classes=list(splits.classes),
+        input_size=input_size,
+        data_size=splits.side,
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        resize=cfg.resize,
+        dataset=splits.name,
+        data=cfg.data,
+        data_fingerprint=splits.fingerprint,
+        config=cfg.to_dict(),
+    )
+
+
+def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
+    """A one-line error when the data found now is not the data the run's model was trained on."""
+    if card is not None and card.classes != splits.classes:
+        differ = sorted(set(card.classes) ^ set(splits.classes))
+        detail = f"class '{differ[0]}' differs" if differ else "the class order differs"
+        raise ImgclfError(f"the data of {run.path} has changed since training ({detail}): the model needs its classes")

@@ -6,6 +6,7 @@ evaluation and report receive a ``Splits`` and never ask where the images came f
 """
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,10 +17,17 @@ from imgclf.errors import ImgclfError
 
 
 class MappedImages:
-    """Rows of a memory-mapped uint8 (N, 3, S, S) array, read from disk when indexed."""
+    """Rows of a memory-mapped uint8 (N, 3, S, S) ``.npy`` array, read from the file when indexed.
+
+    Batches are read with ``os.preadv`` straight into a new array rather than through the mapping: the pages a
+    mapping touches count in the process's resident memory until the kernel drops them, a read's pages stay in the
+    page cache only, so training on a dataset larger than memory keeps the process's memory bounded.
+    """
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, key: str) -> None:
         self.array, self.rows, self.key = array, np.asarray(rows, dtype=np.int64), key
+        self.row_bytes = int(np.prod(array.shape[1:]))
+        self._fd: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -32,10 +40,33 @@ class MappedImages:
         """The images at ``index`` (a slice or integer indices) as a uint8 tensor in memory."""
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        rows = self.rows[index]
-        if isinstance(index, slice) and len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-            return torch.from_numpy(np.array(self.array[rows[0] : rows[-1] + 1]))  # contiguous rows: one read
-        return torch.from_numpy(self.array[rows])
+        rows = np.atleast_1d(self.rows[index])
+        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
+        if not isinstance(self.array, np.memmap):  # an array in memory (tests, small sets)
+            out[:] = self.array[rows]
+            return torch.from_numpy(out)
+        flat = out.reshape(len(rows), -1)
+        if len(rows) and (np.diff(rows) == 1).all():  # consecutive rows: one read
+            self.read_into(flat.reshape(-1), int(rows[0]))
+        else:
+            for i, row in enumerate(rows):
+                self.read_into(flat[i], int(row))
+        return torch.from_numpy(out)
+
+    def read_into(self, buffer: np.ndarray, row: int) -> None:
+        """Fill ``buffer`` (one or more whole rows) from the file, starting at ``row``."""
+        if self._fd is None:
+            self._fd = os.open(self.array.filename, os.O_RDONLY)
+        view, offset = memoryview(buffer).cast("B"), self.array.offset + row * self.row_bytes
+        while view:
+            n = os.preadv(self._fd, [view], offset)
+            if n <= 0:
+                raise ImgclfError(f"prepared data file {self.array.filename} is shorter than its header says")
+            view, offset = view[n:], offset + n
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def take(self, indices: np.ndarray) -> "MappedImages":
         """The images at ``indices``, still on disk."""
@@ -44,13 +75,12 @@ class MappedImages:
 
 @dataclass
 class ImageSet:
-    """Images — a uint8 tensor (N, 3, H, W) in memory, or :class:`MappedImages` on disk — with integer labels (N,),
-    the class names and, for folder datasets, each image's path relative to the folder."""
+    """Images — a uint8 tensor (N, 3, H, W) in memory, or :class:`MappedImages` on disk — with integer labels (N,)
+    and the class names."""
 
     images: torch.Tensor | MappedImages
     labels: torch.Tensor
     classes: list[str]
-    files: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,8 +89,7 @@ class ImageSet:
         """The images at ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
         images = self.images.take(idx) if isinstance(self.images, MappedImages) else self.images[torch.from_numpy(idx)]
-        files = [self.files[i] for i in idx] if self.files is not None else None
-        return ImageSet(images, self.labels[torch.from_numpy(idx)], self.classes, files)
+        return ImageSet(images, self.labels[torch.from_numpy(idx)], self.classes)
 
     def fingerprint(self) -> str:
         """SHA-1 identifying these images and labels (the activation cache's data key)."""
@@ -143,8 +172,13 @@ def train_val_indices(
     train_idx, val_idx = stratified_split(labels, val_fraction, seed)
     if train_subset:
         train_idx = train_idx[:train_subset]
-        val_idx = val_idx[: max(train_subset // 4, 1)] if len(val_idx) else val_idx
+        val_idx = val_idx[: val_subset_size(train_subset)] if len(val_idx) else val_idx
     return train_idx, val_idx
+
+
+def val_subset_size(train_subset: int) -> int:
+    """Validation images kept when training on only ``train_subset`` images (a quarter, at least one)."""
+    return max(train_subset // 4, 1)
 
 
 def is_builtin(source: str) -> bool:

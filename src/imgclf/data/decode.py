@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESIZE_POLICIES = ("crop", "pad", "stretch")
+MAX_FILE_BYTES = 512 << 20  # an image file over 512 MiB is skipped, not read
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -40,18 +41,15 @@ def fit_square(image: Image.Image, side: int, policy: str) -> Image.Image:
     to ``side``, centred on black) or ``stretch``; Pillow's antialiased bilinear filter."""
     w, h = image.size
     if policy == "stretch":
-        return image if (w, h) == (side, side) else image.resize((side, side), Image.BILINEAR, reducing_gap=3.0)
-    scale = side / (min(w, h) if policy == "crop" else max(w, h))
+        return image.resize((side, side), Image.BILINEAR, reducing_gap=3.0)
+    if policy == "crop":  # resample the central square only: a 1×20,000 strip never becomes a huge image
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+        return image.resize((side, side), Image.BILINEAR, box=box, reducing_gap=3.0)
+    scale = side / max(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if policy == "crop":
-        size = (max(size[0], side), max(size[1], side))
-    if size != (w, h):
-        image = image.resize(size, Image.BILINEAR, reducing_gap=3.0)
-    left, top = (size[0] - side) // 2, (size[1] - side) // 2
-    if policy == "crop":
-        return image.crop((left, top, left + side, top + side))
     canvas = Image.new("RGB", (side, side))
-    canvas.paste(image, (-left, -top))
+    canvas.paste(image.resize(size, Image.BILINEAR, reducing_gap=3.0), ((side - size[0]) // 2, (side - size[1]) // 2))
     return canvas
 
 
@@ -82,9 +80,13 @@ def decode(data: bytes, side: int, policy: str) -> np.ndarray:
 def decode_file(path: str | Path, side: int, policy: str) -> tuple[np.ndarray | None, str, str]:
     """(image or None, SHA-1 of the bytes, reason it was skipped or '') for the file at ``path``."""
     try:
+        if Path(path).stat().st_size > MAX_FILE_BYTES:
+            return None, "", f"too large (over {MAX_FILE_BYTES >> 20} MiB)"
         data = Path(path).read_bytes()
     except OSError as exc:
         return None, "", f"unreadable ({exc.strerror or exc})"
+    except MemoryError:
+        return None, "", "too large to read into memory"
     digest = hashlib.sha1(data).hexdigest()
     try:
         return decode(data, side, policy), digest, ""

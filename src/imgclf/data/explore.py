@@ -27,7 +27,6 @@ def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, wo
         MappedImages(prepared.array, rows, prepared.key),
         torch.tensor(labels)[torch.from_numpy(rows)],
         scan.classes,
-        [files[i] for i in rows],
     )
     raw = raw_file_stats(scan.root, files, seed=0)
     raw.update(layout=scan.layout, files=len(files), ignored_files=scan.ignored)

@@ -18,6 +18,7 @@ import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,16 +28,23 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
-from imgclf.data.datasets import ImageSet, MappedImages, Splits, channel_stats, stratified_split
+from imgclf.data.datasets import ImageSet, MappedImages, Splits, channel_stats, stratified_split, val_subset_size
 from imgclf.data.decode import RESIZE_POLICIES, decode_rows
 from imgclf.errors import ImgclfError
 from imgclf.io import read_json, write_json
 
 DEFAULT_PREPARE_DIR = Path.home() / ".cache" / "imgclf" / "prepared"
 IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
-SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+# split folder names (compared in lower case) → split
+SPLIT_FOLDERS = {
+    **dict.fromkeys(("train", "training", "train_set", "training_set"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "val_set", "validation_set"), "val"),
+    **dict.fromkeys(("test", "testing", "test_set", "testing_set"), "test"),
+}
 PREPARE_VERSION = 1  # bump when decoding changes what a prepared array holds
 CHUNK = 256  # files per worker task
+TEST_SPLIT_SEED = 0
+STATS_SAMPLE = 10_000  # training images the normalisation's mean and std are measured on
 
 
 @dataclass
@@ -84,7 +92,7 @@ def image_files(folder: Path, root: Path, seen: frozenset = frozenset()) -> tupl
     return found, ignored
 
 
-def scan_classes(folder: Path, root: Path, where: str) -> tuple[dict[str, list[str]], int]:
+def scan_classes(folder: Path, root: Path) -> tuple[dict[str, list[str]], int]:
     """Class name → image files of the class folders in ``folder``."""
     classes, ignored = {}, 0
     for entry in list_dir(folder):
@@ -101,10 +109,33 @@ def scan_classes(folder: Path, root: Path, where: str) -> tuple[dict[str, list[s
             raise ImgclfError(f"class folder {Path(entry.path)} has no image files")
         classes[entry.name] = files
     if not classes:
+        raise ImgclfError(f"no class folders in {folder} (expected DIR/<class>/images or DIR/train/<class>/images)")
+    if len(classes) == 1:
+        only = next(iter(classes))
         raise ImgclfError(
-            f"no class folders in {folder}{where} (expected DIR/<class>/images or DIR/train/<class>/images)"
+            f"{folder} holds one class folder, '{only}': a classifier needs two or more (if '{only}' holds the "
+            "class folders, point --data at it)"
         )
     return classes, ignored
+
+
+def split_folder_names(subdirs: list[str], root: Path) -> dict[str, str] | None:
+    """Split → folder name when ``root`` holds split folders (train/ and optional val/, test/, any case and common
+    spellings), None when its sub-folders are classes; a one-line error for a mix of both."""
+    splits = {d: SPLIT_FOLDERS[d.lower()] for d in subdirs if d.lower() in SPLIT_FOLDERS}
+    if "train" not in splits.values():
+        return None
+    if others := [d for d in subdirs if d not in splits]:
+        raise ImgclfError(
+            f"{root} holds a training folder and '{others[0]}', which is no split folder "
+            f"(expected train/ with optional val/ and test/ beside it)"
+        )
+    found: dict[str, str] = {}
+    for folder, split in sorted(splits.items()):
+        if split in found:
+            raise ImgclfError(f"{root} has {found[split]}/ and {folder}/: keep one {split} folder")
+        found[split] = folder
+    return found
 
 
 def scan_folder(root: str | Path) -> FolderScan:
@@ -114,27 +145,24 @@ def scan_folder(root: str | Path) -> FolderScan:
         raise ImgclfError(f"data folder not found: {root}")
     if not root.is_dir():
         raise ImgclfError(f"data is neither cifar10, cifar100 nor a folder: {root}")
-    subdirs = [e.name for e in list_dir(root) if e.is_dir()]
-    if "train" not in subdirs or not set(subdirs) <= set(SPLIT_FOLDERS):
-        classes, ignored = scan_classes(root, root, "")
+    split_folders = split_folder_names([e.name for e in list_dir(root) if e.is_dir()], root)
+    if split_folders is None:
+        classes, ignored = scan_classes(root, root)
         names = sorted(classes)
         files = [f for c in names for f in classes[c]]
         labels = [i for i, c in enumerate(names) for _ in classes[c]]
         return FolderScan(root, "classes", names, {"all": files}, {"all": labels}, ignored)
-    aliases = [d for d in subdirs if SPLIT_FOLDERS[d] == "val"]
-    if len(aliases) > 1:
-        raise ImgclfError(f"{root} has {' and '.join(a + '/' for a in aliases)}: keep one validation folder")
     per_split, ignored = {}, 0
-    for folder in ("train", *aliases, *(["test"] if "test" in subdirs else [])):
-        per_split[SPLIT_FOLDERS[folder]], n = scan_classes(root / folder, root, "")
+    for split, folder in split_folders.items():
+        per_split[split], n = scan_classes(root / folder, root)
         ignored += n
     names = sorted(per_split["train"])
     for split, classes in per_split.items():
-        folder = next(d for d in subdirs if SPLIT_FOLDERS[d] == split)
+        folder, train = split_folders[split], split_folders["train"]
         if missing := sorted(set(names) - set(classes)):
-            raise ImgclfError(f"class '{missing[0]}' of train/ is missing from {folder}/ in {root}")
+            raise ImgclfError(f"class '{missing[0]}' of {train}/ is missing from {folder}/ in {root}")
         if extra := sorted(set(classes) - set(names)):
-            raise ImgclfError(f"class '{extra[0]}' of {folder}/ is missing from train/ in {root}")
+            raise ImgclfError(f"class '{extra[0]}' of {folder}/ is missing from {train}/ in {root}")
     files = {s: [f for c in names for f in per_split[s][c]] for s in per_split}
     labels = {s: [i for i, c in enumerate(names) for _ in per_split[s][c]] for s in per_split}
     return FolderScan(root, "splits", names, files, labels, ignored)
@@ -151,15 +179,51 @@ class Prepared:
 
 
 def preparation_key(root: Path, files: list[str], side: int, policy: str) -> str:
-    """Hash of the files (paths, sizes, modification times), the side and the resize policy."""
+    """Hash of the files (paths, sizes, modification and status-change times), the side and the resize policy."""
     digest = hashlib.sha1(json.dumps([PREPARE_VERSION, str(root.resolve()), side, policy]).encode())
     for name in files:
         try:
             st = (root / name).stat()
-            digest.update(os.fsencode(name) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
+            digest.update(os.fsencode(name) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        except OSError:  # gone, or unreadable: decoding says so
             digest.update(os.fsencode(name) + b"\0missing\n")
     return digest.hexdigest()[:24]
+
+
+def load_prepared(folder: Path, key: str, files: list[str], side: int) -> Prepared | None:
+    """The prepared entry in ``folder`` if it is complete and matches ``files`` and ``side``, else None."""
+    try:
+        meta = read_json(folder / "meta.json", "prepared data")
+        array = np.load(folder / "images.npy", mmap_mode="r")
+        reasons, digests = meta["reasons"], meta["digests"]
+        if (
+            array.dtype == np.uint8
+            and array.shape == (len(files), 3, side, side)
+            and meta["files"] == files
+            and len(reasons) == len(digests) == len(files)
+        ):
+            return Prepared(key, array, reasons, digests)
+    except (ImgclfError, OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def remove_stale(base: Path) -> None:
+    """Delete the unfinished preparations of processes that no longer run (``.KEY.PID.tmp``)."""
+    for tmp in base.glob(".*.tmp"):
+        try:
+            os.kill(int(tmp.name.split(".")[-2]), 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def prepare(
@@ -177,36 +241,41 @@ def prepare(
     key = preparation_key(root, files, side, policy)
     base = Path(prepare_dir).expanduser() if prepare_dir else DEFAULT_PREPARE_DIR
     folder = base / key
-    if (folder / "meta.json").is_file():
-        try:
-            meta = read_json(folder / "meta.json", "prepared data")
-            array = np.load(folder / "images.npy", mmap_mode="r")
-            if array.shape == (len(files), 3, side, side) and meta["files"] == files:
-                return Prepared(key, array, meta["reasons"], meta["digests"])
-        except (ImgclfError, OSError, ValueError, KeyError, TypeError):
-            pass  # a damaged entry is rebuilt
-        shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        if (found := load_prepared(folder, key, files, side)) is not None:
+            return found
+        shutil.rmtree(folder, ignore_errors=True)  # incomplete or damaged: rebuilt
+    shape = (len(files), 3, side, side)
     try:
         base.mkdir(parents=True, exist_ok=True)
+        remove_stale(base)
         tmp = base / f".{key}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    except OSError as exc:
-        raise ImgclfError(f"cannot write prepared data to {base}: {exc.strerror or exc}") from None
-    try:
         array_path = tmp / "images.npy"
-        np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(files), 3, side, side)).flush()
+        np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+        with open(array_path, "r+b") as f:  # claim the disk space now: a full disk is an error here, not a crash
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as exc:
+        shutil.rmtree(base / f".{key}.{os.getpid()}.tmp", ignore_errors=True)
+        size = f"{np.prod(shape) / 1e9:.2f} GB"
+        raise ImgclfError(f"cannot write prepared data ({size}) to {base}: {exc.strerror or exc}") from None
+    try:
         results = decode_all(array_path, [str(root / f) for f in files], side, policy, workers, progress, root.name)
         meta = {"root": str(root), "side": side, "resize": policy, "files": files}
         meta.update(reasons=[r for _, r in results], digests=[d for d, _ in results])
         write_json(tmp / "meta.json", meta)
         try:
             os.replace(tmp, folder)
-        except OSError:  # another process prepared the same key meanwhile: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+        except OSError:  # another process prepared the same key meanwhile: use theirs if complete
+            if (found := load_prepared(folder, key, files, side)) is not None:
+                return found
+            raise
+    except OSError as exc:
+        raise ImgclfError(f"cannot write prepared data to {base}: {exc.strerror or exc}") from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Prepared(key, np.load(folder / "images.npy", mmap_mode="r"), meta["reasons"], meta["digests"])
 
 
@@ -214,7 +283,7 @@ def decode_all(
     array_path: Path, paths: list[str], side: int, policy: str, workers: int, progress: bool, name: str
 ) -> list[tuple[str, str]]:
     """Decode ``paths`` into the rows of the array at ``array_path`` (worker processes for large folders)."""
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or available_cpus()
     chunks = [(start, paths[start : start + CHUNK]) for start in range(0, len(paths), CHUNK)]
     results: list[list[tuple[str, str]]] = [[] for _ in chunks]
     with tqdm(total=len(paths), desc=f"preparing {name} ({side} px)", unit="img", disable=not progress) as bar:
@@ -222,15 +291,22 @@ def decode_all(
             for i, (start, chunk) in enumerate(chunks):
                 results[i] = decode_rows(str(array_path), start, chunk, side, policy)
                 bar.update(len(chunk))
-        else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                futures = {
-                    pool.submit(decode_rows, str(array_path), start, chunk, side, policy): i
-                    for i, (start, chunk) in enumerate(chunks)
-                }
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update(len(chunks[futures[future]][1]))
+            return [r for chunk in results for r in chunk]
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        try:
+            futures = {
+                pool.submit(decode_rows, str(array_path), start, chunk, side, policy): i
+                for i, (start, chunk) in enumerate(chunks)
+            }
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(len(chunks[futures[future]][1]))
+        except BrokenProcessPool:
+            raise ImgclfError(
+                "a process decoding images died (out of memory?); try --workers 1 or a smaller --data-size"
+            ) from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return [r for chunk in results for r in chunk]
 
 
@@ -301,10 +377,10 @@ def folder_splits(
         names = lists[split]
         rows = np.array([row_of[f] for f in names], dtype=np.int64)
         labels = torch.tensor([label_of[f] for f in names], dtype=torch.long)
-        return ImageSet(MappedImages(array, rows, prepared.key), labels, scan.classes, list(names))
+        return ImageSet(MappedImages(array, rows, prepared.key), labels, scan.classes)
 
     train = image_set("train")
-    mean, std = channel_stats(train.images)
+    mean, std = channel_stats(train.images.take(sample_rows(len(train), STATS_SAMPLE)))
     digests = {s: [prepared.digests[row_of[f]] for f in lists[s]] for s in lists}
     duplicates = cross_split_duplicates(digests, lists)
     if duplicates:
@@ -340,12 +416,16 @@ def folder_splits(
     )
 
 
+def sample_rows(count: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` of the indices ``0…count-1`` drawn at random (seeded), sorted; all of them when ``n`` is 0 or more."""
+    if not n or n >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).permutation(count)[:n])
+
+
 def sample(names: list[str], n: int, seed: int) -> list[str]:
     """``n`` of ``names`` drawn at random (seeded), in their original order; all of them when ``n`` is 0."""
-    if not n or n >= len(names):
-        return names
-    keep = np.sort(np.random.default_rng(seed).permutation(len(names))[:n])
-    return [names[i] for i in keep]
+    return [names[i] for i in sample_rows(len(names), n, seed)]
 
 
 def split_lists(
@@ -357,13 +437,15 @@ def split_lists(
     train_subset: int,
     test_subset: int,
 ) -> dict[str, list[str]]:
-    """File lists of train, validation and test: folders given are used as they are, the rest is split by class
-    (test first, then validation from what is left); ``*_subset`` draws that many files at random (seeded)."""
+    """File lists of train, validation and test: folders given are used as they are, the rest is split by class —
+    the test files first, with a fixed seed (like CIFAR's, the test set is the same whatever ``seed`` a run has, so
+    runs of several seeds are compared on the same images), then the validation files, seeded by ``seed``.
+    ``*_subset`` draws that many files at random (seeded)."""
     pool = readable.get("all") or readable["train"]
     if "test" in readable:
         test = readable["test"]
     else:
-        keep, held = stratified_split([label_of[f] for f in pool], test_fraction, seed)
+        keep, held = stratified_split([label_of[f] for f in pool], test_fraction, TEST_SPLIT_SEED)
         test, pool = [pool[i] for i in held], [pool[i] for i in keep]
     if "val" in readable:
         train, val = pool, readable["val"]
@@ -371,5 +453,5 @@ def split_lists(
         keep, held = stratified_split([label_of[f] for f in pool], val_fraction, seed)
         train, val = [pool[i] for i in keep], [pool[i] for i in held]
     if train_subset:
-        train, val = sample(train, train_subset, seed), sample(val, max(train_subset // 4, 1), seed)
+        train, val = sample(train, train_subset, seed), sample(val, val_subset_size(train_subset), seed)
     return {"train": train, "val": val, "test": sample(test, test_subset, seed)}

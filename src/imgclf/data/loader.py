@@ -11,6 +11,12 @@ from imgclf.data.datasets import ImageSet, MappedImages
 from imgclf.errors import ImgclfError
 
 
+def inference_batch_size(side: int) -> int:
+    """Images per inference batch: 1,024 at 32 px, fewer for larger images (as few as 256), so that memory does not
+    grow with the image side as fast as the activations do."""
+    return max(256, min(1024, 1024 * 32 * 32 // max(side * side, 1)))
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s randomness (order, augmentation, dropout) in a run seeded with ``seed``."""
     return seed * 1_000_003 + epoch

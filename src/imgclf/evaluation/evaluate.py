@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.config import TrainConfig
-from imgclf.data.datasets import ImageSet, Splits
-from imgclf.data.loader import BatchLoader
+from imgclf.data.datasets import ImageSet
+from imgclf.data.loader import BatchLoader, inference_batch_size
 from imgclf.device import describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluation import plots
@@ -22,9 +22,8 @@ from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, 
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
 from imgclf.models import count_parameters, create_model
 from imgclf.report.html import evaluation_report
-from imgclf.runs import BEST_WEIGHTS, FIGURES, ModelCard, RunDir
+from imgclf.runs import BEST_WEIGHTS, FIGURES, RunDir, check_card, model_card, run_splits
 from imgclf.training.checkpoint import load_weights
-from imgclf.training.run import model_card, run_splits
 from imgclf.training.trainer import predict
 from imgclf.training.transfer import TransferModel, build_transfer_model, transfer_logits
 
@@ -94,7 +93,8 @@ def predict_logits(
     """Logits (N, C) in float32 for every image of ``data`` normalised with ``mean``/``std`` (see :func:`predict`)."""
     if not len(data):
         return np.zeros((0, len(data.classes)), np.float32)
-    loader = BatchLoader(data, 1000, mean, std, device=device, channels_last=channels_last)
+    batch = inference_batch_size(data.images.shape[-1])
+    loader = BatchLoader(data, batch, mean, std, device=device, channels_last=channels_last)
     return predict(model, loader, device, precision, flip_tta)[0].cpu().numpy()
 
 
@@ -103,20 +103,26 @@ def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto", tta: bool = False) -> dict:
-    """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run."""
+def evaluate_run(
+    run_dir: str | Path, data_dir: str | None = None, device: str = "auto", tta: bool = False, data: str | None = None
+) -> dict:
+    """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run (``data``:
+    the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are)."""
     run = RunDir(run_dir)
     run_dir = run.path
     dev = select_device(device)
     cfg = run.read_config()  # every run file is read (and checked) before anything is computed or written
-    summary, history, lists, card = run.read_summary(), run.read_history(), run.read_split(), run.read_card()
+    summary, history, lists, card = run.read_summary(), run.read_history(), run.read_data_split(cfg), run.read_card()
     if data_dir:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
-    splits = run_splits(cfg, lists)
+    if data:  # the run's folder, moved: the split's files are named relative to it
+        cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
+    splits = run_splits(cfg, lists, side=card.data_size if card is not None else None)
     check_card(card, splits, run)
     model, cfg = load_run_model(run_dir, dev, len(splits.classes))
     if card is None:  # a run of an earlier version: describe its model now
-        prep = (model.image_size, model.mean, model.std) if isinstance(model, TransferModel) else splits_prep(splits)
+        transfer = isinstance(model, TransferModel)
+        prep = (model.image_size, model.mean, model.std) if transfer else (splits.side, splits.mean, splits.std)
         card = model_card(cfg, splits, *prep)
     precision = resolve_precision(cfg.precision, dev)
     classes = splits.classes
@@ -185,19 +191,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         run.write_card(card)
     evaluation_report(run_dir, metrics, cfg.to_dict())
     return metrics
-
-
-def splits_prep(splits: Splits) -> tuple[int, tuple, tuple]:
-    """Input side, mean and std of a network from scratch trained on ``splits``."""
-    return splits.side, splits.mean, splits.std
-
-
-def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
-    """A one-line error when the data found now is not the data the run's model was trained on."""
-    if card is not None and card.classes != splits.classes:
-        missing = sorted(set(card.classes) ^ set(splits.classes))
-        detail = f"class '{missing[0]}' differs" if missing else "the class order differs"
-        raise ImgclfError(f"the data of {run.path} has changed since training ({detail}); evaluate needs the same data")
 
 
 def write_figures(

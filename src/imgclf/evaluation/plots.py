@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+matplotlib.rcParams["text.parse_math"] = False  # class names are text: a '$' in a folder name is no formula
+
 ANNOTATE_UP_TO = 20  # classes (or bars): above this, figures drop the number written on every cell
 TICK_LABELS_UP_TO = 50  # class tick labels: above this, only every k-th class is named
 NAME_CHARS = 18  # class names longer than this are cut in figures

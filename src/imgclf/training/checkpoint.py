@@ -1,11 +1,12 @@
 """Checkpoints: weights as safetensors, optimizer and loop state loaded with ``weights_only``.
 
-An epoch's checkpoint is one unit: its files go into a new folder ``checkpoints/epoch-NNNN/``, then ``last.json`` is
-pointed at it (the commit), then older folders are removed. A run killed anywhere in between resumes from the
-previous complete checkpoint.
+An epoch's checkpoint is one unit: its files go into a new folder ``checkpoints/epoch-NNNN/`` and are flushed to disk,
+then ``last.json`` is pointed at it (the commit), then folders older than the previous one are removed. A run killed
+anywhere in between resumes from the previous complete checkpoint.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,18 +77,35 @@ def add_metadata(path: Path, metadata: dict) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
+def sync(path: Path) -> None:
+    """Flush a file or folder to disk (so a power cut cannot leave a pointer to files that never reached it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(folder: Path, epoch: int, modules: dict[str, nn.Module], state: dict) -> None:
     """Write epoch ``epoch``'s checkpoint into ``folder`` as one unit: ``modules`` as NAME.safetensors and ``state``
-    as state.pt in a new sub-folder, then the pointer moved to it."""
+    as state.pt in a new sub-folder, flushed to disk, then the pointer moved to it; the previous epoch's folder is
+    kept until the next commit."""
     target = folder / f"epoch-{epoch:04d}"
     shutil.rmtree(target, ignore_errors=True)  # what a write killed half-way left behind
     for name, module in modules.items():
         save_weights(target / f"{name}.safetensors", module, {"epoch": epoch})
     save_state(target / "state.pt", state)
+    for path in [*target.iterdir(), target]:
+        sync(path)
+    previous = checkpoint_files(folder)
     write_json(folder / POINTER, {"epoch": epoch, "folder": target.name})
+    sync(folder)
+    keep = {target.name, previous["state"].parent.name if previous else ""}
     for old in folder.glob("epoch-*"):
-        if old.name != target.name:
+        if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
+    for legacy in LEGACY_FILES.values():
+        (folder / legacy).unlink(missing_ok=True)
     for legacy in LEGACY_FILES.values():
         (folder / legacy).unlink(missing_ok=True)
 
@@ -102,7 +120,11 @@ def checkpoint_files(folder: Path) -> dict[str, Path] | None:
             raise ImgclfError(f"damaged checkpoint pointer {pointer}")
         target = folder / name
         files = {p.stem: p for p in target.glob("*.safetensors")}
-        return {**files, "state": target / "state.pt"}
-    if (folder / LEGACY_FILES["state"]).is_file():  # the layout of earlier imgclf versions
-        return {k: folder / v for k, v in LEGACY_FILES.items() if (folder / v).is_file()}
-    return None
+        files["state"] = target / "state.pt"
+    elif (folder / LEGACY_FILES["state"]).is_file():  # the layout of earlier imgclf versions
+        files = {k: folder / v for k, v in LEGACY_FILES.items() if (folder / v).is_file()}
+    else:
+        return None
+    if not files.get("weights") or not files["state"].is_file():
+        raise ImgclfError(f"incomplete checkpoint in {files['state'].parent}: weights or state file missing")
+    return files

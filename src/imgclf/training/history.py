@@ -4,9 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from imgclf.errors import ImgclfError
 from imgclf.io import write_text
-from imgclf.runs import HISTORY, TENSORBOARD
+from imgclf.runs import HISTORY, TENSORBOARD, read_history
 
 
 class History:
@@ -40,26 +39,3 @@ class History:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def read_history(path: Path) -> list[dict]:
-    """The epoch records of a ``history.jsonl`` file (empty if it does not exist); a one-line error naming a damaged
-    line."""
-    if not path.is_file():
-        return []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImgclfError(f"cannot read {path}: {exc}".splitlines()[0]) from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ImgclfError(f"{path} line {number} is not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise ImgclfError(f"{path} line {number} is not an epoch record")
-        records.append(record)
-    return records

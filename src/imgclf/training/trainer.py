@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
 from imgclf.data.datasets import ImageSet, Splits
-from imgclf.data.loader import BatchLoader, epoch_seed
+from imgclf.data.loader import BatchLoader, epoch_seed, inference_batch_size
 from imgclf.device import autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters, create_model
@@ -101,7 +101,8 @@ def image_loaders(
         seed=cfg.seed,
         **common,
     )
-    return train_loader, BatchLoader(val, 256 if image_size else 1024, **common) if len(val) else None
+    side = image_size or val.images.shape[-1]
+    return train_loader, BatchLoader(val, inference_batch_size(side), **common) if len(val) else None
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
