@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--model", default="simple_cnn")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-subset", type=int, default=0, help="train on N of the images: does the peak follow N?")
     args = parser.parse_args()
     if not args.folder.is_dir():
         make_folder(args.folder)
@@ -67,6 +68,8 @@ def main() -> None:
     command = ["imgclf", "train", "--data", folder, "--model", args.model, "--data-size", str(SIDE)]
     command += ["--epochs", str(args.epochs), "--prepare-dir", str(prepare_dir), "--output", str(output)]
     command += ["--name", "folder_memory", "--no-progress", "--no-tensorboard"]
+    if args.train_subset:
+        command += ["--train-subset", str(args.train_subset), "--test-subset", str(args.train_subset // 10)]
     start = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-v", *command], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -86,9 +89,10 @@ def main() -> None:
         "peak_rss_bytes": peak_kb * 1024,
         "test_accuracy": metrics["test_accuracy"],
         "epochs": args.epochs,
+        "train_subset": args.train_subset,
     }
     print(f"peak RSS {peak_kb / 2**20:.2f} GiB in {wall / 60:.1f} min")
-    print("wrote", write_result("folder_memory", record))
+    print("wrote", write_result("folder_memory" + (f"_subset{args.train_subset}" if args.train_subset else ""), record))
 
 
 if __name__ == "__main__":
