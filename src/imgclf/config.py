@@ -71,7 +71,7 @@ class TrainConfig:
         RESIZE_POLICIES,
     )
     val_fraction: float = option(0.1, "fraction of the training images held out for validation (stratified, seeded)")
-    test_fraction: float = option(0.1, "a folder without test/: fraction of its images held out for testing")
+    test_fraction: float = option(0.1, "a folder without test/: share of each class held out for testing (fixed seed)")
     train_subset: int = option(
         0, "train on only N images of the training split (CIFAR: the first N, a folder: N at random; 0: all); for tests"
     )
