@@ -34,7 +34,7 @@ def main() -> None:
     start = time.perf_counter()
     scan = scan_folder(args.folder)
     scan_seconds = time.perf_counter() - start
-    files = [f for split in scan.files for f in scan.files[split]]
+    files = scan.all_files
     rows = []
     for side in args.side or [32]:
         times = []

@@ -174,3 +174,24 @@ def test_a_model_that_outputs_nan_is_an_error_not_a_result(finished_run, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite outputs" in err[0], err
     assert not (run / "metrics.json").exists()
+
+
+def test_a_run_in_use_by_another_process_is_a_one_line_error(finished_run, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from imgclf.runs import RunDir\nwith RunDir(sys.argv[1]).lock():\n"
+         "    print('held', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        for args in (["evaluate", str(run)], ["train", "--resume", str(run), "--no-progress"]):
+            assert main(args) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "in use by another imgclf process" in err[0], err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["evaluate", str(run)]) == 0  # released with its holder

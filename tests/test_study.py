@@ -65,6 +65,10 @@ def test_study_on_a_folder_compares_from_scratch_and_transfer(tmp_path, capsys):
     page = (output / "comparison" / "report.html").read_text()
     assert "Model comparison on leaves" in page and str(tmp_path) not in page and "reference accuracy" not in page
     assert "study finished" in capsys.readouterr().out
+    make_folder(folder, ["maple"], 13, seed=1)  # one more maple leaf: finished runs are kept, with a warning
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    assert all(r["status"] == "kept" for r in json.loads((output / "study.json").read_text())["runs"].values())
+    assert capsys.readouterr().err.count("has changed since") == 2
 
 
 def test_study_presets_and_overrides_are_checked(tmp_path):

@@ -8,9 +8,11 @@ RUN/config.yaml  history.jsonl  summary.json  metrics.json  model.json  best.saf
 Every reader turns a missing, damaged or foreign file into a one-line error naming it.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ REPORT = "report.html"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
 TENSORBOARD = "tensorboard"
+LOCK = ".lock"
 
 
 @dataclass
@@ -115,6 +118,26 @@ class RunDir:
     def exists(self) -> bool:
         """True when this is a run directory (it has a config)."""
         return self.file(CONFIG).is_file()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process: a second imgclf training or evaluating it at the same time would interleave
+        its writes, so it gets a one-line error instead (advisory ``flock`` on RUN/.lock; none where unsupported)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.file(LOCK), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ImgclfError(f"{self.path} is in use by another imgclf process (train or evaluate)") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # configuration
     def read_config(self) -> TrainConfig:

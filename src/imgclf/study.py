@@ -10,6 +10,7 @@ stopped: finished runs are kept, an interrupted one resumes from its last checkp
 when missing. The comparison (tables, figures, report.html) is written to ``OUTPUT/comparison``.
 """
 
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from imgclf.config import (
     shown,
     type_name,
 )
+from imgclf.data.datasets import is_builtin
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import evaluate_run
 from imgclf.io import write_json
@@ -111,6 +113,21 @@ def same_computation(a: TrainConfig, b: TrainConfig) -> bool:
     return all(da[k] == db[k] for k in da if k not in RUNTIME_OPTIONS)
 
 
+def warn_if_data_changed(run: RunDir, cfg: TrainConfig) -> None:
+    """One warning line when a kept run's folder of images has changed since the run trained on it."""
+    card = run.read_card()
+    if card is None or is_builtin(cfg.data):
+        return
+    from imgclf.data.folder import folder_fingerprint
+
+    if folder_fingerprint(cfg.data, card.data_size, card.resize) != card.data_fingerprint:
+        tqdm.write(
+            f"imgclf: warning: {cfg.data} has changed since {run.path} was trained on it; the run is kept as it is "
+            f"(delete {run.path} to train it again on the folder as it is now)",
+            file=sys.stderr,
+        )
+
+
 def run_study(preset: str | Path, output: str | Path, overrides: dict | None = None) -> dict:
     """Train (or resume), evaluate and compare every run of ``preset`` under ``output``; returns the study record."""
     output = Path(output)
@@ -127,6 +144,7 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
                 raise ImgclfError(f"{run.path} holds a run with other options; delete it or choose another --output")
             if run.file(SUMMARY).is_file() and run.file(BEST_WEIGHTS).is_file():
                 status = "kept"
+                warn_if_data_changed(run, cfg)
             else:
                 train_run(cfg, run.path, resume=True)
                 status = "resumed"

@@ -19,7 +19,7 @@ def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, wo
     from imgclf.data.folder import prepare, scan_folder
 
     scan = scan_folder(data)
-    files = [f for split in scan.files for f in scan.files[split]]
+    files = scan.all_files
     labels = [label for split in scan.labels for label in scan.labels[split]]
     prepared = prepare(scan.root, files, side, resize, prepare_dir, workers, progress)
     rows = np.array([i for i, reason in enumerate(prepared.reasons) if not reason], dtype=np.int64)

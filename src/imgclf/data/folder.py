@@ -58,6 +58,11 @@ class FolderScan:
     labels: dict[str, list[int]]
     ignored: int  # hidden files and files without an image extension
 
+    @property
+    def all_files(self) -> list[str]:
+        """Every image file, split by split: the rows of the prepared array."""
+        return [f for split in self.files for f in self.files[split]]
+
 
 def is_hidden(name: str) -> bool:
     """Hidden files and folders, and archive debris such as __MACOSX."""
@@ -346,7 +351,7 @@ def folder_splits(
 ) -> Splits:
     """The splits of the image folder ``source`` (``lists``: a run's saved file lists, used exactly)."""
     scan = scan_folder(source)
-    order = [f for s in scan.files for f in scan.files[s]]
+    order = scan.all_files
     label_of = {f: label for s in scan.files for f, label in zip(scan.files[s], scan.labels[s], strict=True)}
     prepared = prepare(scan.root, order, side, resize, prepare_dir, workers, progress)
     row_of = {f: i for i, f in enumerate(order)}
@@ -414,6 +419,12 @@ def folder_splits(
         info=info,
         lists=lists,
     )
+
+
+def folder_fingerprint(source: str | Path, side: int, policy: str) -> str:
+    """The fingerprint (preparation key) the folder ``source`` has now at ``side`` and ``policy``, without decoding."""
+    scan = scan_folder(source)
+    return preparation_key(scan.root, scan.all_files, side, policy)
 
 
 def sample_rows(count: int, n: int, seed: int = 0) -> np.ndarray:

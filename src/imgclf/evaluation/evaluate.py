@@ -109,6 +109,13 @@ def evaluate_run(
     """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run (``data``:
     the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are)."""
     run = RunDir(run_dir)
+    run.read_config()  # a one-line error for a folder that is no run, before the lock touches it
+    with run.lock():
+        return evaluate_locked(run, data_dir, device, tta, data)
+
+
+def evaluate_locked(run: RunDir, data_dir: str | None, device: str, tta: bool, data: str | None) -> dict:
+    """:func:`evaluate_run` on a run this process holds."""
     run_dir = run.path
     dev = select_device(device)
     cfg = run.read_config()  # every run file is read (and checked) before anything is computed or written

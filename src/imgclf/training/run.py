@@ -23,11 +23,11 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         check_card(run.read_card(), splits, run)
     trainer = TransferTrainer(cfg, run.path, splits) if cfg.is_transfer else Trainer(cfg, run.path, splits)
     card = model_card(cfg, splits, trainer.input_size, trainer.mean, trainer.std)
-    if not resume:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_data(splits.lists, splits.info)
-        run.write_card(card)
-        run.write_config(cfg)
-    summary = trainer.fit(resume=resume)
-    run.write_card(card)  # again, now into the best weights' metadata too
+    with run.lock():  # one process at a time writes a run
+        if not resume:
+            run.write_data(splits.lists, splits.info)
+            run.write_card(card)
+            run.write_config(cfg)
+        summary = trainer.fit(resume=resume)
+        run.write_card(card)  # again, now into the best weights' metadata too
     return summary
