@@ -17,13 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
-
-from imgclf.data.folder import prepare, scan_folder
-
 
 def main() -> None:
+    # imported here, not at the top: the decoding workers start by importing this script (spawn), and should not
+    # import torch for nothing — as they do not under the `imgclf` command
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import write_result
+
+    from imgclf.data.folder import prepare, scan_folder
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--side", type=int, action="append", help="storage side(s) to prepare at (default: 32)")
