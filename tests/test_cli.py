@@ -88,3 +88,9 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_options):
     args = ["train", "--name", "x", "--model", "simple_cnn", "--epochs", "1", *tiny_options]
     assert main(args) == 0
     assert main(args) == 2
+
+
+def test_the_command_line_imports_no_torch_before_it_runs_a_command():
+    """Decoding workers start (spawn) by importing the main script: with torch in it, each would spend seconds."""
+    code = "import sys, imgclf.cli; print([m for m in ('torch', 'torchvision') if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
