@@ -22,7 +22,6 @@ CIFAR_SOURCES = {
     "cifar100": (CIFAR100, "CIFAR-100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 CIFAR10_MEAN, CIFAR10_STD = CIFAR_SOURCES["cifar10"][2:]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
