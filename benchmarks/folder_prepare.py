@@ -24,7 +24,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import write_result
 
-    from imgclf.data.folder import prepare, scan_folder
+    from imgclf.data.folder import scan_folder
+    from imgclf.data.prepare import prepare
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)

@@ -14,8 +14,9 @@ from imgclf.cli import main
 from imgclf.data import datasets
 from imgclf.data.datasets import load_splits
 from imgclf.data.decode import decode_file
-from imgclf.data.folder import prepare, scan_folder
+from imgclf.data.folder import scan_folder
 from imgclf.data.loader import BatchLoader
+from imgclf.data.prepare import prepare
 from imgclf.errors import ImgclfError
 
 CLASSES = ["cat", "dog", "zebra"]
@@ -129,7 +130,7 @@ def test_preparation_is_cached_and_rebuilt_when_a_file_changes(tmp_path, monkeyp
     first = splits_of(folder, tmp_path / "p")
     assert len(list((tmp_path / "p").iterdir())) == 1
     calls = []
-    monkeypatch.setattr("imgclf.data.folder.decode_all", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr("imgclf.data.prepare.decode_all", lambda *a, **k: calls.append(a) or [])
     again = splits_of(folder, tmp_path / "p")  # no decoding: served from the cache
     assert not calls and again.fingerprint == first.fingerprint
     assert torch.equal(again.train.images[:], first.train.images[:])

@@ -16,7 +16,8 @@ RAW_SAMPLE = 5000  # raw-file headers read for the size and mode statistics of a
 
 def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, workers: int, progress: bool):
     """Every readable image of a folder (all splits), its display name and the facts of its raw files."""
-    from imgclf.data.folder import prepare, scan_folder
+    from imgclf.data.folder import scan_folder
+    from imgclf.data.prepare import prepare
 
     scan = scan_folder(data)
     files = scan.all_files
