@@ -1,9 +1,12 @@
 """Write CIFAR-10 out as a folder of JPEG files (quality 95): the dataset the folder benchmarks train on.
 
     uv run python benchmarks/cifar_to_folder.py benchmarks/data/cifar10-jpeg
+    uv run python benchmarks/cifar_to_folder.py benchmarks/data/cifar10-jpeg444 --subsampling 4:4:4
 
 Layout DIR/train/<class>/NNNNN.jpg (50,000) and DIR/test/<class>/NNNNN.jpg (10,000), the numbers being the images'
 indices in the official batches; imgclf holds its validation split out of train/ (seeded, stratified).
+Pillow's default chroma subsampling is 4:2:0 (colour at half resolution: much of a 32-px image's colour detail);
+``--subsampling 4:4:4`` keeps colour at full resolution.
 """
 
 import argparse
@@ -18,10 +21,11 @@ from PIL import Image
 QUALITY = 95
 
 
-def write_chunk(folder: str, names: list[str], images: np.ndarray) -> int:
+def write_chunk(folder: str, names: list[str], images: np.ndarray, subsampling: str) -> int:
     """Save ``images`` (N, 32, 32, 3) as JPEG files ``folder/names[i]``."""
+    options = {"quality": QUALITY} | ({"subsampling": subsampling} if subsampling else {})
     for name, image in zip(names, images, strict=True):
-        Image.fromarray(image).save(os.path.join(folder, name), quality=QUALITY)
+        Image.fromarray(image).save(os.path.join(folder, name), **options)
     return len(names)
 
 
@@ -29,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path, help="folder to create")
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: $IMGCLF_DATA_DIR)")
+    parser.add_argument("--subsampling", default="", help="JPEG chroma subsampling, e.g. 4:4:4 (default: Pillow's)")
     args = parser.parse_args()
     from imgclf.data.cifar import load_cifar10
 
@@ -45,7 +50,8 @@ def main() -> None:
                 index = np.flatnonzero(data.labels.numpy() == label)
                 for start in range(0, len(index), 1000):
                     part = index[start : start + 1000]
-                    jobs.append(pool.submit(write_chunk, str(folder), [f"{i:05d}.jpg" for i in part], pixels[part]))
+                    names = [f"{i:05d}.jpg" for i in part]
+                    jobs.append(pool.submit(write_chunk, str(folder), names, pixels[part], args.subsampling))
         written = sum(job.result() for job in jobs)
     print(f"wrote {written:,} JPEG files to {args.output}")
 
