@@ -65,13 +65,9 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: object, source: str) -> "ModelCard":
         """A card from its JSON form, checked field by field."""
-        if not isinstance(data, dict):
-            raise ImgclfError(f"{source} must hold a JSON object")
         kinds = {"model": str, "input_size": int, "data_size": int, "resize": str, "dataset": str, "data": str}
         kinds.update(data_fingerprint=str, config=dict, classes=list, mean=list, std=list)
-        for key, kind in kinds.items():
-            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
-                raise ImgclfError(f"{source}: '{key}' is missing or not {kind.__name__}")
+        require(data, kinds, source)
         if not data["classes"] or not all(isinstance(c, str) for c in data["classes"]):
             raise ImgclfError(f"{source}: 'classes' must be a non-empty list of names")
         for key in ("mean", "std"):

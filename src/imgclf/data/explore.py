@@ -20,8 +20,7 @@ def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, wo
     from imgclf.data.prepare import prepare
 
     scan = scan_folder(data)
-    files = scan.all_files
-    labels = [label for split in scan.labels for label in scan.labels[split]]
+    files, labels = scan.all_files, scan.all_labels
     prepared = prepare(scan.root, files, side, resize, prepare_dir, workers, progress)
     rows = np.array([i for i, reason in enumerate(prepared.reasons) if not reason], dtype=np.int64)
     images = ImageSet(
@@ -39,9 +38,9 @@ def raw_file_stats(root: Path, files: list[str], seed: int = 0) -> dict:
     """Width, height, mode and format of the raw files (headers only; a sample of a large folder)."""
     from PIL import Image
 
-    picked = files
-    if len(files) > RAW_SAMPLE:
-        picked = [files[i] for i in np.sort(np.random.default_rng(seed).permutation(len(files))[:RAW_SAMPLE])]
+    from imgclf.data.folder import sample
+
+    picked = sample(files, RAW_SAMPLE, seed)
     sizes, modes, formats = [], Counter(), Counter()
     for name in picked:
         try:

@@ -50,6 +50,11 @@ class FolderScan:
         """Every image file, split by split: the rows of the prepared array."""
         return [f for split in self.files for f in self.files[split]]
 
+    @property
+    def all_labels(self) -> list[int]:
+        """The label of each of :attr:`all_files`."""
+        return [label for split in self.labels for label in self.labels[split]]
+
 
 def is_hidden(name: str) -> bool:
     """Hidden files and folders, and archive debris such as __MACOSX."""
@@ -197,7 +202,7 @@ def folder_splits(
     """The splits of the image folder ``source`` (``lists``: a run's saved file lists, used exactly)."""
     scan = scan_folder(source)
     order = scan.all_files
-    label_of = {f: label for s in scan.files for f, label in zip(scan.files[s], scan.labels[s], strict=True)}
+    label_of = dict(zip(order, scan.all_labels, strict=True))
     prepared = prepare(scan.root, order, side, resize, prepare_dir, workers, progress)
     row_of = {f: i for i, f in enumerate(order)}
     skipped = [{"file": f, "reason": r} for f, r in zip(order, prepared.reasons, strict=True) if r]
@@ -210,10 +215,13 @@ def folder_splits(
         warn(f"skipped {len(skipped)} of {len(order)} files in {scan.root} ({summary}); listed in skipped.json")
     for split, names in readable.items():
         counts = Counter(label_of[f] for f in names)
+        needed = 2 if split in ("all", "train") else 1
         for label, name in enumerate(scan.classes):
-            if counts[label] < (2 if split in ("all", "train") else 1):
+            if counts[label] < needed:
                 where = scan.root / (split if split != "all" else "") / name
-                raise ImgclfError(f"class '{name}' has {counts[label]} readable images in {where} (at least 2 needed)")
+                raise ImgclfError(
+                    f"class '{name}' has {counts[label]} readable images in {where} (at least {needed} needed)"
+                )
 
     if lists is None:
         lists = split_lists(readable, label_of, seed, val_fraction, test_fraction, train_subset, test_subset)

@@ -109,16 +109,18 @@ def evaluate_run(
     """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run (``data``:
     the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are)."""
     run = RunDir(run_dir)
-    run.read_config()  # a one-line error for a folder that is no run, before the lock touches it
+    cfg = run.read_config()  # a one-line error for a folder that is no run, before the lock touches it
     with run.lock():
-        return evaluate_locked(run, data_dir, device, tta, data)
+        return evaluate_locked(run, cfg, data_dir, device, tta, data)
 
 
-def evaluate_locked(run: RunDir, data_dir: str | None, device: str, tta: bool, data: str | None) -> dict:
-    """:func:`evaluate_run` on a run this process holds."""
+def evaluate_locked(
+    run: RunDir, cfg: TrainConfig, data_dir: str | None, device: str, tta: bool, data: str | None
+) -> dict:
+    """:func:`evaluate_run` on a run this process holds, trained with ``cfg``."""
     run_dir = run.path
     dev = select_device(device)
-    cfg = run.read_config()  # every run file is read (and checked) before anything is computed or written
+    # every run file is read (and checked) before anything is computed or written
     summary, history, lists, card = run.read_summary(), run.read_history(), run.read_data_split(cfg), run.read_card()
     if data_dir:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
@@ -126,7 +128,7 @@ def evaluate_locked(run: RunDir, data_dir: str | None, device: str, tta: bool, d
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
     splits = run_splits(cfg, lists, side=card.data_size if card is not None else None)
     check_card(card, splits, run)
-    model, cfg = load_run_model(run_dir, dev, len(splits.classes))
+    model, _ = load_run_model(run_dir, dev, len(splits.classes))  # keeps this call's data location in cfg
     if card is None:  # a run of an earlier version: describe its model now
         transfer = isinstance(model, TransferModel)
         prep = (model.image_size, model.mean, model.std) if transfer else (splits.side, splits.mean, splits.std)

@@ -106,8 +106,6 @@ def save_checkpoint(folder: Path, epoch: int, modules: dict[str, nn.Module], sta
             shutil.rmtree(old, ignore_errors=True)
     for legacy in LEGACY_FILES.values():
         (folder / legacy).unlink(missing_ok=True)
-    for legacy in LEGACY_FILES.values():
-        (folder / legacy).unlink(missing_ok=True)
 
 
 def checkpoint_files(folder: Path) -> dict[str, Path] | None:
