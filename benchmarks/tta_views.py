@@ -26,8 +26,8 @@ from common import write_result
 
 from imgclf.data.loader import BatchLoader
 from imgclf.device import autocast, resolve_precision
-from imgclf.evaluation.evaluate import load_run_model
-from imgclf.runs import RunDir, run_splits
+from imgclf.inference.predictor import load_network
+from imgclf.runs import BEST_WEIGHTS, RunDir, run_splits
 from imgclf.training.transfer import TransferModel, activation_cache
 
 SHIFTS = {"up-left": (-1, -1), "down-right": (1, 1), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -48,7 +48,9 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def input_batches(run_dir: Path, cache_dir: Path | None) -> tuple[torch.nn.Module, Iterator, torch.Tensor, str]:
     """The run's model (its trained part), (input, mirrored input) validation batches, labels and precision."""
-    model, cfg = load_run_model(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    model = load_network(cfg, run.read_card().num_classes, run.file(BEST_WEIGHTS))
     splits = run_splits(cfg, RunDir(run_dir).read_split())
     val = splits.val
     device = torch.device("cpu")

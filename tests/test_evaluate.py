@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import imgclf.data.cifar as cifar
-import imgclf.evaluation.evaluate as evaluate_module
 from imgclf.cli import main
 from imgclf.evaluation.calibration import fit_temperature
-from imgclf.runs import run_splits
+from imgclf.inference.predictor import load_predictor
+from imgclf.runs import RunDir, run_splits
 
 
 @pytest.fixture
@@ -50,11 +50,11 @@ def test_test_split_feeds_no_fitting_and_is_read_once(tmp_path, tiny_options, sp
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
     # the temperature is the one fitted on the validation split of the run
-    model, cfg = evaluate_module.load_run_model(run_dir)
-    val = run_splits(cfg).val
-    cpu = evaluate_module.select_device("cpu")
-    val_logits = evaluate_module.predict_logits(model, val, cpu, "bf16", cifar.CIFAR10_MEAN, cifar.CIFAR10_STD)
+    predictor = load_predictor(run_dir, "cpu")
+    val = run_splits(RunDir(run_dir).read_config()).val
+    val_logits = predictor.dataset_logits(val)
     assert metrics["temperature"] == pytest.approx(fit_temperature(val_logits, val.labels.numpy()), rel=1e-3)
+    assert predictor.temperature == metrics["temperature"]  # the card carries it to predict and serve
 
 
 def test_metrics_file_and_figures(tmp_path, tiny_options):

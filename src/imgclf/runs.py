@@ -2,6 +2,7 @@
 
 ```
 RUN/config.yaml  history.jsonl  summary.json  metrics.json  model.json  best.safetensors  report.html
+    model.onnx + model.parity.json (`imgclf export`)
     split.json (folder data: each split's files)  data.json (the data's facts)  skipped.json (unreadable files)
     checkpoints/  figures/  tensorboard/  phase1/ phase2/ (transfer runs: each phase a run of its own)
 ```
@@ -29,6 +30,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.json"
 MODEL_CARD = "model.json"
 BEST_WEIGHTS = "best.safetensors"
+ONNX_MODEL = "model.onnx"
 SPLIT = "split.json"
 DATA = "data.json"
 SKIPPED = "skipped.json"
@@ -54,6 +56,7 @@ class ModelCard:
     data: str  # the source: cifar10, cifar100 or the folder
     data_fingerprint: str
     config: dict
+    temperature: float | None = None  # fitted on the validation split by evaluation; None until then
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +76,13 @@ class ModelCard:
         for key in ("mean", "std"):
             if len(data[key]) != 3 or not all(is_number(v) for v in data[key]):
                 raise ImgclfError(f"{source}: '{key}' must be three numbers")
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        temperature = data.get("temperature")
+        if temperature is not None and not (is_number(temperature) and temperature > 0):
+            raise ImgclfError(f"{source}: 'temperature' must be a positive number")
+        return cls(
+            **{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name != "temperature"},
+            temperature=temperature,
+        )
 
 
 def is_number(value: object) -> bool:

@@ -14,88 +14,21 @@ import torch.nn.functional as F
 
 from imgclf.config import TrainConfig
 from imgclf.data.datasets import ImageSet
-from imgclf.data.loader import BatchLoader, inference_batch_size
-from imgclf.device import describe_device, resolve_precision, select_device
+from imgclf.device import describe_device, select_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluation import plots
 from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
-from imgclf.models import count_parameters, create_model
+from imgclf.inference.predictor import TorchPredictor, load_network
+from imgclf.models import count_parameters
 from imgclf.report.html import evaluation_report
 from imgclf.runs import BEST_WEIGHTS, FIGURES, RunDir, check_card, model_card, run_splits
-from imgclf.training.checkpoint import load_weights
-from imgclf.training.trainer import predict
-from imgclf.training.transfer import TransferModel, build_transfer_model, transfer_logits
+from imgclf.training.transfer import TransferModel
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run was trained with."""
     return RunDir(run_dir).read_config()
-
-
-def load_run_model(
-    run_dir: str | Path, device: torch.device | str = "cpu", num_classes: int | None = None
-) -> tuple[torch.nn.Module | TransferModel, TrainConfig]:
-    """The run's selected (best-validation) model, in eval mode on ``device``: an imgclf network, or a timm network
-    with its frozen/trainable split for transfer runs. The number of classes comes from the run's model card (runs
-    of earlier versions: ``num_classes``, else CIFAR-10's 10)."""
-    run = RunDir(run_dir)
-    cfg = run.read_config()
-    card = run.read_card()
-    num_classes = card.num_classes if card is not None else num_classes or 10
-    if cfg.is_transfer:
-        tm = build_transfer_model(cfg, num_classes, pretrained=False)
-        load_weights(run.file(BEST_WEIGHTS), tm.network)
-        tm.network.to(device).eval()
-        if cfg.channels_last:
-            tm.network.to(memory_format=torch.channels_last)
-        return tm, cfg
-    model = create_model(cfg.model, num_classes=num_classes)
-    load_weights(run.file(BEST_WEIGHTS), model)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval(), cfg
-
-
-def run_logits(
-    model: torch.nn.Module | TransferModel,
-    cfg: TrainConfig,
-    data: ImageSet,
-    device: torch.device,
-    precision: str,
-    flip_tta: bool = False,
-    desc: str = "",
-    normalisation: tuple = (),
-) -> np.ndarray:
-    """Logits (N, C) of a run's model for ``data``; transfer models go through the activation cache, networks from
-    scratch normalise with ``normalisation`` (mean, std)."""
-    if not isinstance(model, TransferModel):
-        return predict_logits(model, data, device, precision, *normalisation, flip_tta, cfg.channels_last)
-    if not len(data):
-        return np.zeros((0, len(data.classes)), np.float32)
-    logits = transfer_logits(cfg, model, data, device, precision, desc=desc)
-    if flip_tta:
-        logits = (logits + transfer_logits(cfg, model, data, device, precision, flip=True, desc=desc)) / 2
-    return logits.cpu().numpy()
-
-
-def predict_logits(
-    model: torch.nn.Module,
-    data: ImageSet,
-    device: torch.device,
-    precision: str,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    flip_tta: bool = False,
-    channels_last: bool = True,
-) -> np.ndarray:
-    """Logits (N, C) in float32 for every image of ``data`` normalised with ``mean``/``std`` (see :func:`predict`)."""
-    if not len(data):
-        return np.zeros((0, len(data.classes)), np.float32)
-    batch = inference_batch_size(data.images.shape[-1])
-    loader = BatchLoader(data, batch, mean, std, device=device, channels_last=channels_last)
-    return predict(model, loader, device, precision, flip_tta)[0].cpu().numpy()
 
 
 def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -128,32 +61,37 @@ def evaluate_locked(
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
     splits = run_splits(cfg, lists, side=card.data_size if card is not None else None)
     check_card(card, splits, run)
-    model, _ = load_run_model(run_dir, dev, len(splits.classes))  # keeps this call's data location in cfg
+    model = load_network(cfg, len(splits.classes), run.file(BEST_WEIGHTS))
     if card is None:  # a run of an earlier version: describe its model now
         transfer = isinstance(model, TransferModel)
         prep = (model.image_size, model.mean, model.std) if transfer else (splits.side, splits.mean, splits.std)
         card = model_card(cfg, splits, *prep)
-    precision = resolve_precision(cfg.precision, dev)
+    predictor = TorchPredictor(model, card, dev, cfg.precision, use_cache=True)
+    precision = predictor.precision
     classes = splits.classes
-    norm = (tuple(card.mean), tuple(card.std))
     train, val = splits.train, splits.val
 
-    train_logits = run_logits(model, cfg, train, dev, precision, desc="train", normalisation=norm)
+    def logits(data: ImageSet, desc: str, flip_tta: bool = False) -> np.ndarray:
+        return predictor.dataset_logits(data, flip_tta, desc, progress=cfg.progress and len(data) >= 5000)
+
+    train_logits = logits(train, "train")
     train_labels = train.labels.numpy()
     val_labels = val.labels.numpy()
-    val_logits = run_logits(model, cfg, val, dev, precision, desc="val", normalisation=norm) if len(val) else None
+    val_logits = logits(val, "val") if len(val) else None
     temperature = fit_temperature(val_logits, val_labels) if val_logits is not None else 1.0
+    card.temperature = temperature
+    run.write_card(card)  # with the fitted temperature: predict and serve calibrate with it
 
     test = splits.test()  # the only read of the test split
     test_labels = test.labels.numpy()
     start = time.perf_counter()
-    test_logits = run_logits(model, cfg, test, dev, precision, desc="test", normalisation=norm)
+    test_logits = logits(test, "test")
     seconds = time.perf_counter() - start
     if not np.isfinite(test_logits).all():
         raise ImgclfError(f"the model of {run_dir} gives non-finite outputs on the test split (training diverged)")
 
     report = classification_metrics(test_logits, test_labels, classes)
-    network = model.network if isinstance(model, TransferModel) else model
+    network = predictor.network
     test_bins = reliability_bins(softmax(test_logits), test_labels)
     train_acc = float((train_logits.argmax(1) == train_labels).mean())
     metrics = {
@@ -189,15 +127,13 @@ def evaluate_locked(
         reliability={k: v.tolist() for k, v in test_bins.items()},
     )
     if tta:
-        tta_logits = run_logits(model, cfg, test, dev, precision, flip_tta=True, desc="test", normalisation=norm)
+        tta_logits = logits(test, "test", flip_tta=True)
         metrics["tta"] = {
             "test_accuracy": float((tta_logits.argmax(1) == test_labels).mean()),
             "test_loss": mean_loss(tta_logits, test_labels),
         }
     metrics["figures"] = write_figures(run, cfg, history, test, test_logits, temperature, report, test_bins)
     run.write_metrics(metrics)
-    if run.read_card() is None:
-        run.write_card(card)
     evaluation_report(run_dir, metrics, cfg.to_dict())
     return metrics
 

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
-from imgclf.data.datasets import ImageSet, Splits
+from imgclf.data.datasets import Splits
 from imgclf.data.features import ActivationCache
 from imgclf.data.loader import ActivationLoader, BatchLoader
 from imgclf.device import autocast, resolve_precision, select_device
@@ -266,28 +266,3 @@ class TransferTrainer:
                 epoch += 1
                 history.log({**row, "epoch": epoch, "phase": number})
         history.close()
-
-
-@torch.inference_mode()
-def transfer_logits(
-    cfg: TrainConfig, tm: TransferModel, data: ImageSet, device, precision, flip: bool = False, desc: str = ""
-) -> torch.Tensor:
-    """Float32 logits of a trained transfer model for ``data``: through the activation cache when ``cfg.cache``."""
-    tm.network.eval()
-    cached = uses_cache(cfg, tm)
-    if cached:  # mirrored activations are cached under their own key
-        acts = activation_cache(cfg, tm, device, precision).get(data, flip=flip, desc=desc)
-        loader = ActivationLoader(acts, data.labels, 512, device=device, channels_last=cfg.channels_last)
-        model = tm.tail
-    else:
-        loader = BatchLoader(
-            data, 128, tm.mean, tm.std, device=device, channels_last=cfg.channels_last, image_size=tm.image_size
-        )
-        model = tm.network
-    out = []
-    for x, _ in tqdm(loader, desc=desc or "predicting", disable=not cfg.progress or len(data) < 5000, leave=False):
-        if flip and not cached:
-            x = x.flip(3)
-        with autocast(device, precision):
-            out.append(model(x).float())
-    return torch.cat(out)

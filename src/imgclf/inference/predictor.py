@@ -1,0 +1,275 @@
+"""The one way to get a trained model's outputs: evaluation, ``imgclf predict``, the export's parity check and the
+server all call a :class:`Predictor`.
+
+uint8 images (N, 3, S, S) at the card's stored side → resized (antialiased) to the network's input side and
+normalised with the card's mean/std → the network, in PyTorch or, for an exported ``.onnx``, in onnxruntime → float32
+logits. Flip TTA averages the mirrored images' logits; the run's fitted temperature turns logits into calibrated
+probabilities. The images themselves come from ``data/decode.py``, the code that prepared the training images, so a
+training image predicted from its file gives the logits evaluation computed for it.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from imgclf.config import TrainConfig
+from imgclf.data.datasets import ImageSet
+from imgclf.data.features import resize_normalise
+from imgclf.data.loader import inference_batch_size
+from imgclf.device import autocast, resolve_precision, select_device
+from imgclf.errors import ImgclfError
+from imgclf.evaluation.calibration import softmax
+from imgclf.models import create_model
+from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir
+from imgclf.training.checkpoint import load_weights, read_weights
+from imgclf.training.transfer import TransferModel, activation_cache, build_transfer_model, uses_cache
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
+WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the SHA-1 of the weights file it was exported from
+
+
+class Predictor:
+    """A trained model and its card: images in, logits and calibrated probabilities out."""
+
+    runtime = ""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+        self.mean, self.std = tuple(card.mean), tuple(card.std)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card.classes
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature fitted on the validation split at evaluation (None before the run is evaluated)."""
+        return self.card.temperature
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """Logits of a batch of normalised input images."""
+        raise NotImplementedError
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images at the stored side as the network's normalised float input."""
+        return resize_normalise(images, self.card.input_size, self.mean, self.std)
+
+    def logits(self, images: torch.Tensor | np.ndarray, flip_tta: bool = False) -> np.ndarray:
+        """Float32 logits (N, C) of one batch of uint8 images (N, 3, S, S); with ``flip_tta`` averaged with the
+        mirrored images'."""
+        x = self.prepare(torch.as_tensor(images))
+        out = self.forward(x)
+        return (out + self.forward(x.flip(3))) / 2 if flip_tta else out
+
+    def dataset_logits(
+        self, data: ImageSet, flip_tta: bool = False, desc: str = "", progress: bool = False
+    ) -> np.ndarray:
+        """Float32 logits (N, C) of every image of ``data``, in batches."""
+        n = len(data)
+        if not n:
+            return np.zeros((0, len(self.classes)), np.float32)
+        size = inference_batch_size(max(self.card.input_size, data.images.shape[-1]))
+        starts = range(0, n, size)
+        bar = tqdm(starts, desc=desc or "predicting", unit="batch", disable=not progress, leave=False)
+        return np.concatenate([self.logits(data.images[s : s + size], flip_tta) for s in bar])
+
+    def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Softmax of ``logits``, divided first by the fitted temperature when ``calibrated`` and one exists."""
+        scale = self.temperature if calibrated and self.temperature else 1.0
+        return softmax(np.asarray(logits) / scale).astype(np.float32)
+
+    def top_k(self, probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable (class, probability) pairs of each row, most probable first."""
+        k = min(k, len(self.classes))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [[(self.classes[j], float(row[j])) for j in idx] for row, idx in zip(probabilities, order, strict=True)]
+
+
+class TorchPredictor(Predictor):
+    """A PyTorch network (from scratch or a timm backbone); a transfer run's images of a dataset may go through its
+    activation cache, as in training."""
+
+    runtime = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module | TransferModel,
+        card: ModelCard,
+        device: torch.device,
+        precision: str = "auto",
+        use_cache: bool = False,
+    ) -> None:
+        super().__init__(card)
+        self.cfg = TrainConfig(**card.config)
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.transfer = model if isinstance(model, TransferModel) else None
+        self.network = (model.network if self.transfer else model).to(device).eval()
+        self.channels_last = self.cfg.channels_last
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        self.cache = None
+        if use_cache and self.transfer is not None and uses_cache(self.cfg, self.transfer):
+            self.cache = activation_cache(self.cfg, self.transfer, device, self.precision)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        x = x.to(self.device).contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
+        with autocast(self.device, self.precision):
+            return self.network(x).float().cpu().numpy()
+
+    def dataset_logits(
+        self, data: ImageSet, flip_tta: bool = False, desc: str = "", progress: bool = False
+    ) -> np.ndarray:
+        if self.cache is None or not len(data):
+            return super().dataset_logits(data, flip_tta, desc, progress)
+        out = self.cached_logits(data, False, desc)
+        return (out + self.cached_logits(data, True, desc)) / 2 if flip_tta else out
+
+    @torch.inference_mode()
+    def cached_logits(self, data: ImageSet, flip: bool, desc: str) -> np.ndarray:
+        """Logits through the frozen prefix's cached activations (mirrored ones cached under their own key)."""
+        acts = self.cache.get(data, flip=flip, desc=desc)
+        tail, out = self.transfer.tail.eval(), []
+        memory = torch.channels_last if self.channels_last and acts.ndim == 4 else torch.contiguous_format
+        for start in range(0, len(acts), 512):
+            x = acts[start : start + 512].to(self.device, torch.float32).contiguous(memory_format=memory)
+            with autocast(self.device, self.precision):
+                out.append(tail(x).float().cpu().numpy())
+        return np.concatenate(out)
+
+
+class OnnxPredictor(Predictor):
+    """An exported ``.onnx`` model run by onnxruntime on the CPU."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, card: ModelCard, threads: int = 0) -> None:
+        super().__init__(card)
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for damaged files
+            raise ImgclfError(f"cannot load the ONNX model {path}: {str(exc).splitlines()[0]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        x = x.float().contiguous().numpy()
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+
+
+def load_network(cfg: TrainConfig, num_classes: int, weights: Path) -> nn.Module | TransferModel:
+    """The network of a run trained with ``cfg``, with the weights of ``weights`` (in eval mode, on the CPU)."""
+    if cfg.is_transfer:
+        tm = build_transfer_model(cfg, num_classes, pretrained=False)
+        load_weights(weights, tm.network)
+        tm.network.eval()
+        return tm
+    model = create_model(cfg.model, num_classes=num_classes)
+    load_weights(weights, model)
+    return model.eval()
+
+
+def file_sha1(path: Path) -> str:
+    """SHA-1 of a file's bytes."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an ONNX file (its weights are not loaded)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
+        raise ImgclfError(f"not an ONNX model: {path} ({type(exc).__name__})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def card_from_metadata(metadata: dict, source: Path) -> ModelCard:
+    """The model card stored in a weights or ONNX file's metadata."""
+    text = metadata.get(CARD_KEY)
+    if text is None:
+        raise ImgclfError(f"{source} carries no model card: use the run directory or a file imgclf wrote")
+    card = json.loads(text) if isinstance(text, str) else text
+    return ModelCard.from_dict(card, f"{source} model card")
+
+
+def run_onnx(run: RunDir) -> Path | None:
+    """The run's exported ONNX model when it was exported from the run's current weights, else None."""
+    path = run.file(ONNX_MODEL)
+    if not path.is_file():
+        return None
+    return path if onnx_metadata(path).get(WEIGHTS_KEY) == file_sha1(run.file(BEST_WEIGHTS)) else None
+
+
+def load_predictor(
+    source: str | Path, device: str = "auto", runtime: str = "auto", precision: str | None = None
+) -> Predictor:
+    """A predictor for a run directory, a weights file imgclf wrote (``.safetensors``) or an exported ``.onnx``.
+
+    ``runtime`` auto: onnxruntime for an ``.onnx`` file or a run whose current weights were exported (on a CPU), else
+    PyTorch."""
+    if runtime not in RUNTIMES:
+        raise ImgclfError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ImgclfError(f"no such run directory or model file: {source}")
+    onnx_path = None
+    if path.is_dir():
+        run = RunDir(path)
+        run.read_config()  # a one-line error for a folder that is no run
+        card = run.read_card()
+        if card is None:
+            raise ImgclfError(f"{path} has no model card ({run.file(BEST_WEIGHTS).name}): evaluate it once first")
+        weights = run.file(BEST_WEIGHTS)
+        if not weights.is_file():
+            raise ImgclfError(f"{path} has no trained weights ({BEST_WEIGHTS}): has training finished?")
+        if runtime != "torch" and select_device(device).type == "cpu":
+            onnx_path = run_onnx(run)
+        if runtime == "onnxruntime" and onnx_path is None:
+            raise ImgclfError(f"{path} has no current ONNX export: run `imgclf export {path}` first")
+    elif path.suffix == ".onnx":
+        if runtime == "torch":
+            raise ImgclfError(f"{path} is an ONNX model: it runs with --runtime onnxruntime (or auto)")
+        onnx_path, card = path, card_from_metadata(onnx_metadata(path), path)
+    elif path.suffix == ".safetensors":
+        if runtime == "onnxruntime":
+            raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
+        weights, card = path, card_from_metadata(read_weights(path)[1], path)
+    else:
+        raise ImgclfError(f"{path} is not a run directory, .safetensors or .onnx file")
+    if onnx_path is not None:
+        return OnnxPredictor(onnx_path, card)
+    dev = select_device(device)
+    model = load_network(TrainConfig(**card.config), card.num_classes, weights)
+    return TorchPredictor(model, card, dev, precision or card.config.get("precision", "auto"))
+
+
+def batched(items: Iterable, size: int) -> Iterable[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
