@@ -1,9 +1,12 @@
-"""Command-line entry point: ``imgclf train | evaluate | explore | compare | models``.
+"""Command-line entry point: ``imgclf COMMAND`` — train, evaluate, predict, export, serve, explore, compare, study.
 
 imgclf train --model resnet20 --epochs 30              # train, then evaluate on the test split
 imgclf train --config resnet20 --lr 0.1   # a bundled recipe or YAML file, overridden by flags
 imgclf train --resume runs/resnet20-20261124-151500    # continue an interrupted run
 imgclf evaluate runs/resnet20-20261124-151500
+imgclf predict runs/resnet20-20261124-151500 photos/ --top-k 3
+imgclf export runs/resnet20-20261124-151500             # RUN/model.onnx, checked against PyTorch
+imgclf serve runs/resnet20-20261124-151500              # http://127.0.0.1:8000
 imgclf models
 """
 
@@ -106,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
+    add_predict_parser(sub)
+    export = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch on test images")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `imgclf train`")
+    export.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
+    export.add_argument("--output", dest="output_file", metavar="FILE", help="where to write (default: RUN/model.onnx)")
+    export.add_argument("--check-images", type=int, default=1000, help="test images of the parity check (0: none)")
+    export.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
+    export.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files")
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
     explore.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a folder of images")
     explore.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
@@ -132,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("models", help="list the available models with their parameter counts")
     return parser
+
+
+def add_predict_parser(sub) -> None:
+    """`imgclf predict`'s options."""
+    from imgclf.inference.predict import FORMATS
+
+    predict = sub.add_parser("predict", help="top-k classes of image files, folders and globs with a trained model")
+    predict.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or globs")
+    predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
+    predict.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
+    predict.add_argument("--output", dest="output_file", metavar="FILE", help="write to FILE instead of stdout")
+    predict.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
+    predict.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
+    predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")
+    predict.add_argument("--strict", action="store_true", help="exit with status 1 when any file is skipped")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"), help="see README")
+    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -176,6 +206,45 @@ def command_evaluate(args: argparse.Namespace) -> None:
 
     metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data)
     print_metrics(metrics, Path(args.run_dir))
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise ImgclfError(f"--top-k must be a positive integer, got {args.top_k}")
+    if args.batch_size < 0:
+        raise ImgclfError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    from imgclf.inference.predict import run_predict
+    from imgclf.inference.predictor import load_predictor
+
+    predictor = load_predictor(args.model, args.device, args.runtime)
+    if predictor.temperature is None and not args.raw:
+        print("imgclf: note: the run has not been evaluated, so probabilities are not calibrated", file=sys.stderr)
+    progress = False if args.no_progress else None
+    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
+    done, skipped = run_predict(predictor, args.images, args.format, args.output_file, progress=progress, **options)
+    where = f" into {args.output_file}" if args.output_file else ""
+    print(
+        f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({predictor.runtime})"
+        + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
+        file=sys.stderr,
+    )
+    return 1 if args.strict and skipped else 0
+
+
+def command_export(args: argparse.Namespace) -> None:
+    if args.check_images < 0:
+        raise ImgclfError(f"--check-images must be 0 or more, got {args.check_images}")
+    from imgclf.inference.export import export_run, parity_path
+
+    result = export_run(args.run_dir, args.output_file, args.data, args.data_dir, args.check_images)
+    print(f"exported {result['model']} to {result['path']} ({result['bytes'] / 1e6:.1f} MB, {result['exporter']})")
+    if "parity" in result:
+        p = result["parity"]
+        print(
+            f"parity with PyTorch on {p['images']:,} test images: max |Δlogit| {p['max_abs_diff']:.2e} "
+            f"({p['relative_diff']:.1e} of the largest logit), top-1 agreement {p['top1_agreement']:.2%} "
+            f"— stored in {parity_path(Path(result['path']))}"
+        )
 
 
 def command_explore(args: argparse.Namespace) -> None:
@@ -243,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_folder(args.output, "--output")
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
         commands.update(compare=command_compare, models=command_models, study=command_study)
-        commands[args.command](args)
+        commands.update(predict=command_predict, export=command_export)
+        return commands[args.command](args) or 0
     except ImgclfError as exc:
         print(f"imgclf: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

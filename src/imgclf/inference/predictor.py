@@ -26,13 +26,13 @@ from imgclf.device import autocast, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.calibration import softmax
 from imgclf.models import create_model
-from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir
+from imgclf.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, ModelCard, RunDir
 from imgclf.training.checkpoint import load_weights, read_weights
 from imgclf.training.transfer import TransferModel, activation_cache, build_transfer_model, uses_cache
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
-WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the SHA-1 of the weights file it was exported from
+WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the weights_digest of the weights it was exported from
 
 
 class Predictor:
@@ -183,12 +183,13 @@ def load_network(cfg: TrainConfig, num_classes: int, weights: Path) -> nn.Module
     return model.eval()
 
 
-def file_sha1(path: Path) -> str:
-    """SHA-1 of a file's bytes."""
+def weights_digest(path: Path) -> str:
+    """SHA-1 of a weights file's tensors (names and values; its metadata, such as the card, may change)."""
+    tensors = read_weights(path)[0]
     digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -217,7 +218,18 @@ def run_onnx(run: RunDir) -> Path | None:
     path = run.file(ONNX_MODEL)
     if not path.is_file():
         return None
-    return path if onnx_metadata(path).get(WEIGHTS_KEY) == file_sha1(run.file(BEST_WEIGHTS)) else None
+    return path if onnx_metadata(path).get(WEIGHTS_KEY) == weights_digest(run.file(BEST_WEIGHTS)) else None
+
+
+def run_card(run: RunDir) -> ModelCard:
+    """A run's model card (a one-line error when it has none), with the temperature of an evaluation by an earlier
+    version that kept it in ``metrics.json`` only."""
+    card = run.read_card()
+    if card is None:
+        raise ImgclfError(f"{run.path} has no model card ({MODEL_CARD}): evaluate it once (`imgclf evaluate RUN_DIR`)")
+    if card.temperature is None and run.file(METRICS).is_file():
+        card.temperature = run.read_metrics().get("temperature")
+    return card
 
 
 def load_predictor(
@@ -236,9 +248,7 @@ def load_predictor(
     if path.is_dir():
         run = RunDir(path)
         run.read_config()  # a one-line error for a folder that is no run
-        card = run.read_card()
-        if card is None:
-            raise ImgclfError(f"{path} has no model card ({run.file(BEST_WEIGHTS).name}): evaluate it once first")
+        card = run_card(run)
         weights = run.file(BEST_WEIGHTS)
         if not weights.is_file():
             raise ImgclfError(f"{path} has no trained weights ({BEST_WEIGHTS}): has training finished?")

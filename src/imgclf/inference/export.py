@@ -1,0 +1,181 @@
+"""``imgclf export RUN_DIR --format onnx``: the run's network as an ONNX file, checked against PyTorch on real images.
+
+The graph takes normalised float32 images (batch, 3, side, side), the batch axis dynamic, and returns logits; the
+model card (classes, input side, mean/std, resize policy, fitted temperature) goes into the ONNX metadata, so
+``imgclf predict`` and ``imgclf serve`` need the file alone. PyTorch's current exporter (``torch.export``,
+``dynamo=True``) runs first, the TorchScript exporter where it fails. timm's TF-ported EfficientNets pad "SAME" from
+the input's shape at run time; the spatial side is fixed at export, so both exporters reduce that padding to
+constants, and the parity check below covers those networks like any other.
+
+Parity: the exported file and PyTorch (fp32) predict the same test images — 1,000 spread over the test split, or all
+of them if fewer — in batches of several sizes; max |Δlogit| (relative to the largest |logit|) must stay within 1e-3
+and the top-1 classes must agree on every image, else the export fails and no model file is left behind. The figures
+are printed and stored beside the file (``model.parity.json``).
+"""
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.errors import ImgclfError
+from imgclf.inference.predictor import (
+    CARD_KEY,
+    WEIGHTS_KEY,
+    OnnxPredictor,
+    TorchPredictor,
+    load_network,
+    run_card,
+    weights_digest,
+)
+from imgclf.io import write_json
+from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
+from imgclf.training.transfer import TransferModel
+
+FORMATS = ("onnx",)
+OPSET = 18
+PARITY_IMAGES = 1000
+TOLERANCE = 1e-3  # max |Δlogit| / max |logit|, fp32
+PARITY_BATCHES = (1, 7, 256)  # batch sizes the dynamic axis is checked at, in turn
+
+
+def parity_path(model_path: Path) -> Path:
+    """Where the parity figures of an exported model are stored: beside it."""
+    return Path(model_path).with_suffix(".parity.json")
+
+
+def export_network(network: torch.nn.Module, side: int, path: Path, opset: int = OPSET) -> str:
+    """Write ``network`` (fp32, CPU) to ``path`` as ONNX with a dynamic batch axis; the exporter used."""
+    network = network.float().cpu().eval().to(memory_format=torch.contiguous_format)
+    sample = torch.zeros(2, 3, side, side)
+    names = dict(input_names=["images"], output_names=["logits"], opset_version=opset)
+    errors = []
+    for exporter in ("dynamo", "torchscript"):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                if exporter == "dynamo":
+                    batch = torch.export.Dim("batch", min=1, max=65536)
+                    torch.onnx.export(network, (sample,), str(path), dynamo=True, dynamic_shapes=({0: batch},), **names)
+                else:
+                    axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+                    torch.onnx.export(network, (sample,), str(path), dynamo=False, dynamic_axes=axes, **names)
+                return exporter
+            except Exception as exc:  # each exporter fails in its own ways on unusual layers
+                errors.append(f"{exporter}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                path.unlink(missing_ok=True)
+    raise ImgclfError(f"ONNX export failed ({'; '.join(errors)})"[:400])
+
+
+def write_metadata(path: Path, card: ModelCard, digest: str) -> None:
+    """Store the model card and the weights' digest in the ONNX file's metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    values = {
+        CARD_KEY: json.dumps(card.to_dict()),
+        WEIGHTS_KEY: digest,
+        "classes": json.dumps(card.classes),
+        "input_size": str(card.input_size),
+        "mean": json.dumps(card.mean),
+        "std": json.dumps(card.std),
+        "temperature": json.dumps(card.temperature),
+    }
+    del model.metadata_props[:]
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def check_parity(reference: TorchPredictor, exported: OnnxPredictor, images: torch.Tensor) -> dict:
+    """Compare the logits of ``exported`` with those of ``reference`` on uint8 ``images``, in batches of several
+    sizes."""
+    ours, theirs, start, turn = [], [], 0, 0
+    while start < len(images):
+        batch = images[start : start + PARITY_BATCHES[turn % len(PARITY_BATCHES)]]
+        ours.append(exported.logits(batch))
+        theirs.append(reference.logits(batch))
+        start, turn = start + len(batch), turn + 1
+    ours, theirs = np.concatenate(ours), np.concatenate(theirs)
+    max_abs = float(np.abs(ours - theirs).max())
+    scale = float(np.abs(theirs).max())
+    relative = max_abs / max(scale, 1e-12)
+    agreement = float((ours.argmax(1) == theirs.argmax(1)).mean())
+    return {
+        "images": len(images),
+        "max_abs_diff": max_abs,
+        "max_abs_logit": scale,
+        "relative_diff": relative,
+        "top1_agreement": agreement,
+        "tolerance": TOLERANCE,
+        "passed": relative <= TOLERANCE and agreement == 1.0,
+    }
+
+
+def parity_images(run: RunDir, card: ModelCard, data: str | None, data_dir: str | None, count: int) -> torch.Tensor:
+    """``count`` images spread evenly over the run's test split (all of them if fewer), at the stored side."""
+    from imgclf.config import TrainConfig
+
+    cfg = TrainConfig(**card.config)
+    if data:
+        cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
+    if data_dir:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+    cfg = dataclasses.replace(cfg, progress=False)
+    test = run_splits(cfg, run.read_data_split(cfg), side=card.data_size).test()
+    rows = np.unique(np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(np.int64))
+    return test.images[torch.from_numpy(rows)] if isinstance(test.images, torch.Tensor) else test.images[rows]
+
+
+def export_run(
+    run_dir: str | Path,
+    output: str | Path | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    check_images: int = PARITY_IMAGES,
+    opset: int = OPSET,
+) -> dict:
+    """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it; the parity figures."""
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    card = run_card(run)
+    weights = run.file(BEST_WEIGHTS)
+    path = Path(output) if output else run.file(ONNX_MODEL)
+    if path.suffix != ".onnx":
+        raise ImgclfError(f"the ONNX output must end in .onnx: {path}")
+    images = parity_images(run, card, data, data_dir, check_images) if check_images else None
+
+    start = time.perf_counter()
+    model = load_network(cfg, card.num_classes, weights)
+    network = model.network if isinstance(model, TransferModel) else model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        exporter = export_network(network, card.input_size, tmp, opset)
+        write_metadata(tmp, card, weights_digest(weights))
+        seconds = time.perf_counter() - start
+        result = {"model": card.model, "format": "onnx", "exporter": exporter, "opset": opset}
+        result.update(file=path.name, bytes=tmp.stat().st_size, export_seconds=seconds)
+        if images is not None:
+            cpu = torch.device("cpu")
+            reference = TorchPredictor(load_network(cfg, card.num_classes, weights), card, cpu, "fp32")
+            result["parity"] = check_parity(reference, OnnxPredictor(tmp, card), images)
+            write_json(parity_path(path), result)
+            if not result["parity"]["passed"]:
+                p = result["parity"]
+                raise ImgclfError(
+                    f"ONNX parity check failed: max |Δlogit| {p['max_abs_diff']:.2e} ({p['relative_diff']:.2e} of the "
+                    f"largest logit; tolerance {TOLERANCE:g}), top-1 agreement {p['top1_agreement']:.2%}; "
+                    f"no model written (figures in {parity_path(path)})"
+                )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {**result, "path": str(path)}
