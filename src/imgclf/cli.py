@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check-images", type=int, default=1000, help="test images of the parity check (0: none)")
     export.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
     export.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files")
+    add_serve_parser(sub)
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
     explore.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a folder of images")
     explore.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
@@ -162,6 +163,60 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"), help="see README")
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_serve_parser(sub) -> None:
+    """`imgclf serve`'s options: where to listen, and each limit of :class:`~imgclf.inference.serve.Limits`."""
+    serve = sub.add_parser("serve", help="serve a trained model over HTTP: JSON API, metrics and a page for people")
+    serve.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"), help="see README")
+    serve.add_argument("--top-k", type=int, default=5, help="classes returned per image (default: 5)")
+    serve.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
+    serve.add_argument("--max-body-mb", type=float, default=16, help="request body limit in MB (default: 16)")
+    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="pixels per image (default: 40,000,000)")
+    serve.add_argument("--max-images", type=int, default=32, help="images per request (default: 32)")
+    serve.add_argument("--timeout", type=float, default=30, help="seconds a request may take (default: 30)")
+    serve.add_argument("--max-concurrency", type=int, default=64, help="requests handled at once (default: 64)")
+    serve.add_argument(
+        "--batch-window-ms", type=float, default=0, help="micro-batching: gather requests for this long (default: off)"
+    )
+    serve.add_argument("--max-batch", type=int, default=64, help="images per micro-batch (default: 64)")
+
+
+def serve_limits(args: argparse.Namespace):
+    """The server's limits from `imgclf serve`'s options, each checked."""
+    from imgclf.inference.serve import Limits
+
+    positive = {"--top-k": args.top_k, "--max-body-mb": args.max_body_mb, "--max-pixels": args.max_pixels}
+    positive.update({"--max-images": args.max_images, "--timeout": args.timeout, "--max-batch": args.max_batch})
+    positive["--max-concurrency"] = args.max_concurrency
+    for flag, value in positive.items():
+        if not value > 0 or value == float("inf"):
+            raise ImgclfError(f"{flag} must be a positive number, got {value}")
+    if not 0 <= args.batch_window_ms <= 1000:
+        raise ImgclfError(f"--batch-window-ms must be in 0..1000, got {args.batch_window_ms}")
+    if not 0 <= args.port <= 65535:
+        raise ImgclfError(f"--port must be in 0..65535, got {args.port}")
+    return Limits(
+        max_body_bytes=int(args.max_body_mb * 1e6),
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        timeout_seconds=args.timeout,
+        max_concurrency=args.max_concurrency,
+        top_k=args.top_k,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
+    )
+
+
+def command_serve(args: argparse.Namespace) -> None:
+    limits = serve_limits(args)
+    from imgclf.inference.serve import serve
+
+    serve(args.model, args.host, args.port, limits, args.device, args.runtime, raw=args.raw)
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -312,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_folder(args.output, "--output")
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
         commands.update(compare=command_compare, models=command_models, study=command_study)
-        commands.update(predict=command_predict, export=command_export)
+        commands.update(predict=command_predict, export=command_export, serve=command_serve)
         return commands[args.command](args) or 0
     except ImgclfError as exc:
         print(f"imgclf: error: {one_line(str(exc))}", file=sys.stderr)

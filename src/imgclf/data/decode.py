@@ -53,14 +53,17 @@ def fit_square(image: Image.Image, side: int, policy: str) -> Image.Image:
     return canvas
 
 
-def decode(data: bytes, side: int, policy: str) -> np.ndarray:
-    """The image in ``data`` as a uint8 (3, side, side) array; :class:`BadImage` with the reason otherwise."""
+def decode(data: bytes, side: int, policy: str, max_pixels: int | None = None) -> np.ndarray:
+    """The image in ``data`` as a uint8 (3, side, side) array; :class:`BadImage` with the reason otherwise (an image
+    over ``max_pixels`` is refused from its header, before any pixel is decoded)."""
     if not data:
         raise BadImage("empty file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # over Pillow's pixel limit: refused
         try:
             image = Image.open(io.BytesIO(data))
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise BadImage(f"too many pixels ({image.width}×{image.height}; the limit is {max_pixels:,})")
             if image.format == "JPEG":
                 image.draft(None, (side, side))  # decode at the smallest DCT scale still ≥ side
             image = ImageOps.exif_transpose(image)
@@ -68,6 +71,8 @@ def decode(data: bytes, side: int, policy: str) -> np.ndarray:
             image = fit_square(to_rgb(image), side, policy)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BadImage(f"decompression bomb (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+        except BadImage:
+            raise
         except UnidentifiedImageError:
             raise BadImage("not an image") from None
         except OSError as exc:

@@ -1,0 +1,425 @@
+"""``imgclf serve RUN_DIR|MODEL``: a trained model over HTTP (FastAPI + uvicorn), with a page to drop images on.
+
+    POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream), or several as
+                    multipart/form-data file fields → {"predictions": [{"filename", "top": [{"class", "probability"}]}]}
+    GET  /          the page: drop or pick an image, see it with its top-k bars
+    GET  /health    the process is up;  GET /ready: the model is loaded and warmed up
+    GET  /metrics   Prometheus: requests by path and status, latency histogram, errors by reason, images, batch sizes
+    GET  /info      the model card;     GET /docs: the OpenAPI page
+
+Every limit is an option (:class:`Limits`): body size (413, checked against Content-Length before anything is read,
+and counted while reading), image pixels (413, from the image header, before decoding: a decompression bomb never
+expands), images per request (413), request time (408 while the body arrives, 504 for the work), concurrent requests
+(503 with Retry-After). Anything that is not a usable image gets a 4xx with a one-line JSON error ``{"error": …}``;
+the server stays up. Images are decoded by ``data/decode.py``, like the training images; predictions run on one
+inference thread (optionally micro-batched across requests: ``--batch-window-ms``), the event loop stays free.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from imgclf.data.decode import BadImage, decode
+from imgclf.inference.predictor import Predictor
+
+RAW_TYPES = ("image/", "application/octet-stream")
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+PATHS = ("/", "/predict", "/health", "/ready", "/metrics", "/info", "/docs", "/openapi.json")
+
+
+@dataclasses.dataclass
+class Limits:
+    """What one request may ask of the server."""
+
+    max_body_bytes: int = 16 << 20
+    max_pixels: int = 40_000_000
+    max_images: int = 32
+    timeout_seconds: float = 30.0
+    max_concurrency: int = 64
+    top_k: int = 5
+    batch_window_ms: float = 0.0  # > 0: requests arriving within this window are predicted as one batch
+    max_batch: int = 64
+
+
+class ServeError(Exception):
+    """A request the server refuses: an HTTP status, a one-line message and a reason label for the metrics."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("imgclf_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
+        self.latency = Histogram(
+            "imgclf_request_seconds", "Request latency by path", ["path"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.errors = Counter("imgclf_errors", "Refused or failed requests by reason", ["reason"], registry=r)
+        self.images = Counter("imgclf_images", "Images predicted", registry=r)
+        self.in_flight = Gauge("imgclf_in_flight_requests", "Prediction requests being handled", registry=r)
+        self.batch = Histogram(
+            "imgclf_batch_images", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
+        )
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by path and status and times it (a plain ASGI middleware: no per-request task)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in PATHS else "other"
+            self.metrics.requests.labels(path, str(status[0])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+class Inference:
+    """Runs the predictor on one dedicated thread; with a batch window, gathers the images of requests arriving
+    within it into one batch (up to ``max_batch`` images)."""
+
+    def __init__(self, predictor: Predictor, limits: Limits, metrics: Metrics) -> None:
+        self.predictor, self.limits, self.metrics = predictor, limits, metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-inference")
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        self.metrics.batch.observe(len(images))
+        return self.predictor.logits(images)
+
+    async def start(self) -> None:
+        if self.limits.batch_window_ms > 0:
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.create_task(self.gather())
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def decode_and_predict(self, uploads: list, *decoding) -> tuple[np.ndarray, np.ndarray]:
+        images = decode_all(uploads, *decoding)
+        return images, self.logits(images)
+
+    async def predict(self, uploads: list[tuple[str | None, bytes]], *decoding) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded images of ``uploads`` and their logits: without micro-batching both on the inference thread
+        (one hand-over per request), with it decoded on a worker thread and queued for the next batch."""
+        loop = asyncio.get_running_loop()
+        if self.queue is None:
+            return await loop.run_in_executor(self.executor, self.decode_and_predict, uploads, *decoding)
+        images = await loop.run_in_executor(None, decode_all, uploads, *decoding)
+        return images, await self(images)
+
+    async def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Logits of ``images`` (uint8, N × 3 × S × S)."""
+        loop = asyncio.get_running_loop()
+        if self.queue is None:
+            return await loop.run_in_executor(self.executor, self.logits, images)
+        future = loop.create_future()
+        await self.queue.put((images, future))
+        return await future
+
+    async def gather(self) -> None:
+        """The micro-batching loop: take a request, wait up to the window for more, predict them together."""
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            count, deadline = len(items[0][0]), loop.time() + self.limits.batch_window_ms / 1000
+            while count < self.limits.max_batch:
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                items.append(item)
+                count += len(item[0])
+            live = [(images, future) for images, future in items if not future.done()]
+            if not live:
+                continue
+            try:
+                logits = await loop.run_in_executor(self.executor, self.logits, np.concatenate([i for i, _ in live]))
+            except Exception as exc:  # handed to each waiting request
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for images, future in live:
+                if not future.done():
+                    future.set_result(logits[start : start + len(images)])
+                start += len(images)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ServeError(400, "invalid Content-Length header", "bad_request")
+        if int(declared) > limit:
+            raise ServeError(
+                413, f"request body of {int(declared):,} bytes is over the limit of {limit:,}", "too_large"
+            )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(413, f"request body is over the limit of {limit:,} bytes", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def uploaded_images(request: Request, body: bytes, limits: Limits) -> list[tuple[str | None, bytes]]:
+    """(file name, bytes) of each image of the request: the raw body, or each file field of a multipart form."""
+    content_type = request.headers.get("content-type", "application/octet-stream").lower()
+    if content_type.startswith("multipart/form-data"):
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield body
+
+        parser = MultiPartParser(
+            Headers(raw=request.headers.raw),
+            stream(),
+            max_files=limits.max_images,
+            max_part_size=limits.max_body_bytes,
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            status = 413 if "Too many files" in str(exc) else 400
+            raise ServeError(status, f"bad multipart form: {exc}", "bad_form") from None
+        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not uploads:
+            raise ServeError(400, "the form holds no file: send images as file fields", "no_image")
+        return [(u.filename, await u.read()) for u in uploads]
+    if not content_type.startswith(RAW_TYPES):
+        raise ServeError(
+            415, f"unsupported Content-Type {content_type.split(';')[0]!r}: send image/* or a multipart form", "type"
+        )
+    if not body:
+        raise ServeError(400, "empty request body: send an image", "empty")
+    return [(None, body)]
+
+
+def decode_all(uploads: list[tuple[str | None, bytes]], side: int, policy: str, max_pixels: int) -> np.ndarray:
+    """The uploaded images as one uint8 batch; the first unusable one refuses the request."""
+    images = []
+    for name, data in uploads:
+        try:
+            images.append(decode(data, side, policy, max_pixels))
+        except BadImage as exc:
+            reason = str(exc)
+            status = 413 if reason.startswith(("too many pixels", "decompression bomb")) else 422
+            what = f"{name!r}" if name else "the upload"
+            raise ServeError(status, f"{what} is not a usable image: {reason}", "bad_image") from None
+    return np.stack(images)
+
+
+def page_html(predictor: Predictor) -> str:
+    """The page, with the model's name, dataset and classes filled in."""
+    info = {"model": predictor.card.model, "dataset": predictor.card.dataset, "classes": predictor.classes}
+    template = files("imgclf.inference").joinpath("page.html").read_text(encoding="utf-8")
+    return template.replace("{{INFO}}", json.dumps(info).replace("</", "<\\/"))
+
+
+def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: bool = True) -> FastAPI:
+    """The FastAPI application serving ``predictor`` under ``limits``."""
+    limits = limits or Limits()
+    metrics = Metrics()
+    inference = Inference(predictor, limits, metrics)
+    state = {"ready": False, "in_flight": 0}
+    page = page_html(predictor)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await inference.start()
+        side = predictor.card.data_size
+        await inference(np.zeros((1, 3, side, side), np.uint8))  # warm-up: the first batch pays one-off costs
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await inference.stop()
+
+    app = FastAPI(
+        title="imgclf",
+        description=f"{predictor.card.model} trained on {predictor.card.dataset}: top-k classes of images.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(ServeError)
+    async def refused(request: Request, exc: ServeError) -> JSONResponse:
+        metrics.errors.labels(exc.reason).inc()
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse({"error": exc.message}, exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        metrics.errors.labels("internal").inc()
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """200 once the model is loaded and warmed up, else 503."""
+        body = {"ready": state["ready"], "model": predictor.card.model, "runtime": predictor.runtime}
+        return JSONResponse(body, 200 if state["ready"] else 503)
+
+    @app.get("/info")
+    async def info() -> dict:
+        """The model card: classes, input side, preprocessing, temperature."""
+        limits_now = dataclasses.asdict(limits)
+        return {
+            **predictor.card.to_dict(),
+            "runtime": predictor.runtime,
+            "calibrated": calibrated,
+            "limits": limits_now,
+        }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    predict_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    }
+                },
+            },
+        }
+    }
+
+    @app.post("/predict", openapi_extra=predict_body)
+    async def predict(request: Request) -> dict:
+        """Top-k classes with probabilities (calibrated by the run's temperature) of each uploaded image."""
+        if state["in_flight"] >= limits.max_concurrency:
+            raise ServeError(503, f"busy: {limits.max_concurrency} requests in progress, retry shortly", "busy")
+        state["in_flight"] += 1
+        metrics.in_flight.inc()
+        try:
+            return await answer(request)
+        finally:
+            state["in_flight"] -= 1
+            metrics.in_flight.dec()
+
+    async def answer(request: Request) -> dict:
+        deadline = asyncio.get_running_loop().time() + limits.timeout_seconds
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await read_body(request, limits.max_body_bytes)
+        except TimeoutError:
+            late = f"the request body did not arrive within {limits.timeout_seconds:g} s"
+            raise ServeError(408, late, "timeout") from None
+        uploads = await uploaded_images(request, body, limits)
+        if len(uploads) > limits.max_images:
+            raise ServeError(413, f"{len(uploads)} images in one request; the limit is {limits.max_images}", "too_many")
+        card = predictor.card
+        try:
+            async with asyncio.timeout_at(deadline):
+                images, logits = await inference.predict(uploads, card.data_size, card.resize, limits.max_pixels)
+        except TimeoutError:
+            late = f"the prediction took longer than {limits.timeout_seconds:g} s"
+            raise ServeError(504, late, "timeout") from None
+        metrics.images.inc(len(images))
+        probs = predictor.probabilities(logits, calibrated)
+        tops = predictor.top_k(probs, limits.top_k)
+        predictions = [
+            {"filename": name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+            for (name, _), top in zip(uploads, tops, strict=True)
+        ]
+        calibrated_now = calibrated and predictor.temperature is not None
+        return {"model": card.model, "calibrated": calibrated_now, "predictions": predictions}
+
+    return app
+
+
+def serving_predictor(source: str | Path, device: str = "auto", runtime: str = "auto") -> Predictor:
+    """The predictor ``imgclf serve`` runs: on a CPU, ``auto`` serves through onnxruntime — measured several times
+    faster per request than PyTorch eager for small batches (benchmarks/results/inference.json) — exporting a run's
+    weights to the ONNX cache first when the run has no current export of its own."""
+    from imgclf.device import select_device
+    from imgclf.inference.predictor import OnnxPredictor, load_predictor, run_card, run_onnx
+    from imgclf.runs import RunDir
+
+    path = Path(source).expanduser()
+    if runtime != "auto" or not path.is_dir() or select_device(device).type != "cpu":
+        return load_predictor(source, device, runtime)
+    run = RunDir(path)
+    run.read_config()
+    card = run_card(run)
+    onnx_path = run_onnx(run) or cached_export(run)
+    return OnnxPredictor(onnx_path, card)
+
+
+def cached_export(run) -> Path:
+    """An ONNX export of ``run``'s weights in the user's cache (keyed by the weights), made now if missing."""
+    from imgclf.inference.export import export_run
+    from imgclf.inference.predictor import weights_digest
+    from imgclf.runs import BEST_WEIGHTS
+
+    path = Path.home() / ".cache" / "imgclf" / "onnx" / f"{weights_digest(run.file(BEST_WEIGHTS))[:24]}.onnx"
+    if not path.is_file():
+        export_run(run.path, path, check_images=0)
+    return path
+
+
+def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto", runtime="auto", raw=False) -> None:
+    """Load the model and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    predictor = serving_predictor(source, device, runtime)
+    app = create_app(predictor, limits, calibrated=not raw)
+    print(f"serving {predictor.card.model} ({predictor.runtime}) on http://{host}:{port} — the page is at /")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5)
