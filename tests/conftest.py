@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 copy (IMGCLF_DATA_DIR or ../shared/data) and tiny training configs."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,41 @@ def evaluated_runs(data_dir, tmp_path_factory) -> dict[str, Path]:
         assert main(args) == 0
         runs[model] = output / model
     return runs
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Chromium (Debian package 'chromium')")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory) -> Path:
+    """A small simple_cnn run on a folder of four colour classes, trained in fp32 (so that logits computed in batches
+    of any size agree to rounding) and evaluated: the run that predict, export and serve use."""
+    from folders import make_folder
+
+    from imgclf.cli import main
+
+    root = tmp_path_factory.mktemp("folder_run")
+    folder = make_folder(root / "colours", ["red", "green", "blue", "yellow"], 16)
+    args = ["train", "--model", "simple_cnn", "--data", str(folder), "--prepare-dir", str(root / "prep")]
+    args += ["--name", "run", "--output", str(root), "--epochs", "3", "--batch-size", "16", "--precision", "fp32"]
+    args += ["--no-progress", "--no-tensorboard", "--val-fraction", "0.25", "--test-fraction", "0.25"]
+    assert main(args) == 0
+    return root / "run"

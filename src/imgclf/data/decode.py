@@ -79,7 +79,7 @@ def decode(data: bytes, side: int, policy: str, max_pixels: int | None = None) -
             raise BadImage("truncated" if "truncated" in str(exc) else f"undecodable ({exc})") from None
         except Exception as exc:  # Pillow raises many types for damaged files (SyntaxError, ValueError, …)
             raise BadImage(f"undecodable ({type(exc).__name__}: {exc})") from None
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    return np.array(image, dtype=np.uint8).transpose(2, 0, 1)  # a copy: writable, as torch wants it
 
 
 def decode_file(path: str | Path, side: int, policy: str) -> tuple[np.ndarray | None, str, str]:
