@@ -14,6 +14,7 @@ from folders import make_folder, write_bad_files, write_messy_images
 
 from imgclf.cli import main
 from imgclf.data.decode import decode_file
+from imgclf.errors import ImgclfError
 from imgclf.evaluation.calibration import softmax
 from imgclf.inference import export as export_module
 from imgclf.inference.predictor import OnnxPredictor, load_predictor
@@ -159,20 +160,24 @@ def test_export_from_scratch_parity_metadata_and_onnx_predict(folder_run, tmp_pa
     assert code == code2 == 0
     top = [[json.loads(line)["predictions"][0]["class"] for line in out.splitlines()] for out in (out_onnx, out_torch)]
     assert top[0] == top[1]
-    assert isinstance(load_predictor(run, "cpu"), OnnxPredictor)  # auto: the run's current export
+    auto = load_predictor(run, "cpu")  # auto: the faster of PyTorch and the run's current export, measured now
+    assert set(auto.measured) == {"torch", "onnxruntime"} and auto.measured[auto.runtime] == max(auto.measured.values())
 
 
 def test_a_stale_export_is_not_used(folder_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(folder_run, run)
     assert main(["export", str(run), "--check-images", "0"]) == 0
-    assert isinstance(load_predictor(run, "cpu"), OnnxPredictor)
+    assert isinstance(load_predictor(run, "cpu", runtime="onnxruntime"), OnnxPredictor)
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(run / "best.safetensors"))
     tensors[next(iter(tensors))] += 1  # the run was trained further: its old export no longer applies
     save_file(tensors, str(run / "best.safetensors"))
-    assert load_predictor(run, "cpu").runtime == "torch"
+    predictor = load_predictor(run, "cpu")
+    assert predictor.runtime == "torch" and predictor.measured is None
+    with pytest.raises(ImgclfError, match="has no current ONNX export"):
+        load_predictor(run, "cpu", runtime="onnxruntime")
 
 
 def test_export_falls_back_to_torchscript_and_fails_loudly_beyond_tolerance(folder_run, tmp_path, monkeypatch, capsys):

@@ -269,9 +269,9 @@ def command_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 0:
         raise ImgclfError(f"--batch-size must be a positive integer, got {args.batch_size}")
     from imgclf.inference.predict import run_predict
-    from imgclf.inference.predictor import load_predictor
+    from imgclf.inference.predictor import load_predictor, runtime_note
 
-    predictor = load_predictor(args.model, args.device, args.runtime)
+    predictor = load_predictor(args.model, args.device, args.runtime, batch_size=args.batch_size)
     if predictor.temperature is None and not args.raw:
         print("imgclf: note: the run has not been evaluated, so probabilities are not calibrated", file=sys.stderr)
     progress = False if args.no_progress else None
@@ -279,7 +279,7 @@ def command_predict(args: argparse.Namespace) -> int:
     done, skipped = run_predict(predictor, args.images, args.format, args.output_file, progress=progress, **options)
     where = f" into {args.output_file}" if args.output_file else ""
     print(
-        f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({predictor.runtime})"
+        f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({runtime_note(predictor)})"
         + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
         file=sys.stderr,
     )

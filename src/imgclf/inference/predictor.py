@@ -10,6 +10,7 @@ training image predicted from its file gives the logits evaluation computed for 
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class Predictor:
     """A trained model and its card: images in, logits and calibrated probabilities out."""
 
     runtime = ""
+    measured: dict[str, float] | None = None  # images/second of each runtime, when auto chose between them
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
@@ -233,18 +235,24 @@ def run_card(run: RunDir) -> ModelCard:
 
 
 def load_predictor(
-    source: str | Path, device: str = "auto", runtime: str = "auto", precision: str | None = None
+    source: str | Path,
+    device: str = "auto",
+    runtime: str = "auto",
+    precision: str | None = None,
+    batch_size: int = 0,
+    onnx_path: Path | None = None,
 ) -> Predictor:
     """A predictor for a run directory, a weights file imgclf wrote (``.safetensors``) or an exported ``.onnx``.
 
-    ``runtime`` auto: onnxruntime for an ``.onnx`` file or a run whose current weights were exported (on a CPU), else
-    PyTorch."""
+    ``runtime`` auto: an ``.onnx`` file runs in onnxruntime, weights in PyTorch; a run with an ONNX export of its
+    current weights (``onnx_path``, else ``RUN/model.onnx``), on a CPU, runs in whichever of the two is faster at
+    ``batch_size`` images per batch — measured now, in a fraction of a second (neither wins everywhere:
+    benchmarks/results/inference.json)."""
     if runtime not in RUNTIMES:
         raise ImgclfError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
     path = Path(source).expanduser()
     if not path.exists():
         raise ImgclfError(f"no such run directory or model file: {source}")
-    onnx_path = None
     if path.is_dir():
         run = RunDir(path)
         run.read_config()  # a one-line error for a folder that is no run
@@ -253,24 +261,55 @@ def load_predictor(
         if not weights.is_file():
             raise ImgclfError(f"{path} has no trained weights ({BEST_WEIGHTS}): has training finished?")
         if runtime != "torch" and select_device(device).type == "cpu":
-            onnx_path = run_onnx(run)
+            onnx_path = onnx_path or run_onnx(run)
         if runtime == "onnxruntime" and onnx_path is None:
             raise ImgclfError(f"{path} has no current ONNX export: run `imgclf export {path}` first")
     elif path.suffix == ".onnx":
         if runtime == "torch":
             raise ImgclfError(f"{path} is an ONNX model: it runs with --runtime onnxruntime (or auto)")
-        onnx_path, card = path, card_from_metadata(onnx_metadata(path), path)
+        return OnnxPredictor(path, card_from_metadata(onnx_metadata(path), path))
     elif path.suffix == ".safetensors":
         if runtime == "onnxruntime":
             raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
         weights, card = path, card_from_metadata(read_weights(path)[1], path)
     else:
         raise ImgclfError(f"{path} is not a run directory, .safetensors or .onnx file")
+    candidates = []
     if onnx_path is not None:
-        return OnnxPredictor(onnx_path, card)
-    dev = select_device(device)
-    model = load_network(TrainConfig(**card.config), card.num_classes, weights)
-    return TorchPredictor(model, card, dev, precision or card.config.get("precision", "auto"))
+        candidates.append(OnnxPredictor(onnx_path, card))
+    if runtime != "onnxruntime":
+        model = load_network(TrainConfig(**card.config), card.num_classes, weights)
+        dev = select_device(device)
+        candidates.append(TorchPredictor(model, card, dev, precision or card.config.get("precision", "auto")))
+    if len(candidates) == 1:
+        return candidates[0]
+    return fastest(candidates, batch_size or inference_batch_size(card.input_size))
+
+
+def fastest(candidates: list[Predictor], batch_size: int, seconds: float = 0.25) -> Predictor:
+    """The candidate that predicts most images per second at ``batch_size``, each timed for about ``seconds`` after a
+    warm-up batch; the figures are kept in its ``measured`` attribute."""
+    side = candidates[0].card.data_size
+    images = torch.zeros(batch_size, 3, side, side, dtype=torch.uint8)
+    measured = {}
+    for candidate in candidates:
+        candidate.logits(images)
+        count, start = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - start < seconds:
+            candidate.logits(images)
+            count += batch_size
+        measured[candidate.runtime] = count / (time.perf_counter() - start)
+    best = max(candidates, key=lambda c: measured[c.runtime])
+    best.measured = measured
+    return best
+
+
+def runtime_note(predictor: Predictor) -> str:
+    """The runtime, and the measurement that chose it, e.g. 'onnxruntime: 3,473 img/s against torch 861'."""
+    if not predictor.measured:
+        return predictor.runtime
+    others = ", ".join(f"{name} {rate:,.0f}" for name, rate in predictor.measured.items() if name != predictor.runtime)
+    return f"{predictor.runtime}: {predictor.measured[predictor.runtime]:,.0f} img/s against {others}"
 
 
 def batched(items: Iterable, size: int) -> Iterable[list]:

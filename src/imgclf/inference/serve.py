@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from imgclf.data.decode import BadImage, decode
-from imgclf.inference.predictor import Predictor
+from imgclf.inference.predictor import Predictor, runtime_note
 
 RAW_TYPES = ("image/", "application/octet-stream")
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -386,21 +386,20 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
 
 
 def serving_predictor(source: str | Path, device: str = "auto", runtime: str = "auto") -> Predictor:
-    """The predictor ``imgclf serve`` runs: on a CPU, ``auto`` serves through onnxruntime — measured several times
-    faster per request than PyTorch eager for small batches (benchmarks/results/inference.json) — exporting a run's
-    weights to the ONNX cache first when the run has no current export of its own."""
+    """The predictor ``imgclf serve`` runs. On a CPU, ``auto`` serves a run through PyTorch or onnxruntime, whichever
+    answers single images faster here (measured at start-up): a run without a current export of its own is exported
+    to the ONNX cache first."""
     from imgclf.device import select_device
-    from imgclf.inference.predictor import OnnxPredictor, load_predictor, run_card, run_onnx
+    from imgclf.inference.predictor import load_predictor, run_onnx
     from imgclf.runs import RunDir
 
     path = Path(source).expanduser()
-    if runtime != "auto" or not path.is_dir() or select_device(device).type != "cpu":
-        return load_predictor(source, device, runtime)
+    if runtime == "torch" or not path.is_dir() or select_device(device).type != "cpu":
+        return load_predictor(source, device, runtime, batch_size=1)
     run = RunDir(path)
     run.read_config()
-    card = run_card(run)
     onnx_path = run_onnx(run) or cached_export(run)
-    return OnnxPredictor(onnx_path, card)
+    return load_predictor(source, device, runtime, batch_size=1, onnx_path=onnx_path)
 
 
 def cached_export(run) -> Path:
@@ -421,5 +420,5 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
 
     predictor = serving_predictor(source, device, runtime)
     app = create_app(predictor, limits, calibrated=not raw)
-    print(f"serving {predictor.card.model} ({predictor.runtime}) on http://{host}:{port} — the page is at /")
+    print(f"serving {predictor.card.model} ({runtime_note(predictor)}) on http://{host}:{port} — the page is at /")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5)
