@@ -34,7 +34,7 @@ from imgclf.models.backbones import create_backbone, preprocessing
 from imgclf.runs import ModelCard
 
 SETUPS = {  # model: (input side, batch sizes)
-    "resnet20": (32, (256, 1)),
+    "resnet20": (32, (256, 1024, 1)),
     "tf_efficientnet_lite2": (224, (32, 1)),
 }
 

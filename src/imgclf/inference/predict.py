@@ -84,7 +84,7 @@ def predict_files(
 ) -> Iterator[Row]:
     """A :class:`Row` per file of ``paths``, in order: decoded on worker threads, predicted in batches."""
     card = predictor.card
-    size = batch_size or inference_batch_size(card.input_size)
+    size = batch_size or inference_batch_size(card.input_size, predictor.device)
     hide = None if progress is None else not progress  # None: a bar only on a terminal
     with (
         ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool,

@@ -102,7 +102,7 @@ def image_loaders(
         **common,
     )
     side = image_size or val.images.shape[-1]
-    return train_loader, BatchLoader(val, inference_batch_size(side), **common) if len(val) else None
+    return train_loader, BatchLoader(val, inference_batch_size(side, device), **common) if len(val) else None
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
