@@ -65,14 +65,16 @@ def start_server(run: str, runtime: str, port: int, extra: list[str]) -> subproc
 
 
 def load_test(url: str, image: Path, requests: int, concurrency: int) -> dict:
-    """One hey run: latency percentiles (ms), requests/second and non-200 answers."""
+    """One hey run: latency percentiles (ms), requests/second and non-200 answers. hey gives each of its
+    ``concurrency`` workers ``requests // concurrency`` requests, so ``requests`` is rounded up to a multiple."""
+    requests = -(-requests // concurrency) * concurrency
     command = ["hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-T", "image/png", "-D", str(image)]
     start = time.perf_counter()
     out = subprocess.run([*command, "-o", "csv", url], capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - start
     rows = list(csv.DictReader(io.StringIO(out)))
     latency = np.array([float(r["response-time"]) for r in rows]) * 1000
-    errors = sum(r["status-code"] != "200" for r in rows) + (requests - len(rows))
+    errors = sum(r["status-code"] != "200" for r in rows) + (requests - len(rows))  # failed: no row, or not 200
     span = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
     return {
         "requests": requests,

@@ -66,7 +66,7 @@ def decode(data: bytes, side: int, policy: str, max_pixels: int | None = None) -
                 raise BadImage(f"too many pixels ({image.width}×{image.height}; the limit is {max_pixels:,})")
             if image.format == "JPEG":
                 image.draft(None, (side, side))  # decode at the smallest DCT scale still ≥ side
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
             image.load()
             image = fit_square(to_rgb(image), side, policy)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -159,12 +159,11 @@ class OnnxPredictor(Predictor):
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, card: ModelCard, threads: int = 0) -> None:
+    def __init__(self, path: Path, card: ModelCard) -> None:
         super().__init__(card)
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -18,6 +18,7 @@ inference thread (optionally micro-batched across requests: ``--batch-window-ms`
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
@@ -107,23 +109,19 @@ class MetricsMiddleware:
 
 
 class Inference:
-    """Runs the predictor on one dedicated thread; with a batch window, gathers the images of requests arriving
-    within it into one batch (up to ``max_batch`` images)."""
+    """One inference thread fed by a queue. Whenever it is free it takes every request waiting (up to ``max_batch``
+    images; with a batch window it first waits that long for more), decodes their uploads and predicts them as one
+    batch: one hand-over between the event loop and the thread per batch, not per request, and under load the
+    network sees batches instead of single images."""
 
     def __init__(self, predictor: Predictor, limits: Limits, metrics: Metrics) -> None:
         self.predictor, self.limits, self.metrics = predictor, limits, metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-inference")
-        self.queue: asyncio.Queue | None = None
+        self.queue: asyncio.Queue = asyncio.Queue()
         self.worker: asyncio.Task | None = None
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        self.metrics.batch.observe(len(images))
-        return self.predictor.logits(images)
-
     async def start(self) -> None:
-        if self.limits.batch_window_ms > 0:
-            self.queue = asyncio.Queue()
-            self.worker = asyncio.create_task(self.gather())
+        self.worker = asyncio.create_task(self.run())
 
     async def stop(self) -> None:
         if self.worker is not None:
@@ -132,56 +130,68 @@ class Inference:
                 await self.worker
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def decode_and_predict(self, uploads: list, *decoding) -> tuple[np.ndarray, np.ndarray]:
-        images = decode_all(uploads, *decoding)
-        return images, self.logits(images)
-
-    async def predict(self, uploads: list[tuple[str | None, bytes]], *decoding) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded images of ``uploads`` and their logits: without micro-batching both on the inference thread
-        (one hand-over per request), with it decoded on a worker thread and queued for the next batch."""
-        loop = asyncio.get_running_loop()
-        if self.queue is None:
-            return await loop.run_in_executor(self.executor, self.decode_and_predict, uploads, *decoding)
-        images = await loop.run_in_executor(None, decode_all, uploads, *decoding)
-        return images, await self(images)
-
-    async def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Logits of ``images`` (uint8, N × 3 × S × S)."""
-        loop = asyncio.get_running_loop()
-        if self.queue is None:
-            return await loop.run_in_executor(self.executor, self.logits, images)
-        future = loop.create_future()
-        await self.queue.put((images, future))
+    async def __call__(self, uploads: list[tuple[str | None, bytes]]) -> np.ndarray:
+        """The logits of the images ``uploads`` carry; :class:`ServeError` if one of them is not a usable image."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((uploads, future))
         return await future
 
-    async def gather(self) -> None:
-        """The micro-batching loop: take a request, wait up to the window for more, predict them together."""
+    async def take(self) -> list[tuple[list, asyncio.Future]]:
+        """The next batch of waiting requests."""
+        loop = asyncio.get_running_loop()
+        items = [await self.queue.get()]
+        count, deadline = len(items[0][0]), loop.time() + self.limits.batch_window_ms / 1000
+        while count < self.limits.max_batch:
+            try:
+                item = (
+                    self.queue.get_nowait()
+                    if self.limits.batch_window_ms <= 0
+                    else await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                )
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            items.append(item)
+            count += len(item[0])
+        return [(uploads, future) for uploads, future in items if not future.done()]  # not the timed-out ones
+
+    def predict(self, batch: list[list[tuple[str | None, bytes]]]) -> list[np.ndarray | ServeError]:
+        """On the inference thread: each request's logits, or the error that refuses it."""
+        card, decoded = self.predictor.card, []
+        for uploads in batch:
+            try:
+                decoded.append(decode_all(uploads, card.data_size, card.resize, self.limits.max_pixels))
+            except ServeError as exc:
+                decoded.append(exc)
+        images = [d for d in decoded if not isinstance(d, ServeError)]
+        if not images:
+            return decoded
+        self.metrics.batch.observe(sum(len(i) for i in images))
+        logits, start, out = self.predictor.logits(np.concatenate(images)), 0, []
+        for d in decoded:
+            if isinstance(d, ServeError):
+                out.append(d)
+            else:
+                out.append(logits[start : start + len(d)])
+                start += len(d)
+        return out
+
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            count, deadline = len(items[0][0]), loop.time() + self.limits.batch_window_ms / 1000
-            while count < self.limits.max_batch:
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    break
-                items.append(item)
-                count += len(item[0])
-            live = [(images, future) for images, future in items if not future.done()]
-            if not live:
+            items = await self.take()
+            if not items:
                 continue
             try:
-                logits = await loop.run_in_executor(self.executor, self.logits, np.concatenate([i for i, _ in live]))
-            except Exception as exc:  # handed to each waiting request
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            start = 0
-            for images, future in live:
-                if not future.done():
-                    future.set_result(logits[start : start + len(images)])
-                start += len(images)
+                results = await loop.run_in_executor(self.executor, self.predict, [u for u, _ in items])
+            except Exception as exc:  # a failure of the model itself: each waiting request gets it
+                results = [exc] * len(items)
+            for (_, future), result in zip(items, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -249,6 +259,13 @@ def decode_all(uploads: list[tuple[str | None, bytes]], side: int, policy: str, 
     return np.stack(images)
 
 
+def blank_png(side: int) -> bytes:
+    """A black square PNG: the warm-up request."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def page_html(predictor: Predictor) -> str:
     """The page, with the model's name, dataset and classes filled in."""
     info = {"model": predictor.card.model, "dataset": predictor.card.dataset, "classes": predictor.classes}
@@ -267,8 +284,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await inference.start()
-        side = predictor.card.data_size
-        await inference(np.zeros((1, 3, side, side), np.uint8))  # warm-up: the first batch pays one-off costs
+        await inference([(None, blank_png(predictor.card.data_size))])  # warm-up: the first batch pays one-off costs
         state["ready"] = True
         yield
         state["ready"] = False
@@ -342,14 +358,14 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
     }
 
     @app.post("/predict", openapi_extra=predict_body)
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request) -> JSONResponse:
         """Top-k classes with probabilities (calibrated by the run's temperature) of each uploaded image."""
         if state["in_flight"] >= limits.max_concurrency:
             raise ServeError(503, f"busy: {limits.max_concurrency} requests in progress, retry shortly", "busy")
         state["in_flight"] += 1
         metrics.in_flight.inc()
         try:
-            return await answer(request)
+            return JSONResponse(await answer(request))  # a dict of plain values: no response model to validate
         finally:
             state["in_flight"] -= 1
             metrics.in_flight.dec()
@@ -368,11 +384,11 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
         card = predictor.card
         try:
             async with asyncio.timeout_at(deadline):
-                images, logits = await inference.predict(uploads, card.data_size, card.resize, limits.max_pixels)
+                logits = await inference(uploads)
         except TimeoutError:
             late = f"the prediction took longer than {limits.timeout_seconds:g} s"
             raise ServeError(504, late, "timeout") from None
-        metrics.images.inc(len(images))
+        metrics.images.inc(len(logits))
         probs = predictor.probabilities(logits, calibrated)
         tops = predictor.top_k(probs, limits.top_k)
         predictions = [
