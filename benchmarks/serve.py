@@ -64,6 +64,13 @@ def start_server(run: str, runtime: str, port: int, extra: list[str]) -> subproc
     raise SystemExit(f"the server did not start: {process.stdout.read()}")
 
 
+def batch_totals(base: str) -> tuple[float, float]:
+    """(images, batches) the server has predicted so far, from its Prometheus metrics."""
+    text = httpx.get(f"{base}/metrics").text
+    value = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("imgclf_batch")}
+    return value["imgclf_batch_images_sum"], value["imgclf_batch_images_count"]
+
+
 def load_test(url: str, image: Path, requests: int, concurrency: int) -> dict:
     """One hey run: latency percentiles (ms), requests/second and non-200 answers. hey gives each of its
     ``concurrency`` workers ``requests // concurrency`` requests, so ``requests`` is rounded up to a multiple."""
@@ -112,17 +119,21 @@ def main() -> None:
             load_test(url, image, 500, 8)  # warm-up: connections, allocator, caches
             for concurrency in args.concurrency:
                 rss_before = rss_bytes(server.pid)
+                images_before, batches_before = batch_totals(f"http://127.0.0.1:{port}")
                 runs = [load_test(url, image, args.requests, concurrency) for _ in range(args.repeats)]
+                images, batches = batch_totals(f"http://127.0.0.1:{port}")
                 row = {"benchmark": "serve", "runtime": chosen, "runtime_option": runtime, "concurrency": concurrency}
                 for key in ("requests", "p50_ms", "p95_ms", "p99_ms", "requests_per_second"):
                     row[key] = statistics.median(r[key] for r in runs)
                 row.update(errors=sum(r["errors"] for r in runs), rss_before_bytes=rss_before)
                 row.update(rss_after_bytes=rss_bytes(server.pid), runs=runs)
+                row["mean_batch_images"] = round((images - images_before) / (batches - batches_before), 2)
                 rows.append(row)
                 print(
                     f"{chosen:>11} c={concurrency:<3} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f}  "
                     f"p99 {row['p99_ms']:6.2f}  {row['requests_per_second']:7.1f} req/s  errors {row['errors']}  "
-                    f"RSS {rss_before / 2**20:.0f} → {row['rss_after_bytes'] / 2**20:.0f} MiB"
+                    f"RSS {rss_before / 2**20:.0f} → {row['rss_after_bytes'] / 2**20:.0f} MiB  "
+                    f"batches of {row['mean_batch_images']} images"
                 )
         finally:
             server.terminate()

@@ -290,6 +290,9 @@ def test_the_page_in_chromium(server, exported_run, browser, tmp_path):
     result.wait_for(timeout=15_000)
     assert result.get_attribute("data-top") == expected
     assert page.locator(".bar").count() == 4 and page.locator(".bar .label").first.inner_text() == expected
+    top = float(page.locator(".bar .pct").first.inner_text().rstrip("%")) / 100
+    fill, track = (page.locator(f".bar .{part}").first.bounding_box()["width"] for part in ("fill", "track"))
+    assert fill == pytest.approx(top * track, abs=2)  # the bar is drawn as long as the probability says
     assert page.locator(".result img").first.evaluate("img => img.complete && img.naturalWidth > 0")
     page.set_input_files("#file", str(Path(__file__)))  # not an image: the page shows the server's one-line error
     page.locator(".status.error").first.wait_for(timeout=15_000)
