@@ -171,7 +171,7 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     serve.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"), help="see README")
     serve.add_argument("--top-k", type=int, default=5, help="classes returned per image (default: 5)")
     serve.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")

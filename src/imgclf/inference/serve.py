@@ -11,8 +11,9 @@ Every limit is an option (:class:`Limits`): body size (413, checked against Cont
 and counted while reading), image pixels (413, from the image header, before decoding: a decompression bomb never
 expands), images per request (413), request time (408 while the body arrives, 504 for the work), concurrent requests
 (503 with Retry-After). Anything that is not a usable image gets a 4xx with a one-line JSON error ``{"error": …}``;
-the server stays up. Images are decoded by ``data/decode.py``, like the training images; predictions run on one
-inference thread (optionally micro-batched across requests: ``--batch-window-ms``), the event loop stays free.
+the server stays up. Images are decoded by ``data/decode.py``, like the training images, on one inference thread
+that predicts every request waiting for it as one batch (``--batch-window-ms`` waits for more); the event loop stays
+free for connections.
 """
 
 import asyncio
@@ -47,13 +48,13 @@ PATHS = ("/", "/predict", "/health", "/ready", "/metrics", "/info", "/docs", "/o
 class Limits:
     """What one request may ask of the server."""
 
-    max_body_bytes: int = 16 << 20
+    max_body_bytes: int = 16_000_000
     max_pixels: int = 40_000_000
     max_images: int = 32
     timeout_seconds: float = 30.0
     max_concurrency: int = 64
     top_k: int = 5
-    batch_window_ms: float = 0.0  # > 0: requests arriving within this window are predicted as one batch
+    batch_window_ms: float = 0.0  # > 0: wait this long for more requests before predicting a batch
     max_batch: int = 64
 
 
