@@ -1,5 +1,6 @@
-"""Batch inference images/second on this machine: PyTorch eager (as `imgclf predict` runs it: bf16 autocast where the
-CPU has it, channels_last; and fp32) against onnxruntime (fp32) on the same exported network, side by side.
+"""Batch inference images/second on this machine: PyTorch eager (as `imgclf predict` runs it: BatchNorm folded into
+the convolutions, bf16 autocast where the CPU has it, channels_last; also fp32, and without the folding) against
+onnxruntime (fp32) on the same exported network, side by side.
 
     uv run python benchmarks/inference.py                       # resnet20 at 32 px, tf_efficientnet_lite2 at 224 px
     uv run python benchmarks/inference.py --rounds 3 --models resnet20
@@ -85,13 +86,19 @@ def main() -> None:
             exporter = export_network(network, side, path)
             cpu = torch.device("cpu")
             predictors = {
-                ("torch", bf16): TorchPredictor(network, card, cpu, bf16),
-                ("onnxruntime", "fp32"): OnnxPredictor(path, card),
+                ("torch", bf16, True): TorchPredictor(network, card, cpu, bf16),
+                ("onnxruntime", "fp32", False): OnnxPredictor(path, card),
             }
             if bf16 != "fp32":
                 fp32_network = network_and_card(name, side)[0]
                 fp32_network.load_state_dict(network.state_dict())
-                predictors["torch", "fp32"] = TorchPredictor(fp32_network, card, cpu, "fp32")
+                predictors["torch", "fp32", True] = TorchPredictor(fp32_network, card, cpu, "fp32")
+            torch_bf16 = predictors["torch", bf16, True]
+            if torch_bf16.runner is not torch_bf16.network:  # BatchNorm folds here: also time the network as trained
+                unfolded = TorchPredictor(network_and_card(name, side)[0], card, cpu, bf16)
+                unfolded.network.load_state_dict(network.state_dict())
+                unfolded.runner = unfolded.network
+                predictors["torch", bf16, False] = unfolded
             for batch_size in batch_sizes:
                 images = test if side == 32 else F.interpolate(test[:256].float(), size=side, mode="bilinear")
                 images = images.clamp(0, 255).to(torch.uint8)
@@ -100,16 +107,19 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for key, predictor in predictors.items():
                         measured[key].append(round(images_per_second(predictor, batches, args.seconds), 1))
-                for (runtime, precision), values in measured.items():
+                for (runtime, precision, folded), values in measured.items():
                     row = {"benchmark": "inference", "model": name, "runtime": runtime, "precision": precision}
+                    row["batchnorm_folded"] = folded
                     row.update(batch_size=batch_size, image_size=side, images_per_second=statistics.median(values))
                     row.update(runs=values, exporter=exporter)
                     rows.append(row)
                     rate = statistics.median(values)
-                    print(f"{name} {runtime:>11} {precision} batch {batch_size:>3}: {rate:8.1f} img/s")
+                    shown = f"{runtime}{'' if folded or runtime != 'torch' else ' unfolded'}"
+                    print(f"{name} {shown:>14} {precision} batch {batch_size:>4}: {rate:8.1f} img/s")
     for name in args.models:
         batch = SETUPS[name][1][0]
-        by = {r["runtime"] + "/" + r["precision"]: r["images_per_second"] for r in rows
+        shipped = [r for r in rows if r["batchnorm_folded"] == (r["runtime"] == "torch")]  # what predict runs
+        by = {r["runtime"] + "/" + r["precision"]: r["images_per_second"] for r in shipped
               if r["model"] == name and r["batch_size"] == batch}  # fmt: skip
         print(
             f"{name}: onnxruntime / torch {bf16} at batch {batch} = {by['onnxruntime/fp32'] / by[f'torch/{bf16}']:.2f}"
