@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.config import TrainConfig
 from imgclf.errors import ImgclfError
 from imgclf.inference.predictor import (
     CARD_KEY,
@@ -121,14 +122,11 @@ def check_parity(reference: TorchPredictor, exported: OnnxPredictor, images: tor
 
 def parity_images(run: RunDir, card: ModelCard, data: str | None, data_dir: str | None, count: int) -> torch.Tensor:
     """``count`` images spread evenly over the run's test split (all of them if fewer), at the stored side."""
-    from imgclf.config import TrainConfig
-
     cfg = TrainConfig(**card.config)
     if data:
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
     if data_dir:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
-    cfg = dataclasses.replace(cfg, progress=False)
     test = run_splits(cfg, run.read_data_split(cfg), side=card.data_size).test()
     rows = np.unique(np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(np.int64))
     return test.images[torch.from_numpy(rows)] if isinstance(test.images, torch.Tensor) else test.images[rows]

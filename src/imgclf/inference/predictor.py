@@ -177,9 +177,9 @@ class OnnxPredictor(Predictor):
 
 
 def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:
-    """A copy of ``network`` (in eval mode) with each BatchNorm folded into the convolution before it — ResNet-20
-    predicts 1.5× faster on a 2-core CPU (bf16, batch 256) — or ``network`` itself where nothing folds or the folded
-    copy does not give the same logits. torch.fx finds the pairs where the network traces; otherwise pairs of
+    """A copy of ``network`` (in eval mode) with each BatchNorm folded into the convolution before it (measured in
+    benchmarks/results/inference.json) — or ``network`` itself where nothing folds or the folded copy does not give
+    the same logits. torch.fx finds the pairs where the network traces; otherwise pairs of
     neighbours in an ``nn.Sequential`` are folded."""
     from torch.fx.experimental.optimization import fuse
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -199,7 +199,7 @@ def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:
                     count += 1
         if not count:
             return network
-    x = torch.randn(2, 3, side, side)
+    x = torch.randn(2, 3, side, side, device=next(network.parameters()).device)
     with torch.inference_mode():
         reference, got = network.float()(x), folded.float()(x)
     if not torch.allclose(got, reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max())):
