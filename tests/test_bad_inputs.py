@@ -132,10 +132,27 @@ CASES = [
     ("argparse-unknown-command", ["trian"], {}, "invalid choice: 'trian'"),
     ("argparse-evaluate-no-run", ["evaluate"], {}, "the following arguments are required: run_dir"),
     ("argparse-explore-bad-int", [*EXPLORE, "--per-class", "many"], {}, "invalid int value: 'many'"),
+    # using a model: predict, export, serve
+    ("predict-no-run", ["predict", "{tmp}/nothing", "{tmp}/x.png"], {}, "no such run directory or model file"),
+    ("predict-not-a-run", ["predict", "{tmp}", "{tmp}/x.png"], {}, "not a run directory"),
+    ("predict-fake-onnx", ["predict", "{tmp}/m.onnx", "{tmp}/x.png"], {"m.onnx": BINARY}, "not an ONNX model"),
+    ("predict-fake-weights", ["predict", "{tmp}/m.safetensors", "x.png"], {"m.safetensors": BINARY}, "cannot read"),
+    ("predict-text-model", ["predict", "{tmp}/m.txt", "x.png"], {"m.txt": "hi"}, "is not a run directory, .safet"),
+    ("predict-top-k", ["predict", "{tmp}", "x.png", "--top-k", "0"], {}, "--top-k must be a positive integer"),
+    ("argparse-predict-format", ["predict", "{tmp}", "x.png", "--format", "xml"], {}, "invalid choice: 'xml'"),
+    ("argparse-predict-no-images", ["predict", "{tmp}"], {}, "the following arguments are required: IMAGE"),
+    ("export-not-a-run", ["export", "{tmp}"], {}, "not a run directory"),
+    ("export-check-images", ["export", "{tmp}", "--check-images", "-1"], {}, "--check-images must be 0 or more"),
+    ("argparse-export-format", ["export", "{tmp}", "--format", "tflite"], {}, "invalid choice: 'tflite'"),
+    ("serve-not-a-run", ["serve", "{tmp}"], {}, "not a run directory"),
+    ("serve-fake-onnx", ["serve", "{tmp}/m.onnx"], {"m.onnx": b"xx"}, "not an ONNX model"),
+    ("serve-body-limit", ["serve", "{tmp}", "--max-body-mb", "-1"], {}, "--max-body-mb must be a positive number"),
+    ("serve-port", ["serve", "{tmp}", "--port", "99999"], {}, "--port must be in 0..65535"),
+    ("argparse-serve-port", ["serve", "{tmp}", "--port", "http"], {}, "invalid int value: 'http'"),
 ]
 # these also run as the installed script, to prove no traceback reaches the terminal
 SUBPROCESS = {"yaml-python-tag", "preset-runs-list", "unfreeze-nan", "output-dev-null", "output-name-too-long"}
-SUBPROCESS |= {"explore-per-class-6000", "argparse-bad-int", "argparse-unknown-flag"}
+SUBPROCESS |= {"explore-per-class-6000", "argparse-bad-int", "argparse-unknown-flag", "predict-fake-onnx", "serve-port"}
 
 
 def expand(value: str | bytes, tmp: Path) -> str | bytes:
@@ -263,7 +280,7 @@ def test_help_still_lists_every_option(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: imgclf train [-h]") and "--label-smoothing" in out and "--unfreeze" in out
     assert cli.main(["--help"]) == 0
-    assert "{train,evaluate,explore,compare,study,models}" in capsys.readouterr().out
+    assert "{train,evaluate,predict,export,serve,explore,compare,study,models}" in capsys.readouterr().out
 
 
 def test_optional_fields_may_be_null(tmp_path):

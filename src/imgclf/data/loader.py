@@ -14,7 +14,7 @@ from imgclf.errors import ImgclfError
 def inference_batch_size(side: int, device: torch.device | str = "cpu") -> int:
     """Images per inference batch, fewer for larger images so that memory does not grow with the side as fast as the
     activations do: on a GPU 1,024 at 32 px down to 256; on a CPU, where batches that fit its caches run fastest
-    (ResNet-20: 1.4× at 256 against 1,024, 2-core CPU, bf16), 256 at 32 px down to 16."""
+    (ResNet-20 1.4× faster at 256 than at 1,024: benchmarks/results/inference.json), 256 at 32 px down to 16."""
     area = max(side * side, 1)
     if torch.device(device).type == "cpu":
         return max(16, min(256, 256 * 32 * 32 // area))

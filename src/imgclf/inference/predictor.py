@@ -237,6 +237,8 @@ def onnx_metadata(path: Path) -> dict[str, str]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
         raise ImgclfError(f"not an ONNX model: {path} ({type(exc).__name__})") from None
+    if not model.ir_version or not len(model.graph.node):  # protobuf reads many short byte strings as an empty model
+        raise ImgclfError(f"not an ONNX model: {path} (no graph)")
     return {p.key: p.value for p in model.metadata_props}
 
 
