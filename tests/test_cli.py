@@ -92,5 +92,6 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_options):
 
 def test_the_command_line_imports_no_torch_before_it_runs_a_command():
     """Decoding workers start (spawn) by importing the main script: with torch in it, each would spend seconds."""
-    code = "import sys, imgclf.cli; print([m for m in ('torch', 'torchvision') if m in sys.modules])"
+    loaded = "[m for m in ('torch', 'torchvision') if m in sys.modules]"
+    code = f"import sys, imgclf.cli as cli; cli.build_parser(); print({loaded})"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

@@ -220,7 +220,7 @@ def test_export_of_an_efficientnet_lite_with_same_padding(tmp_path, capsys):
     assert result["parity"]["images"] == len(RunDir(run).read_split()["test"])
     assert result["parity"]["max_abs_logit"] > 0.01  # a trained head: logits that differ between classes
     onnx_predictor = load_predictor(run / "model.onnx")
-    torch_predictor = load_predictor(run, runtime="torch", precision="fp32")
+    torch_predictor = load_predictor(run, "cpu", runtime="torch", precision="fp32")
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
     np.testing.assert_allclose(onnx_predictor.logits(images), torch_predictor.logits(images), atol=1e-3)
     inputs = onnx.load(str(run / "model.onnx")).graph.input[0].type.tensor_type.shape.dim

@@ -20,8 +20,11 @@ from PIL import Image
 
 from imgclf.cli import main
 from imgclf.data.decode import decode_file
+from imgclf.errors import ImgclfError
+from imgclf.inference import export as export_module
+from imgclf.inference.options import Limits
 from imgclf.inference.predictor import OnnxPredictor, load_predictor
-from imgclf.inference.serve import Limits, create_app, serving_predictor
+from imgclf.inference.serve import create_app, serving_predictor
 from imgclf.runs import RunDir
 
 SERVER_LIMITS = ["--timeout", "2", "--max-concurrency", "3", "--max-body-mb", "8", "--max-images", "32"]
@@ -70,11 +73,12 @@ def exported_run(folder_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(exported_run):
+def server(exported_run, tmp_path_factory):
     """`imgclf serve` in a process of its own on a free loopback port: (base URL, process id)."""
     port = free_port()
     command = [sys.executable, "-m", "imgclf.cli", "serve", str(exported_run), "--port", str(port), *SERVER_LIMITS]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -85,7 +89,7 @@ def server(exported_run):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"the server did not start: {process.stdout.read()}")
+            pytest.fail(f"the server did not start: {log.read_text()}")
         time.sleep(0.2)
     yield url, process.pid
     process.terminate()
@@ -198,6 +202,12 @@ def raw_http(port: int, head: bytes, chunks=(), pause: float = 0.0) -> int:
         return int(s.recv(4096).split()[1])
 
 
+def in_flight(url: str) -> float:
+    """The server's prediction requests in progress, from its metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return float(text.split("\nimgclf_in_flight_requests ")[1].split()[0])
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -252,14 +262,22 @@ def test_slow_clients_time_out_and_excess_requests_are_turned_away(server, expor
     async def main_flow() -> None:
         loop = asyncio.get_running_loop()
         slow = [loop.run_in_executor(None, raw_http, port, head, [b"\x89PNG"] * 6, 0.6) for _ in range(3)]
-        await asyncio.sleep(0.8)  # the three slow uploads hold every slot
+        while in_flight(url) < 3:  # the three slow uploads hold every slot
+            await asyncio.sleep(0.05)
         busy = await loop.run_in_executor(None, lambda: httpx.post(f"{url}/predict", content=b"x", timeout=10))
-        health = await loop.run_in_executor(None, lambda: httpx.get(f"{url}/health", timeout=1))
+        health = await loop.run_in_executor(None, lambda: httpx.get(f"{url}/health", timeout=5))
         results.extend([busy.status_code, busy.headers.get("retry-after"), health.status_code])
         results.extend(await asyncio.gather(*slow))
 
     run_async(main_flow())
     assert results == [503, "1", 200, 408, 408, 408]
+    # a client that goes away in the middle of its upload: counted, and nothing else happens
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head + b"\x89PNG")
+    deadline = time.monotonic() + 10
+    while 'imgclf_errors_total{reason="disconnect"} 1.0' not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, "the disconnect was not counted"
+        time.sleep(0.1)
     good = class_files(exported_run)[0]
     response = httpx.post(f"{url}/predict", content=good.read_bytes(), headers={"content-type": "image/png"})
     assert response.status_code == 200  # the slots are free again
@@ -272,7 +290,9 @@ def test_real_server_predicts_like_the_model(server, exported_run):
         response = httpx.post(f"{url}/predict", files=[("files", (path.name, path.read_bytes(), "image/png"))])
         assert response.status_code == 200
         assert response.json()["predictions"][0]["top"][0]["class"] == expected_top(predictor, path)
-    assert httpx.get(f"{url}/ready").json()["runtime"] in ("onnxruntime", "torch")  # the faster one, measured
+    info = httpx.get(f"{url}/info").json()  # auto: the faster runtime on single images, measured at start-up
+    measured = info["measured_images_per_second"]
+    assert set(measured) == {"onnxruntime", "torch"} and info["runtime"] == max(measured, key=measured.get)
 
 
 def test_the_page_in_chromium(server, exported_run, browser, tmp_path):
@@ -337,6 +357,29 @@ def test_auto_runtime_exports_to_the_cache(folder_run, tmp_path, monkeypatch):
     assert isinstance(serving_predictor(run, "cpu", "onnxruntime"), OnnxPredictor)
     assert len(list((tmp_path / "home" / ".cache" / "imgclf" / "onnx").glob("*.onnx"))) == 1
     assert not (run / "model.onnx").exists()  # the run directory is left as it was
+    parity = json.loads(next((tmp_path / "home" / ".cache" / "imgclf" / "onnx").glob("*.parity.json")).read_text())
+    assert parity["parity"]["passed"] and parity["parity"]["images"] == 64  # checked, on random images
+
+
+def test_auto_runtime_falls_back_to_pytorch_when_the_export_fails(folder_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(folder_run, run)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(export_module, "export_network", lambda *a, **k: (_ for _ in ()).throw(ImgclfError("no")))
+    predictor = serving_predictor(run, "cpu")
+    assert (
+        predictor.runtime == "torch" and "serving with PyTorch, the ONNX export failed: no" in capsys.readouterr().err
+    )
+    with pytest.raises(ImgclfError, match="no"):
+        serving_predictor(run, "cpu", "onnxruntime")  # asked for by name: the failure is the answer
+
+
+def test_the_application_starts_again_after_a_stop(folder_run):
+    app = create_app(load_predictor(folder_run, "cpu", runtime="torch"))
+    image = class_files(folder_run)[0].read_bytes()
+    for _ in range(2):  # e.g. a test client opened twice, or a server restarted in-process
+        with TestClient(app) as client:
+            assert client.post("/predict", content=image, headers={"content-type": "image/png"}).status_code == 200
 
 
 @pytest.mark.parametrize(

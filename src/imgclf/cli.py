@@ -13,6 +13,7 @@ imgclf models
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from imgclf.config import (
 )
 from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
+from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAGES, RUNTIMES, Limits
 
 EXPLORE_MAX_PER_CLASS = 64
 
@@ -112,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     export = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch on test images")
     export.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `imgclf train`")
-    export.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
+    export.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="export format (default: onnx)")
     export.add_argument("--output", dest="output_file", metavar="FILE", help="where to write (default: RUN/model.onnx)")
-    export.add_argument("--check-images", type=int, default=1000, help="test images of the parity check (0: none)")
+    export.add_argument(
+        "--check-images", type=int, default=PARITY_IMAGES, help=f"test images of the parity check ({PARITY_IMAGES:,})"
+    )
     export.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
     export.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files")
     add_serve_parser(sub)
@@ -148,68 +152,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_predict_parser(sub) -> None:
     """`imgclf predict`'s options."""
-    from imgclf.inference.predict import FORMATS
-
     predict = sub.add_parser("predict", help="top-k classes of image files, folders and globs with a trained model")
     predict.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or globs")
     predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
-    predict.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
+    predict.add_argument("--format", default="table", choices=OUTPUT_FORMATS, help="output format (default: table)")
     predict.add_argument("--output", dest="output_file", metavar="FILE", help="write to FILE instead of stdout")
     predict.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
     predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")
     predict.add_argument("--strict", action="store_true", help="exit with status 1 when any file is skipped")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    predict.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"), help="see README")
+    predict.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+# imgclf serve's limit options: flag → (Limits field, type, help); the defaults are Limits' own
+SERVE_LIMITS = {
+    "--top-k": ("top_k", int, "classes returned per image"),
+    "--max-body-mb": ("max_body_bytes", float, "request body limit in MB"),
+    "--max-pixels": ("max_pixels", int, "pixels per image (larger: 413, refused from the header)"),
+    "--max-images": ("max_images", int, "images per request"),
+    "--timeout": ("timeout_seconds", float, "seconds a request may take"),
+    "--max-concurrency": ("max_concurrency", int, "requests handled at once (more: 503)"),
+    "--batch-window-ms": ("batch_window_ms", float, "wait this long for more requests before predicting a batch"),
+    "--max-batch": ("max_batch", int, "images per inference batch"),
+}
+MEGABYTE = 1_000_000
+
+
 def add_serve_parser(sub) -> None:
-    """`imgclf serve`'s options: where to listen, and each limit of :class:`~imgclf.inference.serve.Limits`."""
+    """`imgclf serve`'s options: where to listen, and each limit of :class:`~imgclf.inference.options.Limits`."""
     serve = sub.add_parser("serve", help="serve a trained model over HTTP: JSON API, metrics and a page for people")
     serve.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    serve.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"), help="see README")
-    serve.add_argument("--top-k", type=int, default=5, help="classes returned per image (default: 5)")
+    serve.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
     serve.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
-    serve.add_argument("--max-body-mb", type=float, default=16, help="request body limit in MB (default: 16)")
-    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="pixels per image (default: 40,000,000)")
-    serve.add_argument("--max-images", type=int, default=32, help="images per request (default: 32)")
-    serve.add_argument("--timeout", type=float, default=30, help="seconds a request may take (default: 30)")
-    serve.add_argument("--max-concurrency", type=int, default=64, help="requests handled at once (default: 64)")
-    serve.add_argument(
-        "--batch-window-ms", type=float, default=0, help="micro-batching: gather requests for this long (default: off)"
-    )
-    serve.add_argument("--max-batch", type=int, default=64, help="images per micro-batch (default: 64)")
+    defaults = Limits()
+    for flag, (field, kind, text) in SERVE_LIMITS.items():
+        default = getattr(defaults, field) / (MEGABYTE if flag == "--max-body-mb" else 1)
+        shown = f"{default:,}" if isinstance(default, int) else f"{default:g}"
+        serve.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
 
 
-def serve_limits(args: argparse.Namespace):
+def serve_limits(args: argparse.Namespace) -> Limits:
     """The server's limits from `imgclf serve`'s options, each checked."""
-    from imgclf.inference.serve import Limits
-
-    positive = {"--top-k": args.top_k, "--max-body-mb": args.max_body_mb, "--max-pixels": args.max_pixels}
-    positive.update({"--max-images": args.max_images, "--timeout": args.timeout, "--max-batch": args.max_batch})
-    positive["--max-concurrency"] = args.max_concurrency
-    for flag, value in positive.items():
-        if not value > 0 or value == float("inf"):
-            raise ImgclfError(f"{flag} must be a positive number, got {value}")
-    if not 0 <= args.batch_window_ms <= 1000:
-        raise ImgclfError(f"--batch-window-ms must be in 0..1000, got {args.batch_window_ms}")
+    values = {}
+    for flag, (field, _, _) in SERVE_LIMITS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        window = flag == "--batch-window-ms"  # may be 0 (off); every other limit must be positive
+        if not (math.isfinite(value) and (0 <= value <= 1000 if window else value > 0)):
+            raise ImgclfError(f"{flag} must be {'in 0..1000' if window else 'a positive number'}, got {value}")
+        values[field] = int(value * MEGABYTE) if flag == "--max-body-mb" else value
     if not 0 <= args.port <= 65535:
         raise ImgclfError(f"--port must be in 0..65535, got {args.port}")
-    return Limits(
-        max_body_bytes=int(args.max_body_mb * 1e6),
-        max_pixels=args.max_pixels,
-        max_images=args.max_images,
-        timeout_seconds=args.timeout,
-        max_concurrency=args.max_concurrency,
-        top_k=args.top_k,
-        batch_window_ms=args.batch_window_ms,
-        max_batch=args.max_batch,
-    )
+    return Limits(**values)
 
 
 def command_serve(args: argparse.Namespace) -> None:

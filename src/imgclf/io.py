@@ -8,6 +8,11 @@ from pathlib import Path
 from imgclf.errors import ImgclfError
 
 
+def cache_dir(name: str) -> Path:
+    """The folder of one of imgclf's caches in the user's cache, ``~/.cache/imgclf/NAME``."""
+    return Path.home() / ".cache" / "imgclf" / name
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` and move the result over ``path`` in one step, so readers never see half a file."""
     path = Path(path)

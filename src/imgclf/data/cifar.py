@@ -13,8 +13,9 @@ from torchvision.datasets.utils import check_integrity
 
 from imgclf.data.datasets import ImageSet, Splits, train_val_indices
 from imgclf.errors import ImgclfError
+from imgclf.io import cache_dir
 
-DEFAULT_DATA_DIR = Path.home() / ".cache" / "imgclf" / "data"
+DEFAULT_DATA_DIR = cache_dir("data")
 CIFAR_SIDE = 32
 # source name → (torchvision dataset, display name, per-channel mean, std of the training images)
 CIFAR_SOURCES = {

@@ -20,7 +20,12 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class BadImage(Exception):
-    """A file that is not a usable image; the message is the reason, e.g. 'truncated'."""
+    """A file that is not a usable image; the message is the reason, e.g. 'truncated'; ``too_large``: an image over
+    the pixel limit (a server answers 413 to it, 422 to the others)."""
+
+    def __init__(self, reason: str, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.too_large = too_large
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -63,14 +68,15 @@ def decode(data: bytes, side: int, policy: str, max_pixels: int | None = None) -
         try:
             image = Image.open(io.BytesIO(data))
             if max_pixels is not None and image.width * image.height > max_pixels:
-                raise BadImage(f"too many pixels ({image.width}×{image.height}; the limit is {max_pixels:,})")
+                raise BadImage(f"too many pixels ({image.width}×{image.height}; the limit is {max_pixels:,})", True)
             if image.format == "JPEG":
                 image.draft(None, (side, side))  # decode at the smallest DCT scale still ≥ side
             ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
             image.load()
             image = fit_square(to_rgb(image), side, policy)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise BadImage(f"decompression bomb (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+            limit = f"over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels"
+            raise BadImage(f"decompression bomb ({limit})", too_large=True) from None
         except BadImage:
             raise
         except UnidentifiedImageError:

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from imgclf.data.datasets import ImageSet
 from imgclf.device import autocast
 from imgclf.errors import ImgclfError
-from imgclf.io import atomic_write
+from imgclf.io import atomic_write, cache_dir
 
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "imgclf" / "activations"
+DEFAULT_CACHE_DIR = cache_dir("activations")
 COMPILE_MIN_IMAGES = 2000  # compiling the prefix costs ~30 s and speeds caching up ~1.6× (Lite2 at 224, 2-core CPU)
 
 

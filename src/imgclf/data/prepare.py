@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from imgclf.data.decode import RESIZE_POLICIES, decode_rows
 from imgclf.errors import ImgclfError
-from imgclf.io import read_json, write_json
+from imgclf.io import cache_dir, read_json, write_json
 
-DEFAULT_PREPARE_DIR = Path.home() / ".cache" / "imgclf" / "prepared"
+DEFAULT_PREPARE_DIR = cache_dir("prepared")
 PREPARE_VERSION = 1  # bump when decoding changes what a prepared array holds
 CHUNK = 256  # files per worker task
 

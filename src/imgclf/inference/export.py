@@ -27,6 +27,7 @@ import torch
 
 from imgclf.config import TrainConfig
 from imgclf.errors import ImgclfError
+from imgclf.inference.options import PARITY_IMAGES
 from imgclf.inference.predictor import (
     CARD_KEY,
     WEIGHTS_KEY,
@@ -40,9 +41,7 @@ from imgclf.io import write_json
 from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
 from imgclf.training.transfer import TransferModel
 
-FORMATS = ("onnx",)
 OPSET = 18
-PARITY_IMAGES = 1000
 TOLERANCE = 1e-3  # max |Δlogit| / max |logit|, fp32
 PARITY_BATCHES = (1, 7, 256)  # batch sizes the dynamic axis is checked at, in turn
 
@@ -139,8 +138,10 @@ def export_run(
     data_dir: str | None = None,
     check_images: int = PARITY_IMAGES,
     opset: int = OPSET,
+    images: torch.Tensor | None = None,
 ) -> dict:
-    """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it; the parity figures."""
+    """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it on ``check_images`` test images
+    (or on the uint8 ``images`` given); the parity figures."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     card = run_card(run)
@@ -148,7 +149,8 @@ def export_run(
     path = Path(output) if output else run.file(ONNX_MODEL)
     if path.suffix != ".onnx":
         raise ImgclfError(f"the ONNX output must end in .onnx: {path}")
-    images = parity_images(run, card, data, data_dir, check_images) if check_images else None
+    if images is None and check_images:
+        images = parity_images(run, card, data, data_dir, check_images)
 
     start = time.perf_counter()
     model = load_network(cfg, card.num_classes, weights)

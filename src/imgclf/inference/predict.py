@@ -29,7 +29,6 @@ from imgclf.data.loader import inference_batch_size
 from imgclf.inference.predictor import Predictor, batched
 from imgclf.io import atomic_write
 
-FORMATS = ("table", "csv", "jsonl")
 GLOB_CHARACTERS = "*?["
 
 

@@ -3,7 +3,7 @@
     POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream), or several as
                     multipart/form-data file fields → {"predictions": [{"filename", "top": [{"class", "probability"}]}]}
     GET  /          the page: drop or pick an image, see it with its top-k bars
-    GET  /health    the process is up;  GET /ready: the model is loaded and warmed up
+    GET  /health    the process is up;  GET /ready: the model is loaded and warmed up (503 once it shuts down)
     GET  /metrics   Prometheus: requests by path and status, latency histogram, errors by reason, images, batch sizes
     GET  /info      the model card;     GET /docs: the OpenAPI page
 
@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -35,27 +37,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from imgclf.data.decode import BadImage, decode
+from imgclf.errors import ImgclfError
+from imgclf.inference.options import Limits
 from imgclf.inference.predictor import Predictor, runtime_note
+from imgclf.io import cache_dir
 
 RAW_TYPES = ("image/", "application/octet-stream")
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 PATHS = ("/", "/predict", "/health", "/ready", "/metrics", "/info", "/docs", "/openapi.json")
-
-
-@dataclasses.dataclass
-class Limits:
-    """What one request may ask of the server."""
-
-    max_body_bytes: int = 16_000_000
-    max_pixels: int = 40_000_000
-    max_images: int = 32
-    timeout_seconds: float = 30.0
-    max_concurrency: int = 64
-    top_k: int = 5
-    batch_window_ms: float = 0.0  # > 0: wait this long for more requests before predicting a batch
-    max_batch: int = 64
 
 
 class ServeError(Exception):
@@ -117,11 +109,14 @@ class Inference:
 
     def __init__(self, predictor: Predictor, limits: Limits, metrics: Metrics) -> None:
         self.predictor, self.limits, self.metrics = predictor, limits, metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-inference")
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor: ThreadPoolExecutor | None = None
+        self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """A fresh thread, queue and worker task for this run of the application (it may start again)."""
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-inference")
+        self.queue = asyncio.Queue()
         self.worker = asyncio.create_task(self.run())
 
     async def stop(self) -> None:
@@ -206,11 +201,14 @@ async def read_body(request: Request, limit: int) -> bytes:
                 413, f"request body of {int(declared):,} bytes is over the limit of {limit:,}", "too_large"
             )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(413, f"request body is over the limit of {limit:,} bytes", "too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServeError(413, f"request body is over the limit of {limit:,} bytes", "too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServeError(400, "the client disconnected before sending the whole body", "disconnect") from None
     return b"".join(chunks)
 
 
@@ -233,10 +231,13 @@ async def uploaded_images(request: Request, body: bytes, limits: Limits) -> list
         except MultiPartException as exc:
             status = 413 if "Too many files" in str(exc) else 400
             raise ServeError(status, f"bad multipart form: {exc}", "bad_form") from None
-        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not uploads:
-            raise ServeError(400, "the form holds no file: send images as file fields", "no_image")
-        return [(u.filename, await u.read()) for u in uploads]
+        try:
+            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not uploads:
+                raise ServeError(400, "the form holds no file: send images as file fields", "no_image")
+            return [(u.filename, await u.read()) for u in uploads]
+        finally:
+            await form.close()  # the parts' temporary files
     if not content_type.startswith(RAW_TYPES):
         raise ServeError(
             415, f"unsupported Content-Type {content_type.split(';')[0]!r}: send image/* or a multipart form", "type"
@@ -253,10 +254,10 @@ def decode_all(uploads: list[tuple[str | None, bytes]], side: int, policy: str, 
         try:
             images.append(decode(data, side, policy, max_pixels))
         except BadImage as exc:
-            reason = str(exc)
-            status = 413 if reason.startswith(("too many pixels", "decompression bomb")) else 422
             what = f"{name!r}" if name else "the upload"
-            raise ServeError(status, f"{what} is not a usable image: {reason}", "bad_image") from None
+            raise ServeError(
+                413 if exc.too_large else 422, f"{what} is not a usable image: {exc}", "bad_image"
+            ) from None
     return np.stack(images)
 
 
@@ -324,20 +325,17 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """200 once the model is loaded and warmed up, else 503."""
+        """200 when the model is loaded and warmed up (the server listens only then), 503 once it shuts down."""
         body = {"ready": state["ready"], "model": predictor.card.model, "runtime": predictor.runtime}
         return JSONResponse(body, 200 if state["ready"] else 503)
 
     @app.get("/info")
     async def info() -> dict:
-        """The model card: classes, input side, preprocessing, temperature."""
-        limits_now = dataclasses.asdict(limits)
-        return {
-            **predictor.card.to_dict(),
-            "runtime": predictor.runtime,
-            "calibrated": calibrated,
-            "limits": limits_now,
-        }
+        """The model card (classes, input side, preprocessing, temperature), the runtime and the limits."""
+        info = {**predictor.card.to_dict(), "runtime": predictor.runtime, "calibrated": calibrated}
+        if predictor.measured:  # auto chose the runtime: the images/second it measured for each
+            info["measured_images_per_second"] = predictor.measured
+        return {**info, "limits": dataclasses.asdict(limits)}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -380,8 +378,6 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
             late = f"the request body did not arrive within {limits.timeout_seconds:g} s"
             raise ServeError(408, late, "timeout") from None
         uploads = await uploaded_images(request, body, limits)
-        if len(uploads) > limits.max_images:
-            raise ServeError(413, f"{len(uploads)} images in one request; the limit is {limits.max_images}", "too_many")
         card = predictor.card
         try:
             async with asyncio.timeout_at(deadline):
@@ -402,32 +398,44 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
     return app
 
 
-def serving_predictor(source: str | Path, device: str = "auto", runtime: str = "auto") -> Predictor:
+def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "auto") -> Predictor:
     """The predictor ``imgclf serve`` runs. On a CPU, ``auto`` serves a run through PyTorch or onnxruntime, whichever
-    answers single images faster here (measured at start-up): a run without a current export of its own is exported
-    to the ONNX cache first."""
+    answers single images faster here (measured at start-up); a run without a current export of its own is exported
+    to the ONNX cache first and checked against PyTorch. Where that export fails, PyTorch serves, with a warning."""
     from imgclf.device import select_device
     from imgclf.inference.predictor import load_predictor, run_onnx
     from imgclf.runs import RunDir
 
     path = Path(source).expanduser()
-    if runtime == "torch" or not path.is_dir() or select_device(device).type != "cpu":
+    cpu = select_device(device).type == "cpu"
+    if runtime == "torch" or not path.is_dir() or not (cpu or runtime == "onnxruntime"):
         return load_predictor(source, device, runtime, batch_size=1)
     run = RunDir(path)
     run.read_config()
-    onnx_path = run_onnx(run) or cached_export(run)
+    try:
+        onnx_path = run_onnx(run) or cached_export(run)
+    except (ImgclfError, OSError) as exc:
+        if runtime == "onnxruntime":
+            raise
+        print(f"imgclf: warning: serving with PyTorch, the ONNX export failed: {exc}".splitlines()[0], file=sys.stderr)
+        return load_predictor(source, device, "torch", batch_size=1)
     return load_predictor(source, device, runtime, batch_size=1, onnx_path=onnx_path)
 
 
 def cached_export(run) -> Path:
-    """An ONNX export of ``run``'s weights in the user's cache (keyed by the weights), made now if missing."""
+    """An ONNX export of ``run``'s weights in the user's cache (keyed by the weights), made now if missing and checked
+    against PyTorch on random images (the run's test split stays unread)."""
     from imgclf.inference.export import export_run
     from imgclf.inference.predictor import weights_digest
     from imgclf.runs import BEST_WEIGHTS
 
-    path = Path.home() / ".cache" / "imgclf" / "onnx" / f"{weights_digest(run.file(BEST_WEIGHTS))[:24]}.onnx"
+    path = cache_dir("onnx") / f"{weights_digest(run.file(BEST_WEIGHTS))[:24]}.onnx"
     if not path.is_file():
-        export_run(run.path, path, check_images=0)
+        side = run.read_card().data_size if run.read_card() else 32
+        images = torch.randint(
+            0, 256, (64, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        )
+        export_run(run.path, path, images=images)
     return path
 
 
