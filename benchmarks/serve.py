@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def rss_bytes(pid: int) -> int:
 def start_server(run: str, runtime: str, port: int, extra: list[str]) -> subprocess.Popen:
     """`imgclf serve` on ``port``, returned once /ready answers 200."""
     command = [sys.executable, "-m", "imgclf.cli", "serve", run, "--port", str(port), "--runtime", runtime, *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = Path(tempfile.gettempdir()) / f"imgclf-serve-benchmark-{port}.log"  # a file: a full pipe would block it
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -61,7 +63,7 @@ def start_server(run: str, runtime: str, port: int, extra: list[str]) -> subproc
             pass
         time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"the server did not start: {process.stdout.read()}")
+    raise SystemExit(f"the server did not start: {log.read_text()}")
 
 
 def batch_totals(base: str) -> tuple[float, float]:

@@ -382,6 +382,15 @@ def test_the_application_starts_again_after_a_stop(folder_run):
             assert client.post("/predict", content=image, headers={"content-type": "image/png"}).status_code == 200
 
 
+def test_serve_options_default_to_the_limits_exactly():
+    from imgclf.cli import build_parser, serve_limits
+
+    limits = serve_limits(build_parser().parse_args(["serve", "RUN"]))
+    assert limits == Limits() and all(type(getattr(limits, f)) is type(getattr(Limits(), f)) for f in vars(limits))
+    limits = serve_limits(build_parser().parse_args(["serve", "RUN", "--max-body-mb", "2.5", "--top-k", "3"]))
+    assert limits.max_body_bytes == 2_500_000 and limits.top_k == 3
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

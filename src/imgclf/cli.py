@@ -192,7 +192,8 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
     defaults = Limits()
     for flag, (field, kind, text) in SERVE_LIMITS.items():
-        default = getattr(defaults, field) / (MEGABYTE if flag == "--max-body-mb" else 1)
+        default = getattr(defaults, field)
+        default = default / MEGABYTE if flag == "--max-body-mb" else default
         shown = f"{default:,}" if isinstance(default, int) else f"{default:g}"
         serve.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
 
@@ -205,7 +206,7 @@ def serve_limits(args: argparse.Namespace) -> Limits:
         window = flag == "--batch-window-ms"  # may be 0 (off); every other limit must be positive
         if not (math.isfinite(value) and (0 <= value <= 1000 if window else value > 0)):
             raise ImgclfError(f"{flag} must be {'in 0..1000' if window else 'a positive number'}, got {value}")
-        values[field] = int(value * MEGABYTE) if flag == "--max-body-mb" else value
+        values[field] = round(value * MEGABYTE) if flag == "--max-body-mb" else value
     if not 0 <= args.port <= 65535:
         raise ImgclfError(f"--port must be in 0..65535, got {args.port}")
     return Limits(**values)
