@@ -81,3 +81,43 @@ def test_environment_variable_selects_data_dir(data_dir, monkeypatch, tmp_path):
 def test_shared_copy_is_not_modified(data_dir, tmp_path):
     shutil.copy(data_dir / "cifar-10-batches-py" / "batches.meta", tmp_path / "m")
     assert (tmp_path / "m").read_bytes() == (data_dir / "cifar-10-batches-py" / "batches.meta").read_bytes()
+
+
+def test_ranks_share_out_each_epoch_like_one_batch_of_the_global_size():
+    """Under torchrun, step i of rank 0 and rank 1 (batch 4 each) holds exactly the samples step i of one process
+    takes with batch 8, in every epoch; the ranks' samples never overlap; a rank's augmentation is its own."""
+    from imgclf.data.datasets import ImageSet
+    from imgclf.data.loader import ActivationLoader, BatchLoader
+
+    n = 103
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(n), [str(i) for i in range(n)])  # labels name the samples
+    common = dict(mean=(0.5,) * 3, std=(0.5,) * 3, shuffle=True, drop_last=True, seed=3, channels_last=False)
+    single = BatchLoader(data, 8, augment="none", **common)
+    ranks = [BatchLoader(data, 4, augment="none", **common) for _ in range(2)]
+    for rank, loader in enumerate(ranks):
+        loader.set_shard(rank, 2)
+    for epoch in (0, 1):
+        for loader in (single, *ranks):
+            loader.set_epoch(epoch)
+        assert len(single) == len(ranks[0]) == len(ranks[1]) == n // 8
+        taken = []
+        for (x, y), (x0, y0), (x1, y1) in zip(single, *ranks, strict=True):
+            assert sorted(torch.cat([y0, y1]).tolist()) == sorted(y.tolist())
+            assert torch.equal(torch.cat([x0, x1])[torch.cat([y0, y1]).argsort()], x[y.argsort()])
+            taken += [*y0.tolist(), *y1.tolist()]
+        assert len(taken) == len(set(taken)) == n // 8 * 8
+    augmented = [BatchLoader(data, 4, augment="fast", **common) for _ in range(2)]
+    for rank, loader in enumerate(augmented):
+        loader.set_shard(rank, 2)
+    seeds = [loader.rank_generator(loader.generator()).initial_seed() for loader in augmented]
+    assert seeds[0] != seeds[1] and all(next(iter(loader))[0].shape == (4, 3, 8, 8) for loader in augmented)
+
+    acts = torch.randn(n, 5)
+    shards = [ActivationLoader(acts, torch.arange(n), 10, shuffle=True, seed=1) for _ in range(3)]
+    for rank, loader in enumerate(shards):
+        loader.set_shard(rank, 3)
+    labels = [torch.cat([y for _, y in loader]).tolist() for loader in shards]
+    assert all(len(part) == n // 3 for part in labels) and len({i for part in labels for i in part}) == 3 * (n // 3)
+    with pytest.raises(ValueError, match="outside a world"):
+        shards[0].set_shard(3, 3)

@@ -27,25 +27,57 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class SeededBatches:
-    """Batches of ``labels``-many samples whose order (and augmentation) derive from (seed, epoch) only."""
+    """Batches of ``labels``-many samples whose order (and augmentation) derive from (seed, epoch) only.
+
+    Under torchrun each of ``world_size`` processes takes its shard of the epoch's order: every ``world_size``-th
+    sample from its ``rank``, the same count on every rank (the last ``n % world_size`` samples of the order sit the
+    epoch out, as with DistributedSampler's drop_last), so rank r's i-th batch and the other ranks' i-th batches
+    together hold the samples a single process would take in one batch of ``batch_size × world_size``.
+    """
 
     labels: torch.Tensor
     batch_size: int
     drop_last: bool
     seed: int
     epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling and augmentation randomness of ``epoch``."""
         self.epoch = epoch
 
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Take rank ``rank``'s shard of every epoch among ``world_size`` processes."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def samples(self) -> int:
+        """The samples this rank takes per epoch."""
+        return len(self.labels) // self.world_size
+
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self.samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
-        """The random generator of the current epoch."""
+        """The random generator of the current epoch (the same on every rank: it draws the epoch's order)."""
         return torch.Generator(device).manual_seed(epoch_seed(self.seed, self.epoch))
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the epoch's ``order`` (all of it for a single process)."""
+        if self.world_size == 1:
+            return order
+        return order[self.rank :: self.world_size][: self.samples()]
+
+    def rank_generator(self, generator: torch.Generator) -> torch.Generator:
+        """The generator of this rank's augmentation: the epoch's own for a single process (so its runs stay as they
+        were), a stream of the rank's own under torchrun (ranks would otherwise draw the same crops and flips)."""
+        if self.world_size == 1:
+            return generator
+        seed = epoch_seed(self.seed, self.epoch) * 1_009 + self.rank + 1
+        return torch.Generator(generator.device).manual_seed(seed)
 
 
 class BatchLoader(SeededBatches):
@@ -80,6 +112,9 @@ class BatchLoader(SeededBatches):
         generator = self.generator(self.device)
         n = len(self.labels)
         order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
+        if self.world_size > 1:
+            order = self.shard(order if order is not None else torch.arange(n, device=self.device))
+            generator = self.rank_generator(generator)
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
@@ -125,6 +160,7 @@ class ActivationLoader(SeededBatches):
         n = len(self.labels)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=generator) < 0.5 if self.mirrored is not None else None
+        order, generator = self.shard(order), self.rank_generator(generator)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             batch = self.activations[idx]
