@@ -220,7 +220,9 @@ def command_serve(args: argparse.Namespace) -> None:
 
 
 def command_train(args: argparse.Namespace) -> None:
+    from imgclf.device import select_device
     from imgclf.evaluation.evaluate import evaluate_run, load_run_config  # imported now: one code version per run
+    from imgclf.training import distributed
     from imgclf.training.run import train_run
     from imgclf.training.trainer import new_run_dir
 
@@ -235,9 +237,14 @@ def command_train(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, **options).validate()
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, options)
-        run_dir = new_run_dir(cfg)
+        distributed.setup(select_device(cfg.device))
+        run_dir = distributed.broadcast(new_run_dir(cfg))  # under torchrun: rank 0's name (its clock) for all
     summary = train_run(cfg, run_dir, resume=bool(args.resume))
+    if not distributed.is_main():  # rank 0 reports and evaluates
+        distributed.teardown()
+        return
     print(json.dumps(summary, indent=2))
+    distributed.teardown()
     if cfg.evaluate:
         print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta), run_dir)
 

@@ -85,10 +85,12 @@ class BestCheckpoint:
     best: float | None = None
     best_epoch: int = 0
 
-    def on_epoch_end(self, metrics: dict, model: nn.Module) -> None:
+    def on_epoch_end(self, metrics: dict, model: nn.Module, write: bool = True) -> None:
+        """Track the best epoch; save its weights when ``write`` (under torchrun, rank 0 alone writes)."""
         if improved(metrics[self.monitor], self.best, self.mode):
             self.best, self.best_epoch = metrics[self.monitor], metrics["epoch"]
-            save_weights(self.path, model, {"epoch": metrics["epoch"], self.monitor: metrics[self.monitor]})
+            if write:
+                save_weights(self.path, model, {"epoch": metrics["epoch"], self.monitor: metrics[self.monitor]})
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

@@ -9,7 +9,9 @@ and checks that the data still has the classes its model was trained on.
 from pathlib import Path
 
 from imgclf.config import TrainConfig
+from imgclf.device import select_device
 from imgclf.runs import RunDir, check_card, model_card, run_splits
+from imgclf.training import distributed
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
@@ -18,11 +20,19 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     from imgclf.training.transfer import TransferTrainer
 
     run = RunDir(run_dir)
+    distributed.setup(select_device(cfg.device))
+    main = distributed.is_main()
+    if not main:  # under torchrun rank 0 prepares the data (folder preparation, downloads) first, the others read it
+        distributed.barrier()
     splits = run_splits(cfg, run.read_data_split(cfg) if resume else None)
+    if main:
+        distributed.barrier()
     if resume:
         check_card(run.read_card(), splits, run)
     trainer = TransferTrainer(cfg, run.path, splits) if cfg.is_transfer else Trainer(cfg, run.path, splits)
     card = model_card(cfg, splits, trainer.input_size, trainer.mean, trainer.std)
+    if not main:  # rank 0 alone writes the run
+        return trainer.fit(resume=resume)
     with run.lock():  # one process at a time writes a run
         if not resume:
             run.write_data(splits.lists, splits.info)

@@ -21,6 +21,7 @@ from imgclf.device import autocast, describe_device, resolve_precision, select_d
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters, create_model
 from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, RunDir
+from imgclf.training import distributed
 from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from imgclf.training.checkpoint import checkpoint_files, load_state, load_weights, save_checkpoint
 from imgclf.training.history import History
@@ -131,7 +132,8 @@ class Trainer:
         """Build loaders from ``splits`` and the model from ``cfg``, or train the given ``model`` on the given
         (train, val) ``loaders``."""
         self.cfg, self.run_dir, self.label = cfg, Path(run_dir), label or cfg.model
-        self.device = select_device(cfg.device)
+        self.device = distributed.setup(select_device(cfg.device))
+        self.main = distributed.is_main()  # the rank that writes and prints
         self.precision = resolve_precision(cfg.precision, self.device)
         self.freeze_batchnorm = freeze_batchnorm
         torch.manual_seed(cfg.seed)
@@ -140,6 +142,8 @@ class Trainer:
             self.input_size, self.mean, self.std = splits.side, splits.mean, splits.std
             loaders = image_loaders(cfg, splits.train, splits.val, splits.mean, splits.std, self.device)
         self.train_loader, self.val_loader = loaders
+        if distributed.world_size() > 1:
+            self.train_loader.set_shard(distributed.rank(), distributed.world_size())
         self.num_train = len(self.train_loader.labels)
         self.num_val = len(self.val_loader.labels) if self.val_loader is not None else 0
 
@@ -150,6 +154,10 @@ class Trainer:
             if cfg.progressive_size:
                 check_input_size(model, cfg.model, cfg.progressive_size, self.device)
         self.model = model
+        self.forward_model = model  # what training calls: under torchrun, the model wrapped in DDP
+        if distributed.active():
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.ema = None
         if cfg.ema_decay:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
@@ -194,7 +202,7 @@ class Trainer:
             if self.cfg.mixup:
                 images, partners, lam = mix_batch(images, labels, self.cfg.mixup)
             with autocast(self.device, self.precision):
-                logits = self.model(images)
+                logits = self.forward_model(images)
             if self.cfg.mixup:
                 loss = mixed_cross_entropy(logits.float(), labels, partners, lam, self.cfg.label_smoothing)
             else:
@@ -211,10 +219,14 @@ class Trainer:
             bar.update(len(labels))
             if self.step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", lr=f"{lr:.3g}", refresh=False)
-        loss_value = loss_sum.item() / max(n, 1)
+        totals = distributed.all_reduce_sum(
+            torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(n).double()])
+        )
+        loss_sum, correct, n = totals[0].item(), totals[1].item(), totals[2].item()
+        loss_value = loss_sum / max(n, 1)
         if not math.isfinite(loss_value):
             raise ImgclfError(f"training diverged at epoch {self.epoch + 1} (loss {loss_value}); lower --lr")
-        return {"train_loss": loss_value, "train_acc": correct.item() / max(n, 1), "lr": lr}
+        return {"train_loss": loss_value, "train_acc": correct / max(n, 1), "lr": lr}
 
     def state_dict(self) -> dict:
         return {
@@ -229,7 +241,9 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write weights, EMA and loop state of the epoch just finished as one unit."""
+        """Write weights, EMA and loop state of the epoch just finished as one unit (rank 0 alone)."""
+        if not self.main:
+            return
         modules = {"weights": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
         save_checkpoint(self.run_dir / CHECKPOINTS, self.epoch, modules, self.state_dict())
 
@@ -258,15 +272,15 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train until the last epoch or early stopping; returns the run summary."""
         cfg = self.cfg
-        history = History(self.run_dir, tensorboard=cfg.tensorboard)
+        history = History(self.run_dir, tensorboard=cfg.tensorboard) if self.main else None
         files = checkpoint_files(self.run_dir / CHECKPOINTS) if resume else None
         if files is not None:
             self.resume(files)
+        if resume and history is not None:
             history.truncate(self.epoch)
-        elif resume:
-            history.truncate(0)
+        say = tqdm.write if self.main else lambda text: None
         params, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
-        tqdm.write(
+        say(
             f"{self.label}: {params:,} parameters ({trainable:,} trainable) | "
             f"{self.num_train:,} train / {self.num_val:,} val images | "
             f"{describe_device(self.device)}, {self.precision} | run dir {self.run_dir}"
@@ -276,7 +290,7 @@ class Trainer:
             initial=self.step * cfg.batch_size,
             unit="img",
             unit_scale=True,
-            disable=not cfg.progress,
+            disable=not cfg.progress or not self.main,
             dynamic_ncols=True,
             smoothing=0.05,
         )
@@ -287,19 +301,23 @@ class Trainer:
                 metrics = self.train_epoch(bar)
                 self.epoch += 1
                 metrics = {"epoch": self.epoch, **metrics}
-                if self.val_loader is not None:
+                if self.val_loader is not None:  # every rank measures it; their mean decides, the same everywhere
                     val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
-                    metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+                    both = torch.tensor([val["loss"], val["acc"]], dtype=torch.float64, device=self.device)
+                    both = distributed.all_reduce_sum(both)
+                    both /= distributed.world_size()
+                    metrics.update(val_loss=both[0].item(), val_acc=both[1].item())
                 seconds = time.perf_counter() - start
                 self.train_seconds += seconds
                 metrics["epoch_seconds"] = seconds
                 if self.val_loader is not None:
                     self.early_stopping.on_epoch_end(metrics)
                     self.plateau.on_epoch_end(metrics)
-                self.best.on_epoch_end(metrics, self.eval_model)
-                history.log(metrics)
+                self.best.on_epoch_end(metrics, self.eval_model, write=self.main)
+                if history is not None:
+                    history.log(metrics)
                 self.save_checkpoint()
-                tqdm.write(
+                say(
                     f"epoch {self.epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} "
                     f"acc {metrics['train_acc']:.4f}"
                     + (
@@ -311,7 +329,8 @@ class Trainer:
                 )
         finally:
             bar.close()
-            history.close()
+            if history is not None:
+                history.close()
         summary = {
             "model": self.label,
             "parameters": params,
@@ -327,5 +346,7 @@ class Trainer:
             "precision": self.precision,
             "torch": torch.__version__,
         }
-        RunDir(self.run_dir).write_summary(summary)
+        if self.main:
+            RunDir(self.run_dir).write_summary(summary)
+        distributed.barrier()  # the others wait until rank 0 has written the run
         return summary
