@@ -88,8 +88,9 @@ def decode(data: bytes, side: int, policy: str, max_pixels: int | None = None) -
     return np.array(image, dtype=np.uint8).transpose(2, 0, 1)  # a copy: writable, as torch wants it
 
 
-def decode_file(path: str | Path, side: int, policy: str) -> tuple[np.ndarray | None, str, str]:
-    """(image or None, SHA-1 of the bytes, reason it was skipped or '') for the file at ``path``."""
+def decode_file(path: str | Path, side: int, policy: str, digest: bool = True) -> tuple[np.ndarray | None, str, str]:
+    """(image or None, SHA-1 of the bytes ('' unless ``digest``), reason it was skipped or '') for the file at
+    ``path``."""
     try:
         if Path(path).stat().st_size > MAX_FILE_BYTES:
             return None, "", f"too large (over {MAX_FILE_BYTES >> 20} MiB)"
@@ -98,11 +99,11 @@ def decode_file(path: str | Path, side: int, policy: str) -> tuple[np.ndarray | 
         return None, "", f"unreadable ({exc.strerror or exc})"
     except MemoryError:
         return None, "", "too large to read into memory"
-    digest = hashlib.sha1(data).hexdigest()
+    sha1 = hashlib.sha1(data).hexdigest() if digest else ""
     try:
-        return decode(data, side, policy), digest, ""
+        return decode(data, side, policy), sha1, ""
     except BadImage as exc:
-        return None, digest, str(exc)
+        return None, sha1, str(exc)
 
 
 def decode_rows(array_path: str, start: int, paths: list[str], side: int, policy: str) -> list[tuple[str, str]]:

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -37,7 +36,7 @@ from imgclf.inference.predictor import (
     run_card,
     weights_digest,
 )
-from imgclf.io import write_json
+from imgclf.io import atomic_write, write_json
 from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
 from imgclf.training.transfer import TransferModel
 
@@ -128,7 +127,7 @@ def parity_images(run: RunDir, card: ModelCard, data: str | None, data_dir: str 
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
     test = run_splits(cfg, run.read_data_split(cfg), side=card.data_size).test()
     rows = np.unique(np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(np.int64))
-    return test.images[torch.from_numpy(rows)] if isinstance(test.images, torch.Tensor) else test.images[rows]
+    return test.images[torch.from_numpy(rows)]  # a tensor in memory, or MappedImages reading those rows
 
 
 def export_run(
@@ -152,30 +151,27 @@ def export_run(
     if images is None and check_images:
         images = parity_images(run, card, data, data_dir, check_images)
 
-    start = time.perf_counter()
     model = load_network(cfg, card.num_classes, weights)
-    network = model.network if isinstance(model, TransferModel) else model
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        exporter = export_network(network, card.input_size, tmp, opset)
+    result = {"model": card.model, "format": "onnx", "opset": opset, "file": path.name}
+
+    def export_and_check(tmp: Path) -> None:
+        """Export to ``tmp``; a failed parity check raises, and atomic_write then removes ``tmp``."""
+        start = time.perf_counter()
+        network = model.network if isinstance(model, TransferModel) else model
+        result["exporter"] = export_network(network, card.input_size, tmp, opset)
         write_metadata(tmp, card, weights_digest(weights))
-        seconds = time.perf_counter() - start
-        result = {"model": card.model, "format": "onnx", "exporter": exporter, "opset": opset}
-        result.update(file=path.name, bytes=tmp.stat().st_size, export_seconds=seconds)
-        if images is not None:
-            cpu = torch.device("cpu")
-            reference = TorchPredictor(load_network(cfg, card.num_classes, weights), card, cpu, "fp32")
-            result["parity"] = check_parity(reference, OnnxPredictor(tmp, card), images)
-            write_json(parity_path(path), result)
-            if not result["parity"]["passed"]:
-                p = result["parity"]
-                raise ImgclfError(
-                    f"ONNX parity check failed: max |Δlogit| {p['max_abs_diff']:.2e} ({p['relative_diff']:.2e} of the "
-                    f"largest logit; tolerance {TOLERANCE:g}), top-1 agreement {p['top1_agreement']:.2%}; "
-                    f"no model written (figures in {parity_path(path)})"
-                )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        result.update(bytes=tmp.stat().st_size, export_seconds=time.perf_counter() - start)
+        if images is None:
+            return
+        reference = TorchPredictor(model, card, torch.device("cpu"), "fp32")  # the network just exported
+        result["parity"] = p = check_parity(reference, OnnxPredictor(tmp, card), images)
+        write_json(parity_path(path), result)
+        if not p["passed"]:
+            raise ImgclfError(
+                f"ONNX parity check failed: max |Δlogit| {p['max_abs_diff']:.2e} ({p['relative_diff']:.2e} of the "
+                f"largest logit; tolerance {TOLERANCE:g}), top-1 agreement {p['top1_agreement']:.2%}; "
+                f"no model written (figures in {parity_path(path)})"
+            )
+
+    atomic_write(path, export_and_check)
     return {**result, "path": str(path)}

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from imgclf.data.decode import decode_file
 from imgclf.data.folder import image_files
 from imgclf.data.loader import inference_batch_size
-from imgclf.inference.predictor import Predictor, batched
+from imgclf.inference.predictor import Predictor
 from imgclf.io import atomic_write
 
 GLOB_CHARACTERS = "*?["
@@ -90,7 +90,7 @@ def predict_files(
         tqdm(total=len(paths), unit="img", desc="predicting", disable=hide) as bar,
     ):
         for chunk in batched(paths, size):
-            decoded = list(pool.map(lambda p: decode_file(p, card.data_size, card.resize), chunk))
+            decoded = list(pool.map(lambda p: decode_file(p, card.data_size, card.resize, digest=False), chunk))
             good = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
             tops = {}
             if good:
@@ -100,6 +100,12 @@ def predict_files(
             for i, path in enumerate(chunk):
                 yield Row(path, tops[i]) if i in tops else Row(path, error=decoded[i][2])
             bar.update(len(chunk))
+
+
+def batched(items: list, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class RowWriter:

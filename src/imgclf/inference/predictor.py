@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
 from imgclf.data.datasets import ImageSet
-from imgclf.data.features import resize_normalise
+from imgclf.data.features import resize_normalise, tensor_digest
 from imgclf.data.loader import inference_batch_size
 from imgclf.device import autocast, resolve_precision, select_device
 from imgclf.errors import ImgclfError
@@ -30,7 +29,7 @@ from imgclf.evaluation.calibration import softmax
 from imgclf.inference.options import RUNTIMES
 from imgclf.models import create_model
 from imgclf.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, ModelCard, RunDir
-from imgclf.training.checkpoint import load_weights, read_weights
+from imgclf.training.checkpoint import load_weights, read_metadata, read_weights
 from imgclf.training.transfer import TransferModel, activation_cache, build_transfer_model, uses_cache
 
 CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
@@ -227,11 +226,8 @@ def load_network(cfg: TrainConfig, num_classes: int, weights: Path) -> nn.Module
 def weights_digest(path: Path) -> str:
     """SHA-1 of a weights file's tensors (names and values; its metadata, such as the card, may change)."""
     tensors = read_weights(path)[0]
-    digest = hashlib.sha1()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    names = sorted(tensors)
+    return hashlib.sha1((json.dumps(names) + tensor_digest([tensors[n] for n in names])).encode()).hexdigest()
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
@@ -312,7 +308,7 @@ def load_predictor(
     elif path.suffix == ".safetensors":
         if runtime == "onnxruntime":
             raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
-        weights, card = path, card_from_metadata(read_weights(path)[1], path)
+        weights, card = path, card_from_metadata(read_metadata(path), path)
     else:
         raise ImgclfError(f"{path} is not a run directory, .safetensors or .onnx file")
     candidates = []
@@ -351,15 +347,3 @@ def runtime_note(predictor: Predictor) -> str:
         return predictor.runtime
     others = ", ".join(f"{name} {rate:,.0f}" for name, rate in predictor.measured.items() if name != predictor.runtime)
     return f"{predictor.runtime}: {predictor.measured[predictor.runtime]:,.0f} img/s against {others}"
-
-
-def batched(items: Iterable, size: int) -> Iterable[list]:
-    """``items`` in lists of ``size`` (the last one shorter)."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -162,14 +162,9 @@ class Inference:
         if not images:
             return decoded
         self.metrics.batch.observe(sum(len(i) for i in images))
-        logits, start, out = self.predictor.logits(np.concatenate(images)), 0, []
-        for d in decoded:
-            if isinstance(d, ServeError):
-                out.append(d)
-            else:
-                out.append(logits[start : start + len(d)])
-                start += len(d)
-        return out
+        logits = self.predictor.logits(np.concatenate(images))
+        parts = iter(np.split(logits, np.cumsum([len(i) for i in images])[:-1]))  # each request's rows, in order
+        return [d if isinstance(d, ServeError) else next(parts) for d in decoded]
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -29,15 +29,24 @@ def save_weights(path: Path, model: nn.Module, metadata: dict | None = None) -> 
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a safetensors file, with a one-line error when it is missing or damaged."""
+def read_metadata(path: Path) -> dict:
+    """The metadata of a safetensors file (its header only; no tensor is read), with a one-line error when it is
+    missing or damaged."""
     if not path.is_file():
         raise ImgclfError(f"weights file not found: {path}")
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ImgclfError(f"cannot read weights file {path}: {exc}") from None
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a safetensors file, with a one-line error when it is missing or damaged."""
+    meta = read_metadata(path)
+    try:
         return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError) as exc:
         raise ImgclfError(f"cannot read weights file {path}: {exc}") from None

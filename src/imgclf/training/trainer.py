@@ -32,17 +32,15 @@ from imgclf.training.schedule import lr_multiplier
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: BatchLoader, device: torch.device, precision: str, flip_tta: bool = False
+    model: nn.Module, loader: BatchLoader, device: torch.device, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and labels of every batch of ``loader``; logits averaged with the mirrored images' when
-    ``flip_tta``."""
+    """Float32 logits and labels of every batch of ``loader`` (validation during training; a finished model predicts
+    through inference/predictor.py)."""
     model.eval()
     outputs, labels = [], []
     for images, batch_labels in loader:
         with autocast(device, precision):
             logits = model(images).float()
-            if flip_tta:
-                logits = (logits + model(images.flip(3)).float()) / 2
         outputs.append(logits)
         labels.append(batch_labels)
     return torch.cat(outputs), torch.cat(labels)
