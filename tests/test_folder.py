@@ -134,6 +134,7 @@ def test_preparation_is_cached_and_rebuilt_when_a_file_changes(tmp_path, monkeyp
     again = splits_of(folder, tmp_path / "p")  # no decoding: served from the cache
     assert not calls and again.fingerprint == first.fingerprint
     assert torch.equal(again.train.images[:], first.train.images[:])
+    assert again.val.images[np.array([], dtype=np.int64)].shape == (0, *again.val.images.shape[1:])  # no mistakes
     monkeypatch.undo()
     Image.new("RGB", (40, 40), (0, 0, 0)).save(folder / "cat" / "000.png")  # a file changes
     changed = splits_of(folder, tmp_path / "p")

@@ -15,7 +15,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,6 +37,21 @@ from imgclf.errors import ImgclfError
 from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAGES, RUNTIMES, Limits
 
 EXPLORE_MAX_PER_CLASS = 64
+RESUME_HINT = "resume a training run with `imgclf train --resume RUN_DIR` (also under another world size)"
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (torchrun stopping the ranks of a failed run, a scheduler ending a job)."""
+
+
+def raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated
+
+
+def ignore_sigterm() -> None:
+    """Ignore SIGTERM from now on (where this thread may set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -237,14 +254,15 @@ def command_train(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, **options).validate()
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, options)
-        distributed.setup(select_device(cfg.device))
+    distributed.setup(select_device(cfg.device))
+    if not args.resume:
         run_dir = distributed.broadcast(new_run_dir(cfg))  # under torchrun: rank 0's name (its clock) for all
-    summary = train_run(cfg, run_dir, resume=bool(args.resume))
+    with distributed.lost_rank_errors(f"resume with `imgclf train --resume {run_dir}` (any number of processes)"):
+        summary = train_run(cfg, run_dir, resume=bool(args.resume))
+    distributed.teardown()
     if not distributed.is_main():  # rank 0 reports and evaluates
-        distributed.teardown()
         return
     print(json.dumps(summary, indent=2))
-    distributed.teardown()
     if cfg.evaluate:
         print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta), run_dir)
 
@@ -343,7 +361,13 @@ def command_study(args: argparse.Namespace) -> None:
     if args.tta:
         overrides["tta"] = True
     preset = "quick" if args.quick else args.preset
-    record = run_study(preset, args.output, overrides)
+    from imgclf.training import distributed
+
+    with distributed.lost_rank_errors("run the same command again: the study continues where it stopped"):
+        record = run_study(preset, args.output, overrides)
+    distributed.teardown()
+    if not distributed.is_main():
+        return
     comparison = Path(args.output) / "comparison"
     print((comparison / "results.md").read_text(), end="")
     print(f"study finished in {record['wall_seconds'] / 60:.1f} min; report: {comparison / 'report.html'}")
@@ -369,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error already printed as one usage and one error line (2)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    if args.command in ("train", "study") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)  # a stopped run says how to resume it
     try:
         if getattr(args, "output", None) is not None:
             check_writable_folder(args.output, "--output")
@@ -377,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         commands.update(predict=command_predict, export=command_export, serve=command_serve)
         return commands[args.command](args) or 0
     except ImgclfError as exc:
+        ignore_sigterm()  # a SIGTERM now (torchrun stopping the other ranks) adds nothing
         print(f"imgclf: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"imgclf: stopped by SIGTERM ({RESUME_HINT})", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as exc:  # the last line of defence: a full disk, a read-only folder, a path that is a file…
         print(f"imgclf: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
@@ -388,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

@@ -34,6 +34,7 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     mixup: float = option(0.0, "mixup of training inputs (images or cached activations) and labels, Beta(α, α); 0: off")
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
+    sync_bn: bool = option(False, "torchrun: BatchNorm statistics over the global batch, not each rank's share")
     pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")
     weights: str | None = option(None, "timm models: local ImageNet weights file (.safetensors or .pth) to start from")
     img_size: int = option(0, "timm models: side the images are resized to (0: the backbone's native side)")

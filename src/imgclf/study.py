@@ -30,12 +30,14 @@ from imgclf.config import (
     type_name,
 )
 from imgclf.data.datasets import is_builtin
+from imgclf.device import select_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import evaluate_run
 from imgclf.io import write_json
 from imgclf.report.compare import compare
 from imgclf.report.reference import dataset_name
 from imgclf.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
+from imgclf.training import distributed
 from imgclf.training.run import train_run
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
@@ -128,28 +130,38 @@ def warn_if_data_changed(run: RunDir, cfg: TrainConfig) -> None:
         )
 
 
+def run_status(run: RunDir, cfg: TrainConfig) -> str:
+    """What the study does with ``run``: train it, resume it, or keep it (finished); an error when the folder holds
+    a run with other options."""
+    if not run.exists():
+        return "trained"
+    if not same_computation(run.read_config(), cfg):
+        raise ImgclfError(f"{run.path} holds a run with other options; delete it or choose another --output")
+    if run.file(SUMMARY).is_file() and run.file(BEST_WEIGHTS).is_file():
+        warn_if_data_changed(run, cfg)
+        return "kept"
+    return "resumed"
+
+
 def run_study(preset: str | Path, output: str | Path, overrides: dict | None = None) -> dict:
-    """Train (or resume), evaluate and compare every run of ``preset`` under ``output``; returns the study record."""
+    """Train (or resume), evaluate and compare every run of ``preset`` under ``output``; returns the study record.
+    Under torchrun every rank trains each run and rank 0 alone evaluates, compares and writes."""
     output = Path(output)
     configs = study_configs(preset, output, overrides or {})
     record = {"preset": str(preset_path(preset)), "output": str(output), "runs": {}}
+    main = distributed.is_main()
+    say = tqdm.write if main else lambda text: None
     start = time.perf_counter()
     for index, (name, cfg) in enumerate(configs.items(), 1):
         run = RunDir(output / name)
-        tqdm.write(f"== study run {index}/{len(configs)}: {name} ({cfg.model}) ==")
+        say(f"== study run {index}/{len(configs)}: {name} ({cfg.model}) ==")
         run_start = time.perf_counter()
-        status = "trained"
-        if run.exists():
-            if not same_computation(run.read_config(), cfg):
-                raise ImgclfError(f"{run.path} holds a run with other options; delete it or choose another --output")
-            if run.file(SUMMARY).is_file() and run.file(BEST_WEIGHTS).is_file():
-                status = "kept"
-                warn_if_data_changed(run, cfg)
-            else:
-                train_run(cfg, run.path, resume=True)
-                status = "resumed"
-        else:
-            train_run(cfg, run.path)
+        distributed.setup(select_device(cfg.device))
+        status = distributed.broadcast(run_status(run, cfg) if main else None)  # rank 0's view, after its writes
+        if status != "kept":
+            train_run(cfg, run.path, resume=status == "resumed")
+        if not main:
+            continue
         metrics = run.read_metrics() if status == "kept" and run.file(METRICS).is_file() else None
         if metrics is None or (cfg.tta and "tta" not in metrics):
             metrics = evaluate_run(run.path, cfg.data_dir, cfg.device, tta=cfg.tta)
@@ -162,6 +174,9 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
             "wall_seconds": time.perf_counter() - run_start,
         }
         tqdm.write(f"{name}: test accuracy {metrics['test_accuracy']:.4f} ({status})")
+    distributed.barrier()  # the other ranks wait for rank 0's last evaluation
+    if not main:
+        return record
     compare([output / name for name in configs], output / "comparison", list(configs))
     record["wall_seconds"] = time.perf_counter() - start
     write_json(output / "study.json", record)

@@ -42,7 +42,7 @@ class MappedImages:
             index = index.cpu().numpy()
         rows = np.atleast_1d(self.rows[index])
         out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
-        if not isinstance(self.array, np.memmap):  # an array in memory (tests, small sets)
+        if not isinstance(self.array, np.memmap) or not len(rows):  # an array in memory (tests, small sets)
             out[:] = self.array[rows]
             return torch.from_numpy(out)
         flat = out.reshape(len(rows), -1)

@@ -22,11 +22,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     run = RunDir(run_dir)
     distributed.setup(select_device(cfg.device))
     main = distributed.is_main()
-    if not main:  # under torchrun rank 0 prepares the data (folder preparation, downloads) first, the others read it
-        distributed.barrier()
-    splits = run_splits(cfg, run.read_data_split(cfg) if resume else None)
-    if main:
-        distributed.barrier()
+    with distributed.main_first():  # under torchrun rank 0 prepares the data (folder, download), the others read it
+        splits = run_splits(cfg, run.read_data_split(cfg) if resume else None)
     if resume:
         check_card(run.read_card(), splits, run)
     trainer = TransferTrainer(cfg, run.path, splits) if cfg.is_transfer else Trainer(cfg, run.path, splits)

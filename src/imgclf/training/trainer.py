@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
@@ -24,6 +23,7 @@ from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, RunDir
 from imgclf.training import distributed
 from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from imgclf.training.checkpoint import checkpoint_files, load_state, load_weights, save_checkpoint
+from imgclf.training.ema import WeightEMA
 from imgclf.training.history import History
 from imgclf.training.mixup import mix_batch, mixed_cross_entropy
 from imgclf.training.optim import build_optimizer
@@ -151,14 +151,14 @@ class Trainer:
                 model = model.to(memory_format=torch.channels_last)
             if cfg.progressive_size:
                 check_input_size(model, cfg.model, cfg.progressive_size, self.device)
+        if cfg.sync_bn and distributed.active() and not freeze_batchnorm:
+            model = distributed.sync_batchnorm(model, self.device)
         self.model = model
         self.forward_model = model  # what training calls: under torchrun, the model wrapped in DDP
         if distributed.active():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        self.ema = None
-        if cfg.ema_decay:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, lr_scales)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -209,19 +209,20 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update(self.model)
             self.step += 1
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             n += len(labels)
             bar.update(len(labels))
-            if self.step % 10 == 0:
+            if self.step % 10 == 0 and self.device.type == "cpu":  # reading a GPU value would stall its queue
                 bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", lr=f"{lr:.3g}", refresh=False)
         totals = distributed.all_reduce_sum(
             torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(n).double()])
         )
         loss_sum, correct, n = totals[0].item(), totals[1].item(), totals[2].item()
         loss_value = loss_sum / max(n, 1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", refresh=False)
         if not math.isfinite(loss_value):
             raise ImgclfError(f"training diverged at epoch {self.epoch + 1} (loss {loss_value}); lower --lr")
         return {"train_loss": loss_value, "train_acc": correct / max(n, 1), "lr": lr}
@@ -230,9 +231,10 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "step": self.step,
+            "steps_per_epoch": self.steps_per_epoch,  # differs when a run resumes with another world size
             "train_seconds": self.train_seconds,
             "optimizer": self.optimizer.state_dict(),
-            "ema_n_averaged": self.ema.n_averaged if self.ema is not None else None,
+            "ema_n_averaged": self.ema.updates if self.ema is not None else None,
             "early_stopping": self.early_stopping.state_dict(),
             "plateau": self.plateau.state_dict(),
             "best": self.best.state_dict(),
@@ -256,12 +258,15 @@ class Trainer:
                 if "ema" not in files:
                     raise ImgclfError(f"checkpoint in {files['state'].parent} has no EMA weights")
                 load_weights(files["ema"], self.ema.module)
-                self.ema.n_averaged.fill_(state["ema_n_averaged"])
+                self.ema.updates = int(state["ema_n_averaged"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.early_stopping.load_state_dict(state["early_stopping"])
             self.plateau.load_state_dict(state["plateau"])
             self.best.load_state_dict(state["best"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            if state.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
+                # resumed with another world size (or batch): the schedule goes on from the same fraction of training
+                self.step = self.epoch * self.steps_per_epoch
             self.train_seconds = float(state["train_seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

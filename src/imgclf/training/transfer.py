@@ -29,6 +29,7 @@ from imgclf.models import count_parameters
 from imgclf.models.backbones import FeatureTail, backbone_units, create_backbone, preprocessing, split_backbone
 from imgclf.models.layers import use_fast_depthwise
 from imgclf.runs import BEST_WEIGHTS, HISTORY, SUMMARY, RunDir
+from imgclf.training import distributed
 from imgclf.training.checkpoint import load_weights, save_weights
 from imgclf.training.history import History, read_history
 from imgclf.training.optim import layer_lr_scales
@@ -130,7 +131,7 @@ class TransferTrainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, splits: Splits) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = select_device(cfg.device)
+        self.device = distributed.setup(select_device(cfg.device))
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.train, self.val = splits.train, splits.val
@@ -213,7 +214,8 @@ class TransferTrainer:
         summaries = {}
         head = tm.network.get_classifier()
         start = time.perf_counter()
-        acts = self.cached_activations() if self.use_cache else None
+        with distributed.main_first():  # under torchrun rank 0 builds the cache, the other ranks then read it
+            acts = self.cached_activations() if self.use_cache else None
         cache_seconds = time.perf_counter() - start
         finished = self.finished_phase(1, nn.Sequential(tm.tail.dropout, head)) if resume and self.use_cache else None
         if finished is not None:  # a resumed run whose phase 1 is done: no pooled features needed
@@ -240,8 +242,6 @@ class TransferTrainer:
             trainable = [tm.network] if tm.tail is None else [tm.tail]
             summaries["phase2"] = self.phase(2, model, loaders, trainable, resume)
         tm.network.requires_grad_(True)
-        save_weights(self.run_dir / BEST_WEIGHTS, tm.network, {"model": cfg.model})
-        self.join_history([n for n in (1, 2) if f"phase{n}" in summaries])
         last = summaries.get("phase2") or summaries["phase1"]
         summary = {
             **last,
@@ -253,7 +253,10 @@ class TransferTrainer:
             "image_size": tm.image_size,
             "phases": summaries,
         }
-        RunDir(self.run_dir).write_summary(summary)
+        if distributed.is_main():  # rank 0 alone writes the run
+            save_weights(self.run_dir / BEST_WEIGHTS, tm.network, {"model": cfg.model})
+            self.join_history([n for n in (1, 2) if f"phase{n}" in summaries])
+            RunDir(self.run_dir).write_summary(summary)
         return summary
 
     def join_history(self, phases: list[int]) -> None:
