@@ -119,5 +119,9 @@ def test_ranks_share_out_each_epoch_like_one_batch_of_the_global_size():
         loader.set_shard(rank, 3)
     labels = [torch.cat([y for _, y in loader]).tolist() for loader in shards]
     assert all(len(part) == n // 3 for part in labels) and len({i for part in labels for i in part}) == 3 * (n // 3)
+    for rank, loader in enumerate(shards):  # validation: uneven shards that cover every sample once
+        loader.set_shard(rank, 3, even=False)
+    labels = [torch.cat([y for _, y in loader]).tolist() for loader in shards]
+    assert sorted(i for part in labels for i in part) == list(range(n)) and n % 3
     with pytest.raises(ValueError, match="outside a world"):
         shards[0].set_shard(3, 3)

@@ -42,20 +42,23 @@ class SeededBatches:
     epoch: int = 0
     rank: int = 0
     world_size: int = 1
+    even: bool = True  # every rank takes the same number of samples (training: the ranks step together)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling and augmentation randomness of ``epoch``."""
         self.epoch = epoch
 
-    def set_shard(self, rank: int, world_size: int) -> None:
-        """Take rank ``rank``'s shard of every epoch among ``world_size`` processes."""
+    def set_shard(self, rank: int, world_size: int, even: bool = True) -> None:
+        """Take rank ``rank``'s shard of every epoch among ``world_size`` processes; with ``even`` False the shards
+        cover every sample, some ranks holding one more (validation: the ranks' sums make the whole split's)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size}")
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.even = rank, world_size, even
 
     def samples(self) -> int:
         """The samples this rank takes per epoch."""
-        return len(self.labels) // self.world_size
+        n = len(self.labels)
+        return n // self.world_size if self.even else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         n = self.samples()

@@ -47,9 +47,18 @@ def predict(
 
 
 def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> dict:
-    """Mean cross-entropy loss and accuracy of ``model`` over ``loader``."""
+    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (under torchrun: each rank's shard of it,
+    the sums reduced across the ranks, so every rank gets the whole split's figures)."""
     logits, labels = predict(model, loader, device, precision)
-    return {"loss": F.cross_entropy(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+    sums = torch.stack(
+        [
+            F.cross_entropy(logits, labels, reduction="sum").double(),
+            (logits.argmax(1) == labels).sum().double(),
+            logits.new_tensor(len(labels), dtype=torch.float64),
+        ]
+    )
+    loss, correct, n = distributed.all_reduce_sum(sums).tolist()
+    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1)}
 
 
 def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float, full: int) -> int:
@@ -142,6 +151,8 @@ class Trainer:
         self.train_loader, self.val_loader = loaders
         if distributed.world_size() > 1:
             self.train_loader.set_shard(distributed.rank(), distributed.world_size())
+            if self.val_loader is not None:  # each rank validates its share of the split
+                self.val_loader.set_shard(distributed.rank(), distributed.world_size(), even=False)
         self.num_train = len(self.train_loader.labels)
         self.num_val = len(self.val_loader.labels) if self.val_loader is not None else 0
 
@@ -304,12 +315,9 @@ class Trainer:
                 metrics = self.train_epoch(bar)
                 self.epoch += 1
                 metrics = {"epoch": self.epoch, **metrics}
-                if self.val_loader is not None:  # every rank measures it; their mean decides, the same everywhere
+                if self.val_loader is not None:  # reduced across the ranks: every decision the same everywhere
                     val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
-                    both = torch.tensor([val["loss"], val["acc"]], dtype=torch.float64, device=self.device)
-                    both = distributed.all_reduce_sum(both)
-                    both /= distributed.world_size()
-                    metrics.update(val_loss=both[0].item(), val_acc=both[1].item())
+                    metrics.update(val_loss=val["loss"], val_acc=val["acc"])
                 seconds = time.perf_counter() - start
                 self.train_seconds += seconds
                 metrics["epoch_seconds"] = seconds
