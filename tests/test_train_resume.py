@@ -85,3 +85,37 @@ def test_progressive_resizing_works_for_every_network(tmp_path, tiny_options):
     for model in ("simple_cnn", "vgg10", "resnet20"):  # Flatten heads pool to their 32-px map size
         assert main(["train", "--name", model, "--model", model, *common]) == 0
         assert len(read_history(tmp_path / model / "history.jsonl")) == 2
+
+
+def test_compiled_training_is_used_and_a_failed_compile_falls_back_to_eager(tmp_path, tiny_options, monkeypatch):
+    """On a GPU the network being trained runs through torch.compile (here forced on the CPU, with stand-ins): the
+    compiled module trains, validation runs the plain one; a compile that fails trains on in eager mode, once warned."""
+    import imgclf.training.trainer as trainer
+
+    calls = {"compiled": 0, "failed": 0}
+
+    def working(module, mode):
+        def forward(images):
+            calls["compiled"] += 1
+            return module(images)
+
+        return forward
+
+    def failing(module, mode):
+        def forward(images):
+            calls["failed"] += 1
+            raise RuntimeError("no C++ compiler")
+
+        return forward
+
+    monkeypatch.setattr(trainer, "compiles_training", lambda cfg, device: cfg.compile)
+    options = [*tiny_options, "--model", "simple_cnn", "--epochs", "1"]
+    monkeypatch.setattr(torch, "compile", working)
+    assert main(["train", "--name", "compiled", *options]) == 0
+    assert calls["compiled"] == 3  # 384 images in batches of 128: every training step, no validation batch
+    monkeypatch.setattr(torch, "compile", failing)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        assert main(["train", "--name", "fallback", *options]) == 0
+    assert calls["failed"] == 1 and read_history(tmp_path / "fallback" / "history.jsonl")[0]["epoch"] == 1
+    assert main(["train", "--name", "eager", *options, "--no-compile"]) == 0  # --no-compile: not compiled at all
+    assert calls["compiled"] == 3 and calls["failed"] == 1

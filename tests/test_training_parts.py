@@ -118,3 +118,71 @@ def test_mixup_mixes_inputs_and_labels():
     torch.testing.assert_close(mixed_cross_entropy(logits, y, partners, 1.0), F.cross_entropy(logits, y))
     expected = 0.3 * F.cross_entropy(logits, y) + 0.7 * F.cross_entropy(logits, partners)
     torch.testing.assert_close(mixed_cross_entropy(logits, y, partners, 0.3), expected)
+
+
+def test_cutmix_pastes_a_box_of_the_partner_and_weighs_labels_by_area():
+    from imgclf.training.mixup import mix_batch
+
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16)
+    kinds = set()
+    for _ in range(20):
+        mixed, partners, lam = mix_batch(x, y, 0.0, 1.0)
+        moved = partners != y  # an image drawn as its own partner stays as it is
+        pasted = (mixed != x).any(1)[moved]  # (B', H, W): where the partner's pixels are
+        assert torch.equal(pasted, pasted[:1].expand_as(pasted))  # one box, the same for the whole batch
+        assert lam == pytest.approx(1 - pasted[0].float().mean().item(), abs=1e-6)
+        torch.testing.assert_close(mixed[:, :, pasted[0]], x[partners][:, :, pasted[0]])
+        mixed, partners, _ = mix_batch(x, y, 0.4, 1.0)  # either per batch: a blend changes every pixel
+        unchanged = (mixed == x).all(1)[partners != y]
+        kinds.add("cutmix" if unchanged.any() else "mixup")
+    assert kinds == {"cutmix", "mixup"}
+    features = torch.randn(16, 7)  # pooled features cannot take a box: mixup alone, or nothing
+    assert mix_batch(features, y, 0.0, 1.0)[2] == 1.0 and mix_batch(features, y, 0.4, 1.0)[2] < 1
+
+
+def test_trivial_augment_operations_match_torchvision():
+    """Each operation at a given strength equals torchvision's functional op with TrivialAugmentWide's magnitude."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from imgclf.data.augment import trivial_op
+
+    images = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = images.float() / 255
+    strength = torch.tensor([0.0, 0.3, 0.6, 1.0])
+    signed = strength * torch.tensor([1.0, -1.0, 1.0, -1.0])
+    cases = {
+        "brightness": TF.adjust_brightness,
+        "color": TF.adjust_saturation,
+        "contrast": TF.adjust_contrast,
+        "sharpness": TF.adjust_sharpness,
+    }
+    for name, reference in cases.items():
+        ours = trivial_op(name, x, strength, signed)
+        for i in range(4):
+            expected = reference(x[i : i + 1], 1 + signed[i].item() * 0.99)
+            torch.testing.assert_close(ours[i : i + 1], expected, atol=2e-6, rtol=0)
+    ours = trivial_op("posterize", x, strength, signed)
+    for i, bits in enumerate([8, 6, 4, 2]):  # 8 - round(6 · strength) bits
+        torch.testing.assert_close((ours[i] * 255).round().to(torch.uint8), TF.posterize(images[i], bits))
+    ours = trivial_op("solarize", x, strength, signed)
+    for i in range(4):
+        torch.testing.assert_close(ours[i], TF.solarize(x[i], 1 - strength[i].item()))
+    for name, reference in (("autocontrast", TF.autocontrast), ("equalize", TF.equalize)):
+        torch.testing.assert_close(trivial_op(name, x, strength, signed), reference(images).float() / 255)
+    for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"):  # strength 0: unchanged
+        torch.testing.assert_close(trivial_op(name, x[:1], strength[:1], signed[:1]), x[:1], atol=1e-6, rtol=0)
+        assert not torch.allclose(trivial_op(name, x[3:], strength[3:], signed[3:]), x[3:])
+
+
+def test_trivial_policy_gives_each_image_its_own_operation():
+    from imgclf.data.augment import augment_batch
+
+    images = torch.randint(0, 256, (64, 3, 24, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    first = augment_batch(images, "trivial", torch.Generator().manual_seed(5))
+    again = augment_batch(images, "trivial", torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and first.dtype == torch.float32 and first.shape == (64, 3, 24, 24)
+    assert first.min() >= 0 and first.max() <= 1
+    cropped = augment_batch(images, "fast", torch.Generator().manual_seed(5))  # the same crops and flips first
+    changed = (first != cropped).flatten(1).any(1)
+    assert 0.5 < changed.float().mean() < 1  # most images got an operation, a few identity (1 in 14)

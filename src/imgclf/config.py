@@ -12,6 +12,8 @@ import yaml
 from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
 
+AUGMENTATIONS = ("fast", "reference", "trivial", "none")  # data/augment.py implements them
+
 
 def option(default, help: str, choices: tuple | None = None):
     """A config field with its help text (and allowed values) for the command line."""
@@ -33,6 +35,7 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     mixup: float = option(0.0, "mixup of training inputs (images or cached activations) and labels, Beta(α, α); 0: off")
+    cutmix: float = option(0.0, "CutMix of training images and labels, Beta(α, α); with --mixup, either per batch")
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
     sync_bn: bool = option(False, "torchrun: BatchNorm statistics over the global batch, not each rank's share")
     pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")
@@ -46,11 +49,18 @@ class TrainConfig:
     layer_decay: float = option(1.0, "timm models: discriminative learning rates, each earlier layer's rate × this")
     cache: bool = option(True, "timm models: train on frozen-backbone activations computed once and cached on disk")
     cache_dir: str | None = option(None, "folder of the activation cache (default: ~/.cache/imgclf/activations)")
-    compile: bool = option(True, "compile the frozen backbone with torch.compile while caching (CPU)")
+    compile: bool = option(
+        True, "torch.compile: the frozen backbone while caching (CPU), the network being trained (GPU)"
+    )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode on a GPU: default (fused kernels), reduce-overhead (also CUDA graphs), max-autotune",
+        ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
     augment: str = option(
         "fast",
-        "augmentation: crop+flip (fast), the reference's Keras recipe, or none",
-        ("fast", "reference", "none"),
+        "augmentation: crop+flip (fast), the reference's Keras recipe, fast + TrivialAugment per image, or none",
+        AUGMENTATIONS,
     )
     cutout: int = option(0, "side of the square cut out of each training image (0: off)")
     feature_shift: int = option(
@@ -145,6 +155,7 @@ class TrainConfig:
             "weight_decay",
             "warmup_epochs",
             "mixup",
+            "cutmix",
             "cutout",
             "feature_shift",
             "progressive_size",
@@ -370,7 +381,7 @@ def type_name(value) -> str:
 # options that do not change what a run computes: a finished run stays valid when they differ, --resume may set them
 RUNTIME_OPTIONS = frozenset(
     {"progress", "tensorboard", "data_dir", "prepare_dir", "workers", "device", "evaluate", "tta", "output"}
-    | {"cache_dir", "compile"}
+    | {"cache_dir", "compile", "compile_mode"}
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -3,6 +3,9 @@
 ``fast``: random crop from a 4-pixel reflect-padded image, horizontal flip, optional cutout — on uint8.
 ``reference``: the reference study's Keras recipe — rotation ±15°, zoom ±10%, shifts ±10%, horizontal flip —
 as one random affine warp per image (``affine_grid``/``grid_sample``, edge pixels repeated like Keras' "nearest").
+``trivial``: ``fast``, then TrivialAugment (Müller & Hutter 2021, torchvision's "wide" ranges) — one operation of
+14 at a random strength for each image, every image its own (torchvision's transform draws one for a whole batch):
+the stronger policy for fine-tuning whole networks.
 Every function maps uint8 (B, C, H, W) to float32 in [0, 1] and draws its randomness from ``generator``.
 """
 
@@ -10,8 +13,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
-AUGMENTATIONS = ("fast", "reference", "none")
+from imgclf.config import AUGMENTATIONS
+
+TRIVIAL_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color")
+TRIVIAL_OPS += ("contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+STRENGTHS = 31  # magnitude bins, as torchvision's TrivialAugmentWide
 
 
 def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -63,11 +71,83 @@ def random_affine(images: torch.Tensor, generator: torch.Generator, rotation=15.
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def grey(images: torch.Tensor) -> torch.Tensor:
+    """Luma of float (B, 3, H, W) images, (B, 1, H, W)."""
+    return (images * images.new_tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``other + factor·(images − other)`` per image, clamped to [0, 1] (PIL's ImageEnhance)."""
+    return (other + factor.view(-1, 1, 1, 1) * (images - other)).clamp_(0, 1)
+
+
+def smoothed(images: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter inside, the border pixels kept: what sharpness blends away from."""
+    kernel = images.new_tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]]).div_(13).expand(images.shape[1], 1, 3, 3)
+    out = images.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(images, kernel, groups=images.shape[1])
+    return out
+
+
+def trivial_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One TrivialAugment operation per float image in [0, 1], each at its own random strength and sign."""
+    b, device = len(images), images.device
+
+    def draw(*shape: int, high: int) -> torch.Tensor:
+        return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
+
+    ops, strength = draw(b, high=len(TRIVIAL_OPS)), draw(b, high=STRENGTHS).float() / (STRENGTHS - 1)
+    signed = strength * (draw(b, high=2).float() * 2 - 1)
+    out = images.clone()
+    for index, name in enumerate(TRIVIAL_OPS[1:], 1):
+        chosen = (ops == index).nonzero().squeeze(1)
+        if len(chosen):
+            out[chosen] = trivial_op(name, images[chosen], strength[chosen], signed[chosen])
+    return out
+
+
+def trivial_op(name: str, x: torch.Tensor, strength: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
+    """TrivialAugment's operation ``name`` on float images ``x`` at per-image ``strength`` in [0, 1]."""
+    if name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"):
+        theta = torch.eye(2, 3, device=x.device).repeat(len(x), 1, 1)
+        if name == "rotate":  # up to 135°
+            angle = signed * (135 * math.pi / 180)
+            theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+            theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+        elif name.startswith("shear"):  # up to 0.99
+            row, column = (0, 1) if name == "shear_x" else (1, 0)
+            theta[:, row, column] = signed * 0.99
+        else:  # up to 32 px of a 224-px image: a seventh of the side
+            theta[:, 0 if name == "translate_x" else 1, 2] = signed * 2 * 32 / 224
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if name == "brightness":
+        return blend(x, torch.zeros_like(x), 1 + signed * 0.99)
+    if name == "color":
+        return blend(x, grey(x).expand_as(x), 1 + signed * 0.99)
+    if name == "contrast":
+        return blend(x, grey(x).mean((1, 2, 3), keepdim=True).expand_as(x), 1 + signed * 0.99)
+    if name == "sharpness":
+        return blend(x, smoothed(x), 1 + signed * 0.99)
+    if name == "posterize":  # keep 8 down to 2 bits
+        drop = 2.0 ** (6 * strength).round().view(-1, 1, 1, 1)
+        return torch.floor(x * 255 / drop) * drop / 255
+    if name == "solarize":  # invert the pixels above a threshold from 1 down to 0
+        threshold = (1 - strength).view(-1, 1, 1, 1)
+        return torch.where(x >= threshold, 1 - x, x)
+    as_bytes = (x * 255).round_().to(torch.uint8)
+    adjusted = TF.autocontrast(as_bytes) if name == "autocontrast" else TF.equalize(as_bytes)
+    return adjusted.float() / 255
+
+
 def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator, cutout_size: int = 0) -> torch.Tensor:
     """Apply augmentation ``kind`` to a uint8 batch and return float32 images in [0, 1]."""
     if kind == "fast":
         out = random_flip(random_crop(images, 4, generator), generator)
         out = out.float().div_(255)
+    elif kind == "trivial":
+        out = random_flip(random_crop(images, 4, generator), generator)
+        out = trivial_augment(out.float().div_(255), generator)
     elif kind == "reference":
         out = random_affine(images.float().div_(255), generator)
         out = random_flip(out, generator)

@@ -6,6 +6,7 @@ atomically after each epoch, so ``--resume`` continues an interrupted run with t
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -68,6 +69,12 @@ def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float,
     if not start or start >= full or epoch >= ramp:
         return 0
     return int(start + (full - start) * epoch / ramp) // 4 * 4
+
+
+def compiles_training(cfg: TrainConfig, device: torch.device) -> bool:
+    """True when the network being trained runs through torch.compile: ``--compile`` on a GPU (training shapes are
+    few — a fixed batch, ``drop_last``, progressive sides in steps of 4 — so it compiles once per side)."""
+    return cfg.compile and device.type == "cuda"
 
 
 def check_input_size(model: nn.Module, name: str, size: int, device: torch.device) -> None:
@@ -169,6 +176,9 @@ class Trainer:
         if distributed.active():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.eager_forward = self.forward_model
+        if compiles_training(cfg, self.device):  # fused kernels: a GPU is launch-bound on these small networks
+            self.forward_model = torch.compile(self.forward_model, mode=cfg.compile_mode)
         self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, lr_scales)
         self.steps_per_epoch = len(self.train_loader)
@@ -185,6 +195,18 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         """The model that validation measures and checkpoints keep: the EMA when enabled."""
         return self.ema.module if self.ema is not None else self.model
+
+    def train_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The training model's logits; if torch.compile fails (no compiler here), eager mode from then on."""
+        try:
+            return self.forward_model(images)
+        except Exception as exc:
+            if self.forward_model is self.eager_forward:
+                raise
+            if self.main:
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}); training in eager mode", stacklevel=2)
+            self.forward_model = self.eager_forward
+            return self.forward_model(images)
 
     def set_lr(self) -> float:
         """Set the optimizer's learning rate for the current step and return it."""
@@ -208,11 +230,12 @@ class Trainer:
         n = 0
         for images, labels in self.train_loader:
             lr = self.set_lr()
-            if self.cfg.mixup:
-                images, partners, lam = mix_batch(images, labels, self.cfg.mixup)
+            mixing = self.cfg.mixup or self.cfg.cutmix
+            if mixing:
+                images, partners, lam = mix_batch(images, labels, self.cfg.mixup, self.cfg.cutmix)
             with autocast(self.device, self.precision):
-                logits = self.forward_model(images)
-            if self.cfg.mixup:
+                logits = self.train_forward(images)
+            if mixing:
                 loss = mixed_cross_entropy(logits.float(), labels, partners, lam, self.cfg.label_smoothing)
             else:
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
