@@ -89,20 +89,33 @@ def smoothed(images: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def trivial_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One TrivialAugment operation per float image in [0, 1], each at its own random strength and sign."""
-    b, device = len(images), images.device
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``, copied from pinned memory without waiting for the GPU's queue."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
-    def draw(*shape: int, high: int) -> torch.Tensor:
-        return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
 
-    ops, strength = draw(b, high=len(TRIVIAL_OPS)), draw(b, high=STRENGTHS).float() / (STRENGTHS - 1)
-    signed = strength * (draw(b, high=2).float() * 2 - 1)
-    out = images.clone()
-    for index, name in enumerate(TRIVIAL_OPS[1:], 1):
-        chosen = (ops == index).nonzero().squeeze(1)
-        if len(chosen):
-            out[chosen] = trivial_op(name, images[chosen], strength[chosen], signed[chosen])
+def trivial_augment(images: torch.Tensor, host_generator: torch.Generator) -> torch.Tensor:
+    """One TrivialAugment operation per float image in [0, 1], each at its own random strength and sign.
+
+    The draws come from a CPU generator: the images are sorted by operation on the host, so each operation takes a
+    slice whose bounds are known there, and a GPU is never asked how many images an operation got (a sync)."""
+    b = len(images)
+    ops = torch.randint(0, len(TRIVIAL_OPS), (b,), generator=host_generator)
+    strength = torch.randint(0, STRENGTHS, (b,), generator=host_generator).float() / (STRENGTHS - 1)
+    sign = torch.randint(0, 2, (b,), generator=host_generator).float() * 2 - 1
+    order = torch.argsort(ops, stable=True)
+    counts = torch.bincount(ops, minlength=len(TRIVIAL_OPS)).tolist()
+    params = to_device(torch.stack([strength, strength * sign])[:, order], images.device)
+    order = to_device(order, images.device)
+    grouped = images[order]
+    start = counts[0]  # the identity's images stay as they are
+    for name, count in zip(TRIVIAL_OPS[1:], counts[1:], strict=True):
+        if count:
+            part = slice(start, start + count)
+            grouped[part] = trivial_op(name, grouped[part], params[0, part], params[1, part])
+        start += count
+    out = torch.empty_like(images)
+    out[order] = grouped
     return out
 
 
@@ -140,14 +153,21 @@ def trivial_op(name: str, x: torch.Tensor, strength: torch.Tensor, signed: torch
     return adjusted.float() / 255
 
 
-def augment_batch(images: torch.Tensor, kind: str, generator: torch.Generator, cutout_size: int = 0) -> torch.Tensor:
-    """Apply augmentation ``kind`` to a uint8 batch and return float32 images in [0, 1]."""
+def augment_batch(
+    images: torch.Tensor,
+    kind: str,
+    generator: torch.Generator,
+    cutout_size: int = 0,
+    host_generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Apply augmentation ``kind`` to a uint8 batch and return float32 images in [0, 1] (draws from ``generator``, on
+    the images' device, and for ``trivial`` from the CPU's ``host_generator``, by default ``generator``)."""
     if kind == "fast":
         out = random_flip(random_crop(images, 4, generator), generator)
         out = out.float().div_(255)
     elif kind == "trivial":
         out = random_flip(random_crop(images, 4, generator), generator)
-        out = trivial_augment(out.float().div_(255), generator)
+        out = trivial_augment(out.float().div_(255), host_generator or generator)
     elif kind == "reference":
         out = random_affine(images.float().div_(255), generator)
         out = random_flip(out, generator)

