@@ -122,14 +122,16 @@ def main() -> None:
     elif options.part == "syncs":
         rows.append(count_syncs(options, output))
     else:
-        study = ["study", "--quick" if options.smoke else "--preset=reference_gpu", "--output", str(output / "study")]
-        study += ["--no-progress"] + (["--set", "device=cpu"] if options.smoke else [])
+        study = ["study", "--preset=reference_gpu", "--output", str(output / "study")]
+        tiny = ["device=cpu", "train_subset=256", "test_subset=200", "epochs=1", "head_epochs=1"]
+        study += ["--no-progress", *(f"--set={value}" for value in (tiny if options.smoke else []))]
         rows.append(run("study_reference_gpu", study, here, options, output))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not options.smoke else "cpu (smoke test)"
     for row in rows:
         row.update(benchmark="gpu_efficiency", model=row["label"], device=device, torch=torch.__version__, seed=0)
         row["date"] = datetime.datetime.now().isoformat(timespec="seconds")
-    folder = Path(os.environ.get("OUT") or REPO / "benchmarks" / "results")
+    folder = output if options.smoke else Path(os.environ.get("OUT") or REPO / "benchmarks" / "results")
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"gpu_efficiency_{options.part}.json"
     path.write_text(json.dumps({"benchmark": "gpu_efficiency", "part": options.part, "rows": rows}, indent=2) + "\n")
     print(json.dumps(rows, indent=2))
