@@ -39,21 +39,25 @@ def history(run: Path) -> list[dict]:
 
 
 def files_of(run: Path) -> set[str]:
-    return {p.relative_to(run).as_posix() for p in run.rglob("*")}
+    """The run's files; TensorBoard's event files (named by host, time and process) as one name."""
+    return {
+        "tensorboard/events" if p.name.startswith("events.") else p.relative_to(run).as_posix() for p in run.rglob("*")
+    }
 
 
 def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, data_dir):
     """Rank r's shard of each epoch, batch 32 on each of 2 ranks, DDP's averaged gradients: the loss curve of one
     process with batch 64 to within 5% (BatchNorm sees 32 images per rank instead of 64: not bit-equal)."""
-    result = torchrun(tiny_run(tmp_path, data_dir, "two", 32))
+    result = torchrun([*tiny_run(tmp_path, data_dir, "two", 32), "--tensorboard"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert main(tiny_run(tmp_path, data_dir, "one", 64)) == 0
+    assert main([*tiny_run(tmp_path, data_dir, "one", 64), "--tensorboard"]) == 0
     two, one = history(tmp_path / "two"), history(tmp_path / "one")
     assert [r["epoch"] for r in two] == [1, 2]  # each epoch logged once: rank 0 alone writes
     for a, b in zip(two, one, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
         assert a["lr"] == b["lr"]
-    assert files_of(tmp_path / "two") == files_of(tmp_path / "one")
+    assert files_of(tmp_path / "two") == files_of(tmp_path / "one")  # event files named alike: one per run
+    assert len(list((tmp_path / "two" / "tensorboard").glob("events.*"))) == 1
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["num_train"] == 512 and summary["epochs_run"] == 2
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["test_images"] == 10_000
