@@ -93,6 +93,7 @@ class TrainConfig:
     )
     channels_last: bool = option(True, "use channels-last memory format")
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
+    threads: int = option(0, "CPU threads (0: the cores other processes leave free, re-measured as training runs)")
     monitor: str = option("val_acc", "validation metric watched by the callbacks", ("val_acc", "val_loss"))
     early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)")
     reduce_lr_patience: int = option(0, "reduce the learning rate after this many epochs without improvement (0: off)")
@@ -164,6 +165,7 @@ class TrainConfig:
             "early_stopping",
             "reduce_lr_patience",
             "workers",
+            "threads",
         ):
             if getattr(self, name) < 0:
                 raise ImgclfError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
@@ -381,7 +383,7 @@ def type_name(value) -> str:
 # options that do not change what a run computes: a finished run stays valid when they differ, --resume may set them
 RUNTIME_OPTIONS = frozenset(
     {"progress", "tensorboard", "data_dir", "prepare_dir", "workers", "device", "evaluate", "tta", "output"}
-    | {"cache_dir", "compile", "compile_mode"}
+    | {"cache_dir", "compile", "compile_mode", "threads"}
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

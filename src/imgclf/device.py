@@ -1,7 +1,9 @@
 """Device and numeric-precision selection: bf16 autocast where the hardware runs it natively."""
 
 import contextlib
+import os
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -71,3 +73,56 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def busy_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process of this machine has run, CPU seconds this process has run), from /proc/stat and
+    the process's own times; None where /proc/stat does not exist."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    own = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def omp_threads() -> int:
+    """The thread count OMP_NUM_THREADS sets (torchrun sets 1 per rank), 0 when it is not set."""
+    try:
+        return int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0] or 0)
+    except ValueError:
+        return 0
+
+
+class CpuShare:
+    """Keeps torch's CPU threads at the cores that other processes leave free, re-measured every ``interval`` seconds.
+
+    Two processes that each run a thread per core on the same cores wait on each other at every parallel region:
+    beside one identical run, ResNet-20's training fell from 1,451 to 104 img/s (14×), where one thread each gives
+    818 (1.8×; benchmarks/results/contention.json). So while other processes keep cores busy, imgclf takes only the
+    rest (at least one thread), and takes every core back when they stop. ``threads`` (or OMP_NUM_THREADS) fixes
+    the count instead.
+    """
+
+    def __init__(self, threads: int = 0, interval: float = 2.0) -> None:
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.fixed = threads or omp_threads() or (0 if busy_seconds() is not None else torch.get_num_threads())
+        self.interval = interval
+        if self.fixed:
+            torch.set_num_threads(self.fixed)
+        self.last = (time.monotonic(), busy_seconds())
+
+    def update(self) -> None:
+        """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""
+        if self.fixed or time.monotonic() - self.last[0] < self.interval:
+            return
+        now, busy = time.monotonic(), busy_seconds()
+        (then, before), self.last = self.last, (now, busy)
+        if busy is None or before is None:
+            return
+        others = max(0.0, (busy[0] - before[0]) - (busy[1] - before[1])) / (now - then)  # cores in use by others
+        threads = max(1, min(self.cores, round(self.cores - others)))
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from imgclf.config import TrainConfig
 from imgclf.data.datasets import ImageSet, Splits
 from imgclf.data.loader import BatchLoader, epoch_seed, inference_batch_size
-from imgclf.device import autocast, describe_device, resolve_precision, select_device
+from imgclf.device import CpuShare, autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters, create_model
 from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, RunDir
@@ -149,6 +149,7 @@ class Trainer:
         self.device = distributed.setup(select_device(cfg.device))
         self.main = distributed.is_main()  # the rank that writes and prints
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.cpu_share = CpuShare(cfg.threads) if self.device.type == "cpu" else None
         self.freeze_batchnorm = freeze_batchnorm
         torch.manual_seed(cfg.seed)
         self.input_size = 0  # side of the network's input (for progressive resizing); 0: as the loaders give it
@@ -229,6 +230,8 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
         for images, labels in self.train_loader:
+            if self.cpu_share is not None:
+                self.cpu_share.update()  # fewer threads while other processes keep cores busy
             lr = self.set_lr()
             mixing = self.cfg.mixup or self.cfg.cutmix
             if mixing:
