@@ -186,3 +186,36 @@ def test_trivial_policy_gives_each_image_its_own_operation():
     cropped = augment_batch(images, "fast", torch.Generator().manual_seed(5))  # the same crops and flips first
     changed = (first != cropped).flatten(1).any(1)
     assert 0.5 < changed.float().mean() < 1  # most images got an operation, a few identity (1 in 14)
+
+
+def test_cpu_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
+    """CpuShare re-measures the machine's busy CPU seconds minus its own: others busy on 3 of 4 cores → 1 thread, on
+    1.4 → 2 (a core counts when 3/4 of it is free), on 1.2 → 3, none → 4; a fixed count (--threads,
+    OMP_NUM_THREADS) is kept whatever the load."""
+    import imgclf.device as device
+
+    before = torch.get_num_threads()
+    clock = {"now": 0.0, "busy": 0.0, "own": 0.0}
+    monkeypatch.setattr(device.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(device, "busy_seconds", lambda: (clock["busy"], clock["own"]))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        share = device.CpuShare(interval=2.0, first=2.0)
+        share.cores = 4
+        for others, own, expected in [(3.0, 1.0, 1), (1.4, 2.6, 2), (1.2, 2.8, 3), (0.0, 4.0, 4), (3.9, 0.1, 1)]:
+            clock["now"] += 1.0
+            share.update()  # within the interval: nothing measured
+            clock["now"] += 1.0
+            clock["busy"] += 2 * (others + own)  # 2 seconds of the machine's busy cores
+            clock["own"] += 2 * own
+            share.update()
+            assert torch.get_num_threads() == expected, (others, own)
+        fixed = device.CpuShare(threads=2)
+        clock["now"] += 5
+        clock["busy"] += 20
+        fixed.update()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's one thread per rank
+        assert device.CpuShare().fixed == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -1,6 +1,7 @@
 """Device and numeric-precision selection: bf16 autocast where the hardware runs it natively."""
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -106,13 +107,13 @@ class CpuShare:
     the count instead.
     """
 
-    def __init__(self, threads: int = 0, interval: float = 2.0) -> None:
+    def __init__(self, threads: int = 0, interval: float = 2.0, first: float = 0.5) -> None:
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.fixed = threads or omp_threads() or (0 if busy_seconds() is not None else torch.get_num_threads())
         self.interval = interval
         if self.fixed:
             torch.set_num_threads(self.fixed)
-        self.last = (time.monotonic(), busy_seconds())
+        self.last = (time.monotonic() - interval + first, busy_seconds())  # the first look comes soon
 
     def update(self) -> None:
         """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""
@@ -123,6 +124,8 @@ class CpuShare:
         if busy is None or before is None:
             return
         others = max(0.0, (busy[0] - before[0]) - (busy[1] - before[1])) / (now - then)  # cores in use by others
-        threads = max(1, min(self.cores, round(self.cores - others)))
+        # a core counts as free when others leave at least 3/4 of it: one thread too many costs far more than one
+        # too few (the first waits on descheduled threads at every parallel region)
+        threads = max(1, min(self.cores, math.floor(self.cores - others + 0.25)))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
