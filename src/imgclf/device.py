@@ -107,7 +107,7 @@ class CpuShare:
     the count instead.
     """
 
-    def __init__(self, threads: int = 0, interval: float = 2.0, first: float = 0.5) -> None:
+    def __init__(self, threads: int = 0, interval: float = 1.0, first: float = 0.5) -> None:
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.fixed = threads or omp_threads() or (0 if busy_seconds() is not None else torch.get_num_threads())
         self.interval = interval
