@@ -101,10 +101,10 @@ class CpuShare:
     """Keeps torch's CPU threads at the cores that other processes leave free, re-measured every ``interval`` seconds.
 
     Two processes that each run a thread per core on the same cores wait on each other at every parallel region:
-    beside one identical run, ResNet-20's training fell from 1,451 to 104 img/s (14×), where one thread each gives
-    818 (1.8×; benchmarks/results/contention.json). So while other processes keep cores busy, imgclf takes only the
-    rest (at least one thread), and takes every core back when they stop. ``threads`` (or OMP_NUM_THREADS) fixes
-    the count instead.
+    beside one identical run, ResNet-20's training fell from 1,505 to 359 img/s (4.2×, and 80 img/s in one of three
+    rounds); with this policy on both, 768 img/s (1.9×; benchmarks/results/contention.json). So while other
+    processes keep cores busy, imgclf takes only the rest (at least one thread), and takes every core back when they
+    stop. ``threads`` (or OMP_NUM_THREADS) fixes the count instead.
     """
 
     def __init__(self, threads: int = 0, interval: float = 1.0, first: float = 0.5) -> None:
