@@ -1,0 +1,178 @@
+"""The reference study's own framework beside imgclf: ResNet-20 on the same 10,000 CIFAR-10 images, training img/s.
+
+    uv sync --group keras                        # TensorFlow (CPU), an optional dependency group
+    uv run --group keras python benchmarks/peer_keras.py            # 3 rounds, alternated
+    uv sync                                      # back to the default install
+
+Keras side: the reference notebook's pipeline — a Keras ResNet-20 (v1: 3 stages of 3 basic blocks, 16/32/64
+filters, BatchNorm, L2 1e-4), its augmentation as Keras preprocessing layers (rotation ±15°, zoom ±10%, shifts
+±10%, horizontal flip) mapped over a tf.data pipeline (parallel calls, prefetch), batch 128, Adam. imgclf side:
+``imgclf train --model resnet20 --augment reference`` (the same augmentation as one affine warp per image on
+batches), batch 128, bf16 autocast where the CPU has it. Each framework runs in its own process (they would fight
+over the threads), 2 epochs of which the second is timed (the first traces and warms up), rounds alternated;
+medians of the rounds. Writes benchmarks/results/peer_keras.json (rows with benchmark "peer_keras").
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def keras_worker(arrays: Path, epochs: int) -> dict:
+    """Train the Keras pipeline in this process (TensorFlow without torch: their LLVMs clash in one process) on the
+    images saved in ``arrays``; the seconds of each epoch."""
+    import numpy as np
+    import tensorflow as tf
+
+    with np.load(arrays, allow_pickle=False) as saved:
+        x, y = saved["images"], saved["labels"]
+    images = len(x)
+    l2 = tf.keras.regularizers.l2(1e-4)
+
+    def conv(x, filters, stride=1):
+        return tf.keras.layers.Conv2D(
+            filters, 3, stride, "same", kernel_initializer="he_normal", kernel_regularizer=l2
+        )(x)
+
+    inputs = tf.keras.Input((32, 32, 3))
+    h = tf.keras.layers.ReLU()(tf.keras.layers.BatchNormalization()(conv(inputs, 16)))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            stride = 2 if stage and not block else 1
+            r = tf.keras.layers.ReLU()(tf.keras.layers.BatchNormalization()(conv(h, filters, stride)))
+            r = tf.keras.layers.BatchNormalization()(conv(r, filters))
+            if stride != 1:
+                h = tf.keras.layers.Conv2D(filters, 1, stride, kernel_regularizer=l2)(h)
+            h = tf.keras.layers.ReLU()(tf.keras.layers.add([h, r]))
+    outputs = tf.keras.layers.Dense(10, activation="softmax")(tf.keras.layers.GlobalAveragePooling2D()(h))
+    model = tf.keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    augment = tf.keras.Sequential(
+        [
+            tf.keras.layers.RandomRotation(15 / 360),
+            tf.keras.layers.RandomZoom(0.1),
+            tf.keras.layers.RandomTranslation(0.1, 0.1),
+            tf.keras.layers.RandomFlip("horizontal"),
+        ]
+    )
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(images, seed=0)
+        .batch(128)
+        .map(lambda a, b: (augment(tf.cast(a, tf.float32) / 255, training=True), b), tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+    class EpochTimes(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    timer = EpochTimes()
+    model.fit(dataset, epochs=epochs, verbose=0, callbacks=[timer])
+    return {"epoch_seconds": timer.seconds, "tensorflow": tf.__version__}
+
+
+def imgclf_run(images: int, epochs: int, output: Path, name: str) -> dict:
+    """Train imgclf's ResNet-20 with the reference augmentation in a subprocess; the seconds of each epoch."""
+    command = [sys.executable, "-m", "imgclf", "train", "--model", "resnet20", "--augment", "reference"]
+    command += ["--train-subset", str(images), "--val-fraction", "0", "--epochs", str(epochs), "--batch-size", "128"]
+    command += ["--no-evaluate", "--no-progress", "--no-tensorboard", "--output", str(output), "--name", name]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"imgclf failed:\n{result.stderr[-2000:]}")
+    history = [json.loads(line) for line in (output / name / "history.jsonl").read_text().splitlines()]
+    return {"epoch_seconds": [r["epoch_seconds"] for r in history]}
+
+
+def save_images(images: int, path: Path) -> Path:
+    """The first ``images`` CIFAR-10 training images (NHWC uint8) and labels, for the Keras process."""
+    import numpy as np
+
+    from imgclf.data.cifar import load_cifar10
+
+    data = load_cifar10("train", os.environ.get("IMGCLF_DATA_DIR"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x, y = data.images[:images].permute(0, 2, 3, 1).numpy(), data.labels[:images].numpy()
+    np.savez(path, images=x, labels=y)
+    return path
+
+
+def keras_run(args: argparse.Namespace, arrays: Path) -> dict:
+    command = [sys.executable, __file__, "--keras-worker", str(arrays), "--epochs", str(args.epochs)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"keras failed (uv sync --group keras installs TensorFlow):\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run; the last one is timed")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keras-worker", metavar="NPZ", help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "runs" / "peer_keras"))
+    args = parser.parse_args()
+    if args.keras_worker:
+        print(json.dumps(keras_worker(Path(args.keras_worker), args.epochs)))
+        return
+    from common import write_result
+
+    start, rounds = time.perf_counter(), []
+    arrays = save_images(args.images, Path(args.output) / "images.npz")  # imgclf's --train-subset takes these
+    for number in range(args.rounds):
+        keras = keras_run(args, arrays)
+        mine = imgclf_run(args.images, args.epochs, Path(args.output), f"round{number}")
+        rounds.append(
+            {
+                "keras_images_per_second": args.images / keras["epoch_seconds"][-1],
+                "imgclf_images_per_second": args.images / mine["epoch_seconds"][-1],
+                "tensorflow": keras["tensorflow"],
+            }
+        )
+        print(json.dumps(rounds[-1]), flush=True)
+    keras_rate = statistics.median(r["keras_images_per_second"] for r in rounds)
+    imgclf_rate = statistics.median(r["imgclf_images_per_second"] for r in rounds)
+    row = {
+        "benchmark": "peer_keras",
+        "model": "resnet20",
+        "tensorflow": rounds[0]["tensorflow"],
+        "images": args.images,
+        "batch_size": 128,
+        "keras_images_per_second": round(keras_rate, 1),
+        "imgclf_images_per_second": round(imgclf_rate, 1),
+        "ratio": round(imgclf_rate / keras_rate, 2),
+        "rounds": [{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
+    }
+    record = {
+        "benchmark": "peer_keras",
+        "model": "resnet20",
+        "command": "uv run --group keras python benchmarks/peer_keras.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "seed": 0,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "rows": [row],
+    }
+    print(json.dumps(row, indent=2))
+    print(write_result("peer_keras", record))
+
+
+if __name__ == "__main__":
+    main()
