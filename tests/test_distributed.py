@@ -219,3 +219,27 @@ def test_a_study_with_a_transfer_run_on_a_folder_under_two_ranks(tmp_path):
     assert len(prepared) == 2  # the folder at 32 px (from scratch) and at 64 px (the transfer run's input side)
     assert not list((tmp_path / "prepared").glob(".*.tmp"))
     assert (tmp_path / "study" / "comparison" / "report.html").is_file()
+
+
+def test_sigterm_stops_a_run_in_one_line_and_it_resumes(tmp_path, data_dir):
+    """SIGTERM (torchrun stopping the other ranks, a scheduler ending a job) ends training with one line naming how
+    to resume, exit status 143; the run resumes from its last checkpoint."""
+    run = tmp_path / "stopped"
+    args = [*tiny_run(tmp_path, data_dir, "stopped", 32, epochs=6), "--train-subset", "2048", "--no-evaluate"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgclf", *args],
+        env=RANK_ENV,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "last.json").is_file():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("imgclf: stopped by SIGTERM (resume a training run with")
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [r["epoch"] for r in history(run)] == [1, 2, 3, 4, 5, 6]

@@ -104,7 +104,7 @@ def test_compiled_training_is_used_and_a_failed_compile_falls_back_to_eager(tmp_
     def failing(module, mode):
         def forward(images):
             calls["failed"] += 1
-            raise RuntimeError("no C++ compiler")
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler")
 
         return forward
 

@@ -197,7 +197,7 @@ def test_cpu_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
     before = torch.get_num_threads()
     clock = {"now": 0.0, "busy": 0.0, "own": 0.0}
     monkeypatch.setattr(device.time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(device, "busy_seconds", lambda: (clock["busy"], clock["own"]))
+    monkeypatch.setattr(device, "busy_seconds", lambda cores: (clock["busy"], clock["own"]))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         share = device.CpuShare(interval=2.0, first=2.0)
@@ -219,3 +219,27 @@ def test_cpu_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
         assert device.CpuShare().fixed == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_empty_validation_shard_gives_zero_sums():
+    """A torchrun rank may get no validation image (fewer images than ranks): its sums are zero, not a crash."""
+    from imgclf.data.datasets import ImageSet
+    from imgclf.data.loader import BatchLoader
+    from imgclf.training.trainer import evaluate_loader
+
+    images = ImageSet(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.arange(3), ["a", "b", "c"])
+    loader = BatchLoader(images, 2, mean=(0.5,) * 3, std=(0.5,) * 3, channels_last=False)
+    loader.set_shard(3, 4, even=False)
+    assert len(loader) == 0
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+    assert evaluate_loader(model, loader, torch.device("cpu"), "fp32") == {"loss": 0.0, "acc": 0.0}
+
+
+def test_busy_seconds_counts_only_the_cores_this_process_may_use():
+    import imgclf.device as device
+
+    every = device.busy_seconds(device.usable_cores())
+    if every is None:
+        pytest.skip("no /proc/stat here")
+    none = device.busy_seconds(set())
+    assert none[0] == 0 and every[0] > 0 and every[1] >= 0

@@ -40,8 +40,9 @@ EXPLORE_MAX_PER_CLASS = 64
 RESUME_HINT = "resume a training run with `imgclf train --resume RUN_DIR` (also under another world size)"
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (torchrun stopping the ranks of a failed run, a scheduler ending a job)."""
+class Terminated(BaseException):
+    """SIGTERM arrived (torchrun stopping the ranks of a failed run, a scheduler ending a job); like
+    KeyboardInterrupt, no ``except Exception`` of the code it interrupts may swallow it."""
 
 
 def raise_terminated(signum, frame) -> NoReturn:

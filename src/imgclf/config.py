@@ -35,7 +35,10 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     mixup: float = option(0.0, "mixup of training inputs (images or cached activations) and labels, Beta(α, α); 0: off")
-    cutmix: float = option(0.0, "CutMix of training images and labels, Beta(α, α); with --mixup, either per batch")
+    cutmix: float = option(
+        0.0,
+        "CutMix of training images (or cached activation maps) and labels, Beta(α, α); with --mixup, either per batch",
+    )
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
     sync_bn: bool = option(False, "torchrun: BatchNorm statistics over the global batch, not each rank's share")
     pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")

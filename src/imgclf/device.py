@@ -76,17 +76,26 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def busy_seconds() -> tuple[float, float] | None:
-    """(CPU seconds every process of this machine has run, CPU seconds this process has run), from /proc/stat and
-    the process's own times; None where /proc/stat does not exist."""
+def usable_cores() -> set[int]:
+    """The CPUs this process may run on (its affinity: taskset, a container's cpuset), else every core."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def busy_seconds(cores: set[int]) -> tuple[float, float] | None:
+    """(CPU seconds every process has run on ``cores``, CPU seconds this process has run), from /proc/stat's
+    per-CPU lines and the process's own times; None where /proc/stat does not exist."""
+    busy = 0
     try:
         with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
+            for line in stat:
+                name, *values = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                    fields = [int(v) for v in values[:8]]
+                    busy += sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
     own = os.times()
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
 def omp_threads() -> int:
@@ -108,18 +117,19 @@ class CpuShare:
     """
 
     def __init__(self, threads: int = 0, interval: float = 1.0, first: float = 0.5) -> None:
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.fixed = threads or omp_threads() or (0 if busy_seconds() is not None else torch.get_num_threads())
+        self.core_set = usable_cores()
+        self.cores = len(self.core_set)
+        self.fixed = threads or omp_threads() or (0 if busy_seconds(self.core_set) else torch.get_num_threads())
         self.interval = interval
         if self.fixed:
             torch.set_num_threads(self.fixed)
-        self.last = (time.monotonic() - interval + first, busy_seconds())  # the first look comes soon
+        self.last = (time.monotonic() - interval + first, busy_seconds(self.core_set))  # the first look comes soon
 
     def update(self) -> None:
         """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""
         if self.fixed or time.monotonic() - self.last[0] < self.interval:
             return
-        now, busy = time.monotonic(), busy_seconds()
+        now, busy = time.monotonic(), busy_seconds(self.core_set)
         (then, before), self.last = self.last, (now, busy)
         if busy is None or before is None:
             return

@@ -44,6 +44,8 @@ def predict(
             logits = model(images).float()
         outputs.append(logits)
         labels.append(batch_labels)
+    if not outputs:  # a torchrun rank whose validation shard is empty (fewer images than ranks)
+        return torch.empty(0, 0, device=device), torch.empty(0, dtype=torch.long, device=device)
     return torch.cat(outputs), torch.cat(labels)
 
 
@@ -51,13 +53,10 @@ def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device,
     """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (under torchrun: each rank's shard of it,
     the sums reduced across the ranks, so every rank gets the whole split's figures)."""
     logits, labels = predict(model, loader, device, precision)
-    sums = torch.stack(
-        [
-            F.cross_entropy(logits, labels, reduction="sum").double(),
-            (logits.argmax(1) == labels).sum().double(),
-            logits.new_tensor(len(labels), dtype=torch.float64),
-        ]
-    )
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count: zero for an empty shard
+    if len(labels):
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        sums = torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(), sums.new_tensor(len(labels))])
     loss, correct, n = distributed.all_reduce_sum(sums).tolist()
     return {"loss": loss / max(n, 1), "acc": correct / max(n, 1)}
 
@@ -198,11 +197,12 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def train_forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The training model's logits; if torch.compile fails (no compiler here), eager mode from then on."""
+        """The training model's logits; if torch.compile fails (no compiler here), eager mode from then on — in a
+        single process: under torchrun one rank alone falling back would leave the ranks' collectives out of step."""
         try:
             return self.forward_model(images)
-        except Exception as exc:
-            if self.forward_model is self.eager_forward:
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if self.forward_model is self.eager_forward or distributed.active():
                 raise
             if self.main:
                 warnings.warn(f"torch.compile failed ({type(exc).__name__}); training in eager mode", stacklevel=2)
@@ -301,9 +301,9 @@ class Trainer:
             self.plateau.load_state_dict(state["plateau"])
             self.best.load_state_dict(state["best"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
-            if state.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
-                # resumed with another world size (or batch): the schedule goes on from the same fraction of training
-                self.step = self.epoch * self.steps_per_epoch
+            # checkpoints end epochs: the step is the epoch's, counted in this world's steps per epoch (another
+            # world size gives another count; the schedule goes on from the same fraction of training)
+            self.step = self.epoch * self.steps_per_epoch
             self.train_seconds = float(state["train_seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
