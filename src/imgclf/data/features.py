@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imgclf.data.datasets import ImageSet
-from imgclf.device import autocast
+from imgclf.device import CpuShare, autocast
 from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write, cache_dir
 
@@ -66,12 +66,14 @@ class ActivationCache:
         batch_size: int = 64,
         compile: bool = True,
         progress: bool = True,
+        threads: int = 0,
     ) -> None:
         self.root = Path(root) if root else DEFAULT_CACHE_DIR
         self.prefix = prefix.eval()
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         self.device, self.precision = device, precision
         self.batch_size, self.compile, self.progress = batch_size, compile, progress
+        self.threads = threads  # CPU threads: 0 follows the cores other processes leave free (device.CpuShare)
         self._prefix_key = module_digest(prefix)
         self._compiled: nn.Module | None = None
         self.hits = self.misses = 0
@@ -120,6 +122,8 @@ class ActivationCache:
     def compute(self, data: ImageSet, flip: bool, desc: str = "") -> torch.Tensor:
         """Run the prefix over ``data`` (in fixed-size batches, the last one padded) with a progress bar."""
         runner, bs = self._runner(len(data)), self.batch_size
+        # threads follow the free cores in eager mode (compiled kernels fix their thread count when compiled)
+        share = CpuShare(self.threads) if self.device.type == "cpu" and runner is self.prefix else None
         label = desc or "activations"
         chunks = []
         with tqdm(
@@ -129,6 +133,8 @@ class ActivationCache:
             disable=not self.progress,
         ) as bar:
             for start in range(0, len(data), bs):
+                if share is not None:
+                    share.update()
                 images = data.images[start : start + bs].to(self.device)
                 n = len(images)
                 if n < bs:

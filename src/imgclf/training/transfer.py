@@ -86,6 +86,7 @@ def activation_cache(cfg: TrainConfig, tm: TransferModel, device: torch.device, 
         precision,
         compile=cfg.compile,
         progress=cfg.progress,
+        threads=cfg.threads,
     )
 
 
