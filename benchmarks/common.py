@@ -4,12 +4,22 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parent.parent
+
+
+def command_line(runner: str = "uv run python") -> str:
+    """How this benchmark was started, relative to the repo: e.g. 'uv run python benchmarks/ddp.py --rounds 5'."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO).as_posix() if script.is_relative_to(REPO) else script.name
+    return shlex.join([*runner.split(), shown, *sys.argv[1:]])
 
 
 def machine() -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
+from common import command_line, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
@@ -88,7 +88,7 @@ def main() -> None:
     record = {
         "benchmark": "contention",
         "model": "resnet20",
-        "command": "uv run python benchmarks/contention.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "command": command_line(),
         "seed": 0,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "images": args.images,

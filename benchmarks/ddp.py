@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
+from common import command_line, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,7 @@ def main() -> None:
     record = {
         "benchmark": "ddp",
         "model": args.model,
-        "command": "uv run python benchmarks/ddp.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "command": command_line(),
         "seed": 0,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "images": args.images,

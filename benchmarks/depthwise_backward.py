@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
+from common import command_line, write_result
 from throughput import images_per_second
 
 from imgclf.models.backbones import create_backbone, split_backbone
@@ -81,7 +81,7 @@ def main() -> None:
         {
             "benchmark": "depthwise_backward",
             "model": "tf_efficientnet_lite2/lite0",
-            "command": "uv run python benchmarks/depthwise_backward.py " + " ".join(sys.argv[1:]),
+            "command": command_line(),
             "seed": 0,
             "precision": "bf16",
             "repeats": args.repeats,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
+from common import command_line, write_result
 
 from imgclf.config import TrainConfig
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
@@ -124,8 +124,7 @@ def main() -> None:
         print(
             f"{name}: onnxruntime / torch {bf16} at batch {batch} = {by['onnxruntime/fp32'] / by[f'torch/{bf16}']:.2f}"
         )
-    command = "uv run python benchmarks/inference.py " + " ".join(sys.argv[1:])
-    record = {"benchmark": "inference", "model": "+".join(args.models), "command": command.strip(), "seed": 0}
+    record = {"benchmark": "inference", "model": "+".join(args.models), "command": command_line(), "seed": 0}
     record.update(wall_seconds=round(time.perf_counter() - start, 1), rounds=args.rounds, rows=rows)
     print(write_result("inference", record))
 

@@ -134,7 +134,7 @@ def main() -> None:
     if args.keras_worker:
         print(json.dumps(keras_worker(Path(args.keras_worker), args.epochs)))
         return
-    from common import write_result
+    from common import command_line, write_result
 
     start, rounds = time.perf_counter(), []
     arrays = save_images(args.images, Path(args.output) / "images.npz")  # imgclf's --train-subset takes these
@@ -165,7 +165,7 @@ def main() -> None:
     record = {
         "benchmark": "peer_keras",
         "model": "resnet20",
-        "command": "uv run --group keras python benchmarks/peer_keras.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "command": command_line("uv run --group keras python"),
         "seed": 0,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "rows": [row],

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
+from common import command_line, write_result
 
 from imgclf.device import autocast, select_device
 from imgclf.models import MODELS, create_model
@@ -75,7 +75,7 @@ def main() -> None:
             {
                 "benchmark": "train_throughput",
                 "model": name,
-                "command": "uv run python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+                "command": command_line(),
                 "seed": 0,
                 "wall_seconds": round(time.perf_counter() - start, 1),
                 "batch_size": args.batch_size,

@@ -12,7 +12,6 @@ ship more views, so the test split is not read. Writes benchmarks/results/tta_vi
 """
 
 import argparse
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result
+from common import command_line, write_result
 
 from imgclf.data.loader import BatchLoader
 from imgclf.device import autocast, resolve_precision
@@ -106,7 +105,7 @@ def main() -> None:
         {
             "benchmark": "tta_views",
             "model": ", ".join(str(r) for r in args.runs),
-            "command": "uv run python benchmarks/tta_views.py " + shlex.join(sys.argv[1:]),
+            "command": command_line(),
             "seed": None,  # each run's own seed and validation split
             "wall_seconds": round(time.perf_counter() - start, 1),
             "split": "validation",

@@ -49,12 +49,6 @@ def raise_terminated(signum, frame) -> NoReturn:
     raise Terminated
 
 
-def ignore_sigterm() -> None:
-    """Ignore SIGTERM from now on (where this thread may set handlers)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser whose errors are one usage line and one error line, not the whole option list."""
 
@@ -395,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0), or a usage error already printed as one usage and one error line (2)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     previous_handler = signal.getsignal(signal.SIGTERM)
-    if args.command in ("train", "study") and threading.current_thread() is threading.main_thread():
+    handles_signals = threading.current_thread() is threading.main_thread()  # only the main thread may set them
+    if args.command in ("train", "study") and handles_signals:
         signal.signal(signal.SIGTERM, raise_terminated)  # a stopped run says how to resume it
     try:
         if getattr(args, "output", None) is not None:
@@ -405,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         commands.update(predict=command_predict, export=command_export, serve=command_serve)
         return commands[args.command](args) or 0
     except ImgclfError as exc:
-        ignore_sigterm()  # a SIGTERM now (torchrun stopping the other ranks) adds nothing
+        if handles_signals:  # a SIGTERM now (torchrun stopping the other ranks) adds nothing
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(f"imgclf: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except Terminated:
@@ -421,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     finally:
-        if threading.current_thread() is threading.main_thread():
+        if handles_signals:
             signal.signal(signal.SIGTERM, previous_handler)
     return 0
 

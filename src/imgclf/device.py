@@ -119,11 +119,12 @@ class CpuShare:
     def __init__(self, threads: int = 0, interval: float = 1.0, first: float = 0.5) -> None:
         self.core_set = usable_cores()
         self.cores = len(self.core_set)
-        self.fixed = threads or omp_threads() or (0 if busy_seconds(self.core_set) else torch.get_num_threads())
+        start = busy_seconds(self.core_set)
+        self.fixed = threads or omp_threads() or (0 if start else torch.get_num_threads())
         self.interval = interval
         if self.fixed:
             torch.set_num_threads(self.fixed)
-        self.last = (time.monotonic() - interval + first, busy_seconds(self.core_set))  # the first look comes soon
+        self.last = (time.monotonic() - interval + first, start)  # the first look comes soon
 
     def update(self) -> None:
         """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""

@@ -150,11 +150,10 @@ def run_study(preset: str | Path, output: str | Path, overrides: dict | None = N
     configs = study_configs(preset, output, overrides or {})
     record = {"preset": str(preset_path(preset)), "output": str(output), "runs": {}}
     main = distributed.is_main()
-    say = tqdm.write if main else lambda text: None
     start = time.perf_counter()
     for index, (name, cfg) in enumerate(configs.items(), 1):
         run = RunDir(output / name)
-        say(f"== study run {index}/{len(configs)}: {name} ({cfg.model}) ==")
+        distributed.say(f"== study run {index}/{len(configs)}: {name} ({cfg.model}) ==")
         run_start = time.perf_counter()
         distributed.setup(select_device(cfg.device))
         status = distributed.broadcast(run_status(run, cfg) if main else None)  # rank 0's view, after its writes

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from imgclf.errors import ImgclfError
 
@@ -42,6 +43,12 @@ def rank() -> int:
 def is_main() -> bool:
     """True on the rank that writes files and prints: rank 0."""
     return rank() == 0
+
+
+def say(text: str) -> None:
+    """Print a line (above any progress bar) on rank 0 only: the ranks would otherwise each print it."""
+    if is_main():
+        tqdm.write(text)
 
 
 def is_local_main() -> bool:

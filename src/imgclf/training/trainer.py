@@ -318,9 +318,8 @@ class Trainer:
             self.resume(files)
         if resume and history is not None:
             history.truncate(self.epoch)
-        say = tqdm.write if self.main else lambda text: None
         params, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
-        say(
+        distributed.say(
             f"{self.label}: {params:,} parameters ({trainable:,} trainable) | "
             f"{self.num_train:,} train / {self.num_val:,} val images | "
             f"{describe_device(self.device)}, {self.precision} | run dir {self.run_dir}"
@@ -354,7 +353,7 @@ class Trainer:
                 if history is not None:
                     history.log(metrics)
                 self.save_checkpoint()
-                say(
+                distributed.say(
                     f"epoch {self.epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} "
                     f"acc {metrics['train_acc']:.4f}"
                     + (
