@@ -272,7 +272,8 @@ def print_metrics(metrics: dict, run_dir: Path) -> None:
         f"(T={metrics['temperature']:.2f})"
     )
     if "tta" in metrics:
-        print(f"with flip TTA: test accuracy {metrics['tta']['test_accuracy']:.4f}")
+        views = metrics["tta"].get("views", "flip")
+        print(f"with TTA ({views}): test accuracy {metrics['tta']['test_accuracy']:.4f}")
     print(f"metrics and figures written to {run_dir}")
 
 

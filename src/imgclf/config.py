@@ -12,7 +12,7 @@ import yaml
 from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
 
-AUGMENTATIONS = ("fast", "reference", "trivial", "none")  # data/augment.py implements them
+AUGMENTATIONS = ("fast", "alternating", "reference", "trivial", "none")  # data/augment.py implements them
 
 
 def option(default, help: str, choices: tuple | None = None):
@@ -33,6 +33,8 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "weight decay (not applied to norm layers and biases)")
     schedule: str = option("onecycle", "learning-rate schedule after warmup", ("onecycle", "cosine", "constant"))
     warmup_epochs: float = option(1.0, "linear learning-rate warmup, in epochs")
+    lr_start: float = option(0.0, "the warmup starts at this fraction of the peak learning rate")
+    lr_end: float = option(0.0, "onecycle and cosine end at this fraction of the peak learning rate")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
     mixup: float = option(0.0, "mixup of training inputs (images or cached activations) and labels, Beta(α, α); 0: off")
     cutmix: float = option(
@@ -40,6 +42,9 @@ class TrainConfig:
         "CutMix of training images (or cached activation maps) and labels, Beta(α, α); with --mixup, either per batch",
     )
     ema_decay: float = option(0.0, "decay of an exponential moving average of weights, evaluated instead (0: off)")
+    lookahead: bool = option(
+        False, "Lookahead: every 5 steps the weights restart from their slow average, whose pull grows to 0.77"
+    )
     sync_bn: bool = option(False, "torchrun: BatchNorm statistics over the global batch, not each rank's share")
     pretrained: bool = option(False, "timm models: start from ImageNet weights (installed package, or timm's hub)")
     weights: str | None = option(None, "timm models: local ImageNet weights file (.safetensors or .pth) to start from")
@@ -62,7 +67,8 @@ class TrainConfig:
     )
     augment: str = option(
         "fast",
-        "augmentation: crop+flip (fast), the reference's Keras recipe, fast + TrivialAugment per image, or none",
+        "augmentation: crop+flip (fast), 2-px crop + flips alternating by epoch (airbench's), the reference's Keras "
+        "recipe, fast + TrivialAugment per image, or none",
         AUGMENTATIONS,
     )
     cutout: int = option(0, "side of the square cut out of each training image (0: off)")
@@ -111,6 +117,9 @@ class TrainConfig:
     name: str | None = option(None, "run directory name (default: MODEL-TIMESTAMP)")
     evaluate: bool = option(True, "evaluate the best checkpoint on the test split when training ends")
     tta: bool = option(False, "evaluation also reports flip test-time augmentation (separately)")
+    tta_shift: int = option(
+        0, "networks from scratch: test-time augmentation also averages views shifted ±N px diagonally (0: flips only)"
+    )
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "write TensorBoard scalars")
 
@@ -169,9 +178,19 @@ class TrainConfig:
             "reduce_lr_patience",
             "workers",
             "threads",
+            "tta_shift",
         ):
             if getattr(self, name) < 0:
                 raise ImgclfError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("lr_start", "lr_end"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ImgclfError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.lookahead and self.ema_decay:
+            raise ImgclfError("--lookahead and --ema-decay each average the weights; choose one")
+        if self.tta_shift and self.model not in MODELS:
+            raise ImgclfError("--tta-shift applies to networks trained from scratch, not timm models")
+        if self.tta_shift > 8:
+            raise ImgclfError(f"--tta-shift must be at most 8 pixels, got {self.tta_shift}")
         for name in ("dropout", "drop_path"):
             if getattr(self, name) >= 1:
                 raise ImgclfError(f"{name} must be in [0, 1), got {getattr(self, name)}")  # tests match this spelling

@@ -1,6 +1,9 @@
 """Per-sample augmentation applied to whole batches of uint8 images (no per-image PIL calls).
 
 ``fast``: random crop from a 4-pixel reflect-padded image, horizontal flip, optional cutout — on uint8.
+``alternating``: airbench's — random crop from a 2-pixel reflect-padded image, and flips that alternate: each image
+is mirrored at random in the first epoch and then every other epoch (the loader passes the flips), so a run sees both
+sides of every image in every two epochs.
 ``reference``: the reference study's Keras recipe — rotation ±15°, zoom ±10%, shifts ±10%, horizontal flip —
 as one random affine warp per image (``affine_grid``/``grid_sample``, edge pixels repeated like Keras' "nearest").
 ``trivial``: ``fast``, then TrivialAugment (Müller & Hutter 2021, torchvision's "wide" ranges) — one operation of
@@ -159,10 +162,17 @@ def augment_batch(
     generator: torch.Generator,
     cutout_size: int = 0,
     host_generator: torch.Generator | None = None,
+    flips: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply augmentation ``kind`` to a uint8 batch and return float32 images in [0, 1] (draws from ``generator``, on
-    the images' device, and for ``trivial`` from the CPU's ``host_generator``, by default ``generator``)."""
-    if kind == "fast":
+    the images' device, and for ``trivial`` from the CPU's ``host_generator``, by default ``generator``; for
+    ``alternating``, ``flips`` says which images to mirror)."""
+    if kind == "alternating":
+        if flips is None:
+            raise ValueError("alternating flips need the loader's flips")
+        out = random_crop(images, 2, generator)
+        out = torch.where(flips.view(-1, 1, 1, 1), out.flip(3), out).float().div_(255)
+    elif kind == "fast":
         out = random_flip(random_crop(images, 4, generator), generator)
         out = out.float().div_(255)
     elif kind == "trivial":

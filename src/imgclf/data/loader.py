@@ -26,6 +26,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def alternating_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of ``n`` images epoch ``epoch`` mirrors under alternating flips: a random half drawn once per run (from
+    ``seed``), the other half in odd epochs."""
+    first = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return first ^ bool(epoch % 2)
+
+
 class SeededBatches:
     """Batches of ``labels``-many samples whose order (and augmentation) derive from (seed, epoch) only.
 
@@ -123,12 +130,14 @@ class BatchLoader(SeededBatches):
         # TrivialAugment draws on the host (so the GPU is never waited for): from this CPU generator
         host = generator if where.type == "cpu" else torch.Generator().manual_seed(generator.initial_seed())
         labels = self.labels.to(where)
+        flips = alternating_flips(n, self.seed, self.epoch).to(self.device) if self.augment == "alternating" else None
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
                 idx = order[idx]
             images = self.images[idx].to(self.device, non_blocking=True)
-            images = augment_batch(images, self.augment, generator, self.cutout, host_generator=host)
+            flip = flips[idx.to(self.device) if torch.is_tensor(idx) else idx] if flips is not None else None
+            images = augment_batch(images, self.augment, generator, self.cutout, host_generator=host, flips=flip)
             if self.image_size and self.image_size != images.shape[-1]:
                 size = (self.image_size, self.image_size)
                 images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)

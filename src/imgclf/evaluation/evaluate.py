@@ -131,6 +131,7 @@ def evaluate_locked(
         metrics["tta"] = {
             "test_accuracy": float((tta_logits.argmax(1) == test_labels).mean()),
             "test_loss": mean_loss(tta_logits, test_labels),
+            "views": predictor.tta_views,
         }
     metrics["figures"] = write_figures(run, cfg, history, test, test_logits, temperature, report, test_bins)
     run.write_metrics(metrics)

@@ -3,9 +3,11 @@ server all call a :class:`Predictor`.
 
 uint8 images (N, 3, S, S) at the card's stored side → resized (antialiased) to the network's input side and
 normalised with the card's mean/std → the network, in PyTorch or, for an exported ``.onnx``, in onnxruntime → float32
-logits. Flip TTA averages the mirrored images' logits; the run's fitted temperature turns logits into calibrated
-probabilities. The images themselves come from ``data/decode.py``, the code that prepared the training images, so a
-training image predicted from its file gives the logits evaluation computed for it.
+logits. Flip TTA averages the mirrored images' logits (with a recipe's ``tta_shift``, airbench's six views: half
+the weight on the image and its mirror, half on both shifted ±N px diagonally, and their mirrors); the run's fitted
+temperature turns logits into calibrated probabilities. The images themselves come from ``data/decode.py``, the code
+that prepared the training images, so a training image predicted from its file gives the logits evaluation computed
+for it.
 """
 
 import copy
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,6 +37,11 @@ from imgclf.training.transfer import TransferModel, activation_cache, build_tran
 
 CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
 WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the weights_digest of the weights it was exported from
+
+
+def tta_views(shift: int) -> str:
+    """The views test-time augmentation averages for a recipe's ``tta_shift``, in words."""
+    return f"flip, ±{shift} px diagonal shifts" if shift else "flip"
 
 
 class Predictor:
@@ -66,10 +74,27 @@ class Predictor:
 
     def logits(self, images: torch.Tensor | np.ndarray, flip_tta: bool = False) -> np.ndarray:
         """Float32 logits (N, C) of one batch of uint8 images (N, 3, S, S); with ``flip_tta`` averaged with the
-        mirrored images'."""
+        mirrored images' (and the shifted views', when the run's recipe sets ``tta_shift``)."""
         x = self.prepare(torch.as_tensor(images))
-        out = self.forward(x)
-        return (out + self.forward(x.flip(3))) / 2 if flip_tta else out
+        if not flip_tta:
+            return self.forward(x)
+        out = self.flip_mean(x)
+        shift = self.card.config.get("tta_shift", 0)
+        if shift:
+            side = x.shape[-1]
+            padded = F.pad(x, (shift,) * 4, mode="reflect")
+            views = (padded[..., :side, :side], padded[..., 2 * shift :, 2 * shift :])  # up-left, down-right
+            out = out / 2 + sum(self.flip_mean(v.contiguous()) for v in views) / 4
+        return out
+
+    @property
+    def tta_views(self) -> str:
+        """What ``flip_tta`` averages, in words."""
+        return tta_views(self.card.config.get("tta_shift", 0))
+
+    def flip_mean(self, x: torch.Tensor) -> np.ndarray:
+        """Mean logits of normalised images and their mirrors."""
+        return (self.forward(x) + self.forward(x.flip(3))) / 2
 
     def dataset_logits(
         self, data: ImageSet, flip_tta: bool = False, desc: str = "", progress: bool = False

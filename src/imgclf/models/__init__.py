@@ -7,6 +7,7 @@ from torch import nn
 from imgclf.errors import ImgclfError
 from imgclf.models.resnet import CifarResNet
 from imgclf.models.simple_cnn import SimpleCNN
+from imgclf.models.speed import SpeedNet
 from imgclf.models.vgg import VGG10
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -15,6 +16,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": lambda **kw: CifarResNet(20, **kw),
     "resnet56": lambda **kw: CifarResNet(56, **kw),
     "resnet110": lambda **kw: CifarResNet(110, **kw),
+    "speed94": SpeedNet,
 }
 
 

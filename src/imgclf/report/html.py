@@ -104,7 +104,8 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
         ("inference", f"{metrics['inference_images_per_second']:,.0f} img/s"),
     ]
     if "tta" in metrics:
-        headline.insert(1, ("test accuracy, flip TTA", f"{metrics['tta']['test_accuracy']:.2%}"))
+        views = metrics["tta"].get("views", "flip")
+        headline.insert(1, (f"test accuracy, TTA ({views})", f"{metrics['tta']['test_accuracy']:.2%}"))
     class_scores = list(metrics["per_class"].items())
     heading = "Per-class precision, recall and F1"
     if len(class_scores) > SORT_ABOVE:

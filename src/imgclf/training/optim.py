@@ -8,17 +8,24 @@ from imgclf.errors import ImgclfError
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[int, float] | None = None) -> list[dict]:
-    """Split trainable parameters into decayed (matrices, kernels) and undecayed (norms, biases) groups, one pair per
-    learning-rate scale; ``lr_scales`` maps ``id(parameter)`` to its scale (default 1)."""
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr_scales: dict[int, float] | None = None,
+    decay_scales: dict[int, float] | None = None,
+) -> list[dict]:
+    """Group trainable parameters by learning-rate scale and weight decay; ``lr_scales`` and ``decay_scales`` map
+    ``id(parameter)`` to its scales (default: learning rate 1; decay 1 for matrices and kernels, 0 for norms and
+    biases)."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
             scale = (lr_scales or {}).get(id(p), 1.0)
-            groups.setdefault((p.ndim > 1, scale), []).append(p)
+            decay = (decay_scales or {}).get(id(p), 1.0 if p.ndim > 1 else 0.0)
+            groups.setdefault((scale, decay), []).append(p)
     return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
-        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][1], not kv[0][0]))
+        {"params": params, "weight_decay": weight_decay * decay, "lr_scale": scale}
+        for (scale, decay), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))
     ]
 
 
@@ -35,9 +42,10 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     lr_scales: dict[int, float] | None = None,
+    decay_scales: dict[int, float] | None = None,
 ) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, or AdamW; each group's ``lr_scale`` multiplies the scheduled rate."""
-    groups = param_groups(model, weight_decay, lr_scales)
+    groups = param_groups(model, weight_decay, lr_scales, decay_scales)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":

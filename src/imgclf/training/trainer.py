@@ -24,7 +24,7 @@ from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, RunDir
 from imgclf.training import distributed
 from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from imgclf.training.checkpoint import checkpoint_files, load_state, load_weights, save_checkpoint
-from imgclf.training.ema import WeightEMA
+from imgclf.training.ema import Lookahead, WeightEMA
 from imgclf.training.history import History
 from imgclf.training.mixup import mix_batch, mixed_cross_entropy
 from imgclf.training.optim import build_optimizer
@@ -119,6 +119,12 @@ def image_loaders(
     return train_loader, BatchLoader(val, inference_batch_size(side, device), **common) if len(val) else None
 
 
+def first_images(data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...], count: int = 5000) -> torch.Tensor:
+    """The first ``count`` images of ``data``, normalised as training normalises them (float32, unaugmented)."""
+    images = data.images[torch.arange(min(count, len(data)))].float().div_(255)
+    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
 def new_run_dir(cfg: TrainConfig) -> Path:
     """The path of a new run under ``cfg.output`` (created later, once set-up succeeded); never an existing run."""
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -169,6 +175,8 @@ class Trainer:
                 model = model.to(memory_format=torch.channels_last)
             if cfg.progressive_size:
                 check_input_size(model, cfg.model, cfg.progressive_size, self.device)
+            if hasattr(model, "init_from_data"):  # e.g. whitening filters from the training images' patches
+                model.init_from_data(first_images(splits.train, splits.mean, splits.std).to(self.device))
         if cfg.sync_bn and distributed.active() and not freeze_batchnorm:
             model = distributed.sync_batchnorm(model, self.device)
         self.model = model
@@ -179,10 +187,21 @@ class Trainer:
         self.eager_forward = self.forward_model
         if compiles_training(cfg, self.device):  # fused kernels: a GPU is launch-bound on these small networks
             self.forward_model = torch.compile(self.forward_model, mode=cfg.compile_mode)
-        self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, lr_scales)
+        # a network may set its own parameters' learning-rate and weight-decay scales, and train some for a few
+        # epochs only (SpeedNet)
+        lr_scales = {**(lr_scales or {}), **(model.lr_scales() if hasattr(model, "lr_scales") else {})}
+        decay_scales = model.decay_scales() if hasattr(model, "decay_scales") else None
+        self.trainable_epochs = model.trainable_epochs() if hasattr(model, "trainable_epochs") else {}
+        self.optimizer = build_optimizer(
+            self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, lr_scales, decay_scales
+        )
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.ema: WeightEMA | None = None  # averaged weights: an EMA, or Lookahead's slow weights
+        if cfg.ema_decay:
+            self.ema = WeightEMA(self.model, cfg.ema_decay)
+        elif cfg.lookahead:
+            self.ema = Lookahead(self.model, self.total_steps)
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         monitor = dict(monitor=cfg.monitor, mode="max" if cfg.monitor == "val_acc" else "min")
         self.early_stopping = EarlyStopping(patience=cfg.early_stopping, **monitor)
@@ -194,7 +213,7 @@ class Trainer:
     @property
     def eval_model(self) -> nn.Module:
         """The model that validation measures and checkpoints keep: the EMA when enabled."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.ema.module if self.ema is not None and self.ema.evaluated else self.model
 
     def train_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The training model's logits; if torch.compile fails (no compiler here), eager mode from then on — in a
@@ -212,7 +231,10 @@ class Trainer:
     def set_lr(self) -> float:
         """Set the optimizer's learning rate for the current step and return it."""
         cfg = self.cfg
-        lr = cfg.lr * lr_multiplier(cfg.schedule, self.step, self.total_steps, self.warmup_steps) * self.plateau.scale
+        multiplier = lr_multiplier(
+            cfg.schedule, self.step, self.total_steps, self.warmup_steps, cfg.lr_start, cfg.lr_end
+        )
+        lr = cfg.lr * multiplier * self.plateau.scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
@@ -229,6 +251,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
+        frozen = [p for p in self.model.parameters() if self.trainable_epochs.get(id(p), self.epoch + 1) <= self.epoch]
         for images, labels in self.train_loader:
             if self.cpu_share is not None:
                 self.cpu_share.update()  # fewer threads while other processes keep cores busy
@@ -244,10 +267,12 @@ class Trainer:
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for p in frozen:  # done training: no gradient, so the optimizer leaves it (and its momentum) alone
+                p.grad = None
             self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
             self.step += 1
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             n += len(labels)
