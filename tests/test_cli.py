@@ -30,7 +30,9 @@ def test_models_lists_names_with_parameter_counts():
     assert result.returncode == 0
     assert "resnet20" in result.stdout and "269,722" in result.stdout
     lines = result.stdout.strip().splitlines()
-    assert sum("parameters" in line for line in lines) == 8
+    assert sum("parameters" in line for line in lines) == 9
+    assert any(line.split()[0] == "speed94" and "1,972,792" in line for line in lines), lines
+    assert any(line.split()[0] == "speed94" and "airbench94" in line for line in lines), lines  # its recipe
     assert any("tf_efficientnet_lite2" in line and "4,8" in line for line in lines), lines
 
 

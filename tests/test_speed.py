@@ -126,3 +126,21 @@ def test_speed94_trains_resumes_and_evaluates_with_shifted_tta(tmp_path, tiny_op
     mean = [(predictor.forward(v.contiguous()) + predictor.forward(v.flip(3).contiguous())) / 2 for v in views]
     expected = mean[0] / 2 + (mean[1] + mean[2]) / 4
     assert predictor.logits(images, flip_tta=True) == pytest.approx(expected, abs=1e-4)
+
+    # exported to ONNX: the same logits, and the same six views from the exported file's card
+    assert main(["export", str(run_dir)]) == 0
+    assert json.loads((run_dir / "model.parity.json").read_text())["parity"]["passed"]
+    exported = load_predictor(run_dir / "model.onnx")
+    assert exported.runtime == "onnxruntime" and exported.tta_views == predictor.tta_views
+    got = exported.logits(images, flip_tta=True)
+    assert got == pytest.approx(expected, rel=0.05, abs=0.05 * float(abs(expected).max()))
+
+
+def test_sync_batchnorm_keeps_the_scaleless_norms_and_their_rates():
+    from imgclf.training.distributed import GlooSyncBatchNorm, sync_batchnorm
+
+    net = sync_batchnorm(SpeedNet(), torch.device("cpu"))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(isinstance(m, GlooSyncBatchNorm) for m in norms)
+    assert not any(m.weight.requires_grad for m in norms) and all(m.bias.requires_grad for m in norms)
+    assert set(net.lr_scales()) == {id(m.bias) for m in norms}

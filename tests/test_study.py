@@ -80,6 +80,10 @@ def test_study_presets_and_overrides_are_checked(tmp_path):
     assert configs["resnet20"].img_size == 0 and configs["transfer_224"].img_size == 128
     with pytest.raises(ImgclfError, match="study preset not found"):
         study_configs("nonexistent", tmp_path, {})
+    added = study_configs("reference", tmp_path, parse_overrides(["epochs=3"]), ["speed94"])
+    assert list(added)[-1] == "speed94" and added["speed94"].lookahead and added["speed94"].epochs == 3
+    with pytest.raises(ImgclfError, match="already has a run named 'resnet20'"):
+        study_configs("reference", tmp_path, {}, ["resnet20"])
     with pytest.raises(ImgclfError, match="--set expects KEY=VALUE"):
         parse_overrides(["bogus=1"])
     with pytest.raises(ImgclfError, match="must be int"):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from imgclf.config import (
+    CONFIG_DIR,
     MAX_IMAGE_SIDE,
     RUNTIME_OPTIONS,
     TrainConfig,
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
     study.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an option of every run"
+    )
+    study.add_argument(
+        "--add", action="append", default=[], metavar="RECIPE", help="one more run: a bundled recipe or config file"
     )
     study.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
     study.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -360,7 +364,7 @@ def command_study(args: argparse.Namespace) -> None:
     from imgclf.training import distributed
 
     with distributed.lost_rank_errors("run the same command again: the study continues where it stopped"):
-        record = run_study(preset, args.output, overrides)
+        record = run_study(preset, args.output, overrides, args.add)
     distributed.teardown()
     if not distributed.is_main():
         return
@@ -380,6 +384,10 @@ def command_models(args: argparse.Namespace) -> None:
     for name in LITE_PACKAGES:
         if package_weights_path(name) is not None:
             print(f"  {name:<24} {count_parameters(create_backbone(name, 10)):>12,} parameters (10 classes)")
+    print("bundled recipes (imgclf train --config NAME):")
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        headline = path.read_text().splitlines()[0].lstrip("# ").split(". ")[0].rstrip(".")
+        print(f"  {path.stem:<24} {headline if len(headline) <= 100 else headline[:99] + '…'}")
 
 
 def main(argv: list[str] | None = None) -> int:

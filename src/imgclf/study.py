@@ -3,6 +3,7 @@
 imgclf study                   # the reference study: simple_cnn, vgg10, resnet20, transfer at 96 and 224 px
 imgclf study --quick           # the same pipeline with fewer epochs and images: a first look in minutes
 imgclf study --preset my.yaml --set epochs=5
+imgclf study --add speed94     # the reference study and one more row: the speed94 recipe from scratch
 
 A preset (``src/imgclf/studies/*.yaml``) names its runs in study order, each a bundled recipe or config file
 (``config:``) plus option overrides. Every run lives in ``OUTPUT/RUN``; running the study again continues where it
@@ -62,8 +63,11 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def study_configs(preset: str | Path, output: Path, overrides: dict) -> dict[str, TrainConfig]:
-    """The validated configuration of every run of ``preset``, in study order."""
+def study_configs(
+    preset: str | Path, output: Path, overrides: dict, added: list[str] | tuple = ()
+) -> dict[str, TrainConfig]:
+    """The validated configuration of every run of ``preset``, in study order, then one run per ``added`` recipe
+    (a bundled recipe's name or a config file; the run is named after it)."""
     path = preset_path(preset)
     spec = read_yaml_file(path, "study preset")
     if not isinstance(spec, dict):
@@ -72,6 +76,12 @@ def study_configs(preset: str | Path, output: Path, overrides: dict) -> dict[str
     if not isinstance(runs, dict) or not runs:
         got = "no runs" if isinstance(runs, dict) else type_name(runs)
         raise ImgclfError(f"study preset {path} must have a 'runs' mapping of run name: options, got {got}")
+    runs = dict(runs)
+    for recipe in added:
+        name = Path(recipe).stem
+        if name in runs:
+            raise ImgclfError(f"--add {recipe}: the study already has a run named '{name}'")
+        runs[name] = {"config": recipe}
     known, configs = field_types(), {}
     for name, options in runs.items():
         where = f"run {shown(name)} of study preset {path}"
@@ -143,11 +153,14 @@ def run_status(run: RunDir, cfg: TrainConfig) -> str:
     return "resumed"
 
 
-def run_study(preset: str | Path, output: str | Path, overrides: dict | None = None) -> dict:
-    """Train (or resume), evaluate and compare every run of ``preset`` under ``output``; returns the study record.
-    Under torchrun every rank trains each run and rank 0 alone evaluates, compares and writes."""
+def run_study(
+    preset: str | Path, output: str | Path, overrides: dict | None = None, added: list[str] | tuple = ()
+) -> dict:
+    """Train (or resume), evaluate and compare every run of ``preset`` (and the ``added`` recipes) under ``output``;
+    returns the study record. Under torchrun every rank trains each run and rank 0 alone evaluates, compares and
+    writes."""
     output = Path(output)
-    configs = study_configs(preset, output, overrides or {})
+    configs = study_configs(preset, output, overrides or {}, added)
     record = {"preset": str(preset_path(preset)), "output": str(output), "runs": {}}
     main = distributed.is_main()
     start = time.perf_counter()

@@ -88,7 +88,8 @@ class SpeedNet(nn.Module):
 
     def lr_scales(self) -> dict[int, float]:
         """Per-parameter learning-rate scales (``id`` → scale): BatchNorm shifts learn 64× faster."""
-        return {id(m.bias): BIAS_LR_SCALE for m in self.modules() if isinstance(m, ScalelessBatchNorm)}
+        norms = (m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))  # SyncBatchNorm too
+        return {id(m.bias): BIAS_LR_SCALE for m in norms}
 
     def decay_scales(self) -> dict[int, float]:
         """Per-parameter weight-decay scales: every parameter decays (biases too), each by the same fraction per step

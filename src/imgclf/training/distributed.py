@@ -182,13 +182,14 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type != "cpu":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlooSyncBatchNorm):
             synced = GlooSyncBatchNorm(
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
             ).to(device)
             synced.load_state_dict(child.state_dict())
             synced.train(child.training)
-            synced.requires_grad_(any(p.requires_grad for p in child.parameters()))
+            for mine, theirs in zip(synced.parameters(), child.parameters(), strict=True):
+                mine.requires_grad_(theirs.requires_grad)  # e.g. a BatchNorm whose scale does not train
             setattr(model, name, synced)
         else:
             sync_batchnorm(child, device)
