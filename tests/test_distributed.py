@@ -173,9 +173,12 @@ def test_a_killed_rank_ends_the_run_in_one_line_and_it_resumes_on_one_process(tm
     _, stderr = launcher.communicate(timeout=120)
     assert time.monotonic() - killed_at < 60  # rank 0 noticed at its next collective, not after a timeout
     assert launcher.returncode != 0
-    errors = [line for line in stderr.splitlines() if "imgclf: error:" in line]
-    assert len(errors) == 1 and "rank 0 of 2: another rank stopped" in errors[0], stderr[-3000:]
-    assert f"imgclf train --resume {run}" in errors[0]
+    lines = [line for line in stderr.splitlines() if "imgclf: " in line]
+    assert len(lines) == 1, stderr[-3000:]
+    # rank 0 finds its peer gone at its next collective — or, when torchrun is quicker, torchrun's SIGTERM stops it
+    lost_peer = "imgclf: error: rank 0 of 2: another rank stopped" in lines[0]
+    assert (lost_peer and f"imgclf train --resume {run}" in lines[0]) or "imgclf: stopped by SIGTERM" in lines[0]
+    assert "imgclf train --resume" in lines[0]
     assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr
     done = [r["epoch"] for r in history(run)]
     assert done and done == list(range(1, len(done) + 1)) and len(done) < 6

@@ -6,8 +6,10 @@ from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from imgclf.errors import ImgclfError
 from imgclf.models import MODELS, count_parameters, create_model
 
-# Reference sizes: the study's Keras models (simple_cnn, vgg10) and He et al. 2016, Table 6 (ResNets).
+# Reference sizes: the study's Keras models (simple_cnn, vgg10), He et al. 2016, Table 6 (ResNets), and airbench94's
+# network (its legacy/airbench94.py, counted: 1,972,792).
 REFERENCE_PARAMS = {"simple_cnn": 316e3, "vgg10": 403e3, "resnet20": 0.27e6, "resnet56": 0.85e6, "resnet110": 1.7e6}
+REFERENCE_PARAMS["speed94"] = 1_972_792
 
 
 @pytest.mark.parametrize("name", list(MODELS))
