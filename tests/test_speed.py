@@ -24,6 +24,7 @@ def test_whitening_filters_decorrelate_the_training_patches(cifar_train):
     from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 
     images = first_images(cifar_train, CIFAR10_MEAN, CIFAR10_STD, count=2000)
+    assert images.shape == (2000, 3, 32, 32) and images.dtype == torch.float32
     net = SpeedNet()
     net.init_from_data(images)
     with torch.no_grad():

@@ -84,6 +84,8 @@ def test_study_presets_and_overrides_are_checked(tmp_path):
     assert list(added)[-1] == "speed94" and added["speed94"].lookahead and added["speed94"].epochs == 3
     with pytest.raises(ImgclfError, match="already has a run named 'resnet20'"):
         study_configs("reference", tmp_path, {}, ["resnet20"])
+    with pytest.raises(ImgclfError, match=r"^--add nope: config file not found"):
+        study_configs("reference", tmp_path, {}, ["nope"])
     with pytest.raises(ImgclfError, match="--set expects KEY=VALUE"):
         parse_overrides(["bogus=1"])
     with pytest.raises(ImgclfError, match="must be int"):

@@ -187,7 +187,7 @@ class TrainConfig:
                 raise ImgclfError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if self.lookahead and self.ema_decay:
             raise ImgclfError("--lookahead and --ema-decay each average the weights; choose one")
-        if self.tta_shift and self.model not in MODELS:
+        if self.tta_shift and self.is_transfer:
             raise ImgclfError("--tta-shift applies to networks trained from scratch, not timm models")
         if self.tta_shift > 8:
             raise ImgclfError(f"--tta-shift must be at most 8 pixels, got {self.tta_shift}")

@@ -76,15 +76,15 @@ def study_configs(
     if not isinstance(runs, dict) or not runs:
         got = "no runs" if isinstance(runs, dict) else type_name(runs)
         raise ImgclfError(f"study preset {path} must have a 'runs' mapping of run name: options, got {got}")
-    runs = dict(runs)
+    runs, added_names = dict(runs), {}  # an added run's name → its recipe
     for recipe in added:
         name = Path(recipe).stem
         if name in runs:
             raise ImgclfError(f"--add {recipe}: the study already has a run named '{name}'")
-        runs[name] = {"config": recipe}
+        runs[name], added_names[name] = {"config": recipe}, recipe
     known, configs = field_types(), {}
     for name, options in runs.items():
-        where = f"run {shown(name)} of study preset {path}"
+        where = f"--add {added_names[name]}" if name in added_names else f"run {shown(name)} of study preset {path}"
         if not isinstance(name, str):
             raise ImgclfError(f"{where}: a run's name must be text, got {type_name(name)}")
         if options is None:

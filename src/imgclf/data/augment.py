@@ -41,10 +41,14 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> t
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) → NCHW view, channels_last strides
 
 
+def mirror(images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """The images with those where ``which`` is True mirrored left to right."""
+    return torch.where(which.view(-1, 1, 1, 1), images.flip(3), images)
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the images left to right."""
-    flip = torch.rand(len(images), generator=generator, device=generator.device).to(images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    return mirror(images, torch.rand(len(images), generator=generator, device=generator.device).to(images.device) < 0.5)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -170,8 +174,7 @@ def augment_batch(
     if kind == "alternating":
         if flips is None:
             raise ValueError("alternating flips need the loader's flips")
-        out = random_crop(images, 2, generator)
-        out = torch.where(flips.view(-1, 1, 1, 1), out.flip(3), out).float().div_(255)
+        out = mirror(random_crop(images, 2, generator), flips).float().div_(255)
     elif kind == "fast":
         out = random_flip(random_crop(images, 4, generator), generator)
         out = out.float().div_(255)

@@ -130,13 +130,13 @@ class BatchLoader(SeededBatches):
         # TrivialAugment draws on the host (so the GPU is never waited for): from this CPU generator
         host = generator if where.type == "cpu" else torch.Generator().manual_seed(generator.initial_seed())
         labels = self.labels.to(where)
-        flips = alternating_flips(n, self.seed, self.epoch).to(self.device) if self.augment == "alternating" else None
+        flips = alternating_flips(n, self.seed, self.epoch).to(where) if self.augment == "alternating" else None
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
                 idx = order[idx]
             images = self.images[idx].to(self.device, non_blocking=True)
-            flip = flips[idx.to(self.device) if torch.is_tensor(idx) else idx] if flips is not None else None
+            flip = flips[idx].to(self.device, non_blocking=True) if flips is not None else None
             images = augment_batch(images, self.augment, generator, self.cutout, host_generator=host, flips=flip)
             if self.image_size and self.image_size != images.shape[-1]:
                 size = (self.image_size, self.image_size)

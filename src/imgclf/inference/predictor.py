@@ -39,11 +39,6 @@ CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
 WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the weights_digest of the weights it was exported from
 
 
-def tta_views(shift: int) -> str:
-    """The views test-time augmentation averages for a recipe's ``tta_shift``, in words."""
-    return f"flip, ±{shift} px diagonal shifts" if shift else "flip"
-
-
 class Predictor:
     """A trained model and its card: images in, logits and calibrated probabilities out."""
 
@@ -79,7 +74,7 @@ class Predictor:
         if not flip_tta:
             return self.forward(x)
         out = self.flip_mean(x)
-        shift = self.card.config.get("tta_shift", 0)
+        shift = self.tta_shift
         if shift:
             side = x.shape[-1]
             padded = F.pad(x, (shift,) * 4, mode="reflect")
@@ -88,9 +83,14 @@ class Predictor:
         return out
 
     @property
+    def tta_shift(self) -> int:
+        """Pixels of the diagonal shifts test-time augmentation adds to the flips (0: flips only)."""
+        return self.card.config.get("tta_shift", 0)
+
+    @property
     def tta_views(self) -> str:
         """What ``flip_tta`` averages, in words."""
-        return tta_views(self.card.config.get("tta_shift", 0))
+        return f"flip, ±{self.tta_shift} px diagonal shifts" if self.tta_shift else "flip"
 
     def flip_mean(self, x: torch.Tensor) -> np.ndarray:
         """Mean logits of normalised images and their mirrors."""

@@ -54,6 +54,8 @@ class ConvGroup(nn.Sequential):
 class SpeedNet(nn.Module):
     """Whitening convolution, three conv groups, global max-pool, scaled linear classifier."""
 
+    init_images = WHITEN_IMAGES  # how many training images the trainer hands to init_from_data
+
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = WIDTHS) -> None:
         super().__init__()
         whiten_width = 2 * 3 * WHITEN_KERNEL**2

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from imgclf.config import TrainConfig
 from imgclf.data.datasets import ImageSet, Splits
+from imgclf.data.features import resize_normalise
 from imgclf.data.loader import BatchLoader, epoch_seed, inference_batch_size
 from imgclf.device import CpuShare, autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
@@ -119,10 +120,9 @@ def image_loaders(
     return train_loader, BatchLoader(val, inference_batch_size(side, device), **common) if len(val) else None
 
 
-def first_images(data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...], count: int = 5000) -> torch.Tensor:
+def first_images(data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...], count: int) -> torch.Tensor:
     """The first ``count`` images of ``data``, normalised as training normalises them (float32, unaugmented)."""
-    images = data.images[torch.arange(min(count, len(data)))].float().div_(255)
-    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return resize_normalise(data.images[torch.arange(min(count, len(data)))], 0, mean, std)
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -176,7 +176,8 @@ class Trainer:
             if cfg.progressive_size:
                 check_input_size(model, cfg.model, cfg.progressive_size, self.device)
             if hasattr(model, "init_from_data"):  # e.g. whitening filters from the training images' patches
-                model.init_from_data(first_images(splits.train, splits.mean, splits.std).to(self.device))
+                images = first_images(splits.train, splits.mean, splits.std, model.init_images)
+                model.init_from_data(images.to(self.device))
         if cfg.sync_bn and distributed.active() and not freeze_batchnorm:
             model = distributed.sync_batchnorm(model, self.device)
         self.model = model
