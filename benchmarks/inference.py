@@ -28,10 +28,10 @@ from common import command_line, write_result
 from imgclf.config import TrainConfig
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
 from imgclf.device import cpu_has_native_bf16
-from imgclf.inference.export import export_network
 from imgclf.inference.predictor import OnnxPredictor, TorchPredictor
 from imgclf.models import create_model
 from imgclf.models.backbones import create_backbone, preprocessing
+from imgclf.models.onnx import export_network
 from imgclf.runs import ModelCard
 
 SETUPS = {  # model: (input side, batch sizes)

@@ -238,6 +238,35 @@ def test_activation_cache_is_reused_and_rebuilt_when_inputs_change(tmp_path, cif
     assert fresh.misses == 1
 
 
+def test_onnxruntime_caches_the_same_activations_as_pytorch_and_keys_them_apart(tmp_path, cifar_train, monkeypatch):
+    from imgclf.data import features
+
+    data = cifar_train.subset(torch.arange(24))
+    tm = build_transfer_model(TrainConfig(model="tf_efficientnet_lite0", pretrained=True, unfreeze="0.5"), 10)
+    monkeypatch.setattr(features, "FAST_MIN_IMAGES", 16)
+    cpu = torch.device("cpu")
+    fast = ActivationCache(tmp_path, tm.prefix, 64, tm.mean, tm.std, cpu, "bf16", 16, progress=False)
+    assert fast.engine(len(data)) == "onnxruntime" and fast.engine(8) == "eager"
+    acts = fast.get(data)
+    assert "onnxruntime" in fast._runners and acts.shape[0] == 24 and acts.dtype == torch.bfloat16
+    with torch.inference_mode():
+        exact = tm.prefix(resize_normalise(data.images, 64, tm.mean, tm.std))
+    torch.testing.assert_close(acts.float(), exact, rtol=0.02, atol=0.02)  # bf16 storage, fp32 compute
+    eager = ActivationCache(tmp_path, tm.prefix, 64, tm.mean, tm.std, cpu, "bf16", 16, compile=False, progress=False)
+    assert eager.path(data, False) != fast.path(data, False)  # fp32 onnxruntime and bf16 PyTorch are cached apart
+
+    def broken_export(*args, **kwargs):
+        raise ImgclfError("ONNX export failed (no)")
+
+    monkeypatch.setattr(features, "export_network", broken_export)
+    monkeypatch.setattr(features.torch, "compile", lambda module, **kwargs: module)  # skip compiling in a test
+    fallback = ActivationCache(tmp_path / "b", tm.prefix, 64, tm.mean, tm.std, cpu, "bf16", 16, progress=False)
+    with pytest.warns(UserWarning, match="ONNX export of the backbone failed"):
+        fallback.get(data)
+    assert fallback.onnx_failed and fallback.engine(len(data)) == "compiled"
+    assert fallback.path(data, False).name == eager.path(data, False).name and fallback.path(data, False).is_file()
+
+
 def test_full_fine_tuning_trains_every_layer_and_evaluates(data_dir, tmp_path):
     from imgclf.evaluation.evaluate import evaluate_run
 

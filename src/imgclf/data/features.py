@@ -6,8 +6,10 @@ everything that changes the activations — the prefix's weights and structure, 
 the images themselves — so a changed backbone, weights file, resolution or data set rebuilds them.
 """
 
+import copy
 import hashlib
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,9 +23,13 @@ from imgclf.data.datasets import ImageSet
 from imgclf.device import CpuShare, autocast
 from imgclf.errors import ImgclfError
 from imgclf.io import atomic_write, cache_dir
+from imgclf.models.onnx import export_network, onnx_session
 
 DEFAULT_CACHE_DIR = cache_dir("activations")
-COMPILE_MIN_IMAGES = 2000  # compiling the prefix costs ~30 s and speeds caching up ~1.6× (Lite2 at 224, 2-core CPU)
+# On a CPU the prefix runs in onnxruntime (fp32) when there are enough images to repay its export: Lite2's first 12
+# layers at 224 px cached 365 img/s there against 155 compiled with bf16 autocast and 112 in eager bf16 (2-core CPU,
+# batch 64, median of 4; benchmarks/results/activation_cache.json). torch.compile is the fallback.
+FAST_MIN_IMAGES = 2000
 
 
 def tensor_digest(tensors: list[torch.Tensor]) -> str:
@@ -75,17 +81,25 @@ class ActivationCache:
         self.batch_size, self.compile, self.progress = batch_size, compile, progress
         self.threads = threads  # CPU threads: 0 follows the cores other processes leave free (device.CpuShare)
         self._prefix_key = module_digest(prefix)
-        self._compiled: nn.Module | None = None
+        self._runners: dict[str, object] = {}  # engine → callable on a normalised float batch
+        self.onnx_failed = False
         self.hits = self.misses = 0
+
+    def engine(self, n_images: int) -> str:
+        """What computes the activations of ``n_images`` images: onnxruntime, torch.compile or eager PyTorch."""
+        if not self.compile or n_images < FAST_MIN_IMAGES or self.device.type != "cpu":
+            return "eager"
+        return "compiled" if self.onnx_failed else "onnxruntime"
 
     def key(self, data: ImageSet, flip: bool) -> str:
         """The cache key of ``data``'s activations (mirrored when ``flip``)."""
+        engine = self.engine(len(data))
         parts = {
             "prefix": self._prefix_key,
             "image_size": self.image_size,
             "mean": self.mean,
             "std": self.std,
-            "precision": self.precision,
+            "precision": "fp32" if engine == "onnxruntime" else self.precision,
             "flip": flip,
             "data": data.fingerprint(),
         }
@@ -93,7 +107,7 @@ class ActivationCache:
 
     def get(self, data: ImageSet, flip: bool = False, desc: str = "") -> torch.Tensor:
         """Activations of every image of ``data`` as a bf16 CPU tensor, from the cache when present."""
-        path = self.root / f"{self.key(data, flip)}.safetensors"
+        path = self.path(data, flip)
         if path.is_file():
             try:
                 activations = load_file(str(path))["activations"]
@@ -104,26 +118,56 @@ class ActivationCache:
                 pass
         self.misses += 1
         activations = self.compute(data, flip, desc)
+        path = self.path(data, flip)  # the engine may have changed (an export that failed)
         try:
             atomic_write(path, lambda tmp: save_file({"activations": activations}, str(tmp)))
         except OSError as exc:
             warnings.warn(f"could not write the activation cache {path}: {exc}", stacklevel=2)
         return activations
 
-    def _runner(self, n_images: int) -> nn.Module:
-        """The prefix, compiled (fixed batch shape) when there are enough images to repay compilation."""
-        if not self.compile or n_images < COMPILE_MIN_IMAGES or self.device.type != "cpu":
+    def path(self, data: ImageSet, flip: bool) -> Path:
+        """The cache file of ``data``'s activations (mirrored when ``flip``)."""
+        return self.root / f"{self.key(data, flip)}.safetensors"
+
+    def _onnx_runner(self):
+        """The prefix exported to ONNX and run by onnxruntime on as many threads as the free cores allow now."""
+        threads = torch.get_num_threads()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "prefix.onnx"
+            export_network(copy.deepcopy(self.prefix), self.image_size, path, output_name="activations")
+            session = onnx_session(path, threads)
+        name = session.get_inputs()[0].name
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {name: x.float().contiguous().numpy()})[0])
+
+        return run
+
+    def _runner(self, engine: str):
+        """The callable that computes activations with ``engine`` (built once per cache)."""
+        if engine == "eager":
             return self.prefix
-        if self._compiled is None:
-            self._compiled = torch.compile(self.prefix, dynamic=False)
-        return self._compiled
+        if engine not in self._runners:
+            if engine == "onnxruntime":
+                try:
+                    self._runners[engine] = self._onnx_runner()
+                except Exception as exc:  # an exporter that fails on some layer: torch.compile instead
+                    warnings.warn(
+                        f"ONNX export of the backbone failed ({exc}); caching with torch.compile", stacklevel=3
+                    )
+                    self.onnx_failed = True
+                    return self._runner("compiled")
+            else:
+                self._runners[engine] = torch.compile(self.prefix, dynamic=False)
+        return self._runners[engine]
 
     @torch.inference_mode()
     def compute(self, data: ImageSet, flip: bool, desc: str = "") -> torch.Tensor:
         """Run the prefix over ``data`` (in fixed-size batches, the last one padded) with a progress bar."""
-        runner, bs = self._runner(len(data)), self.batch_size
-        # threads follow the free cores in eager mode (compiled kernels fix their thread count when compiled)
-        share = CpuShare(self.threads) if self.device.type == "cpu" and runner is self.prefix else None
+        share = CpuShare(self.threads) if self.device.type == "cpu" else None  # the threads a runner is built with
+        runner, bs = self._runner(self.engine(len(data))), self.batch_size
+        if runner is not self.prefix:  # threads follow the free cores in eager mode only: onnxruntime and compiled
+            share = None  # kernels fix their thread count when built
         label = desc or "activations"
         chunks = []
         with tqdm(
@@ -149,9 +193,11 @@ class ActivationCache:
                         if runner is self.prefix:
                             raise
                         warnings.warn(
-                            f"torch.compile failed ({type(exc).__name__}); caching in eager mode", stacklevel=2
+                            f"{self.engine(len(data))} failed ({type(exc).__name__}); caching in eager mode",
+                            stacklevel=2,
                         )
-                        runner = self._compiled = self.prefix
+                        self.compile = False  # every later batch and set: eager (and keyed so)
+                        runner = self.prefix
                         out = runner(x)
                 chunks.append(out[:n].to(torch.bfloat16).cpu().contiguous())
                 bar.update(n)

@@ -13,12 +13,9 @@ and the top-1 classes must agree on every image, else the export fails and no mo
 are printed and stored beside the file (``model.parity.json``).
 """
 
-import contextlib
 import dataclasses
-import io
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +34,10 @@ from imgclf.inference.predictor import (
     weights_digest,
 )
 from imgclf.io import atomic_write, write_json
+from imgclf.models.onnx import OPSET, export_network
 from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
 from imgclf.training.transfer import TransferModel
 
-OPSET = 18
 TOLERANCE = 1e-3  # max |Δlogit| / max |logit|, fp32
 PARITY_BATCHES = (1, 7, 256)  # batch sizes the dynamic axis is checked at, in turn
 
@@ -48,29 +45,6 @@ PARITY_BATCHES = (1, 7, 256)  # batch sizes the dynamic axis is checked at, in t
 def parity_path(model_path: Path) -> Path:
     """Where the parity figures of an exported model are stored: beside it."""
     return Path(model_path).with_suffix(".parity.json")
-
-
-def export_network(network: torch.nn.Module, side: int, path: Path, opset: int = OPSET) -> str:
-    """Write ``network`` (fp32, CPU) to ``path`` as ONNX with a dynamic batch axis; the exporter used."""
-    network = network.float().cpu().eval().to(memory_format=torch.contiguous_format)
-    sample = torch.zeros(2, 3, side, side)
-    names = dict(input_names=["images"], output_names=["logits"], opset_version=opset)
-    errors = []
-    for exporter in ("dynamo", "torchscript"):
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                if exporter == "dynamo":
-                    batch = torch.export.Dim("batch", min=1, max=65536)
-                    torch.onnx.export(network, (sample,), str(path), dynamo=True, dynamic_shapes=({0: batch},), **names)
-                else:
-                    axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
-                    torch.onnx.export(network, (sample,), str(path), dynamo=False, dynamic_axes=axes, **names)
-                return exporter
-            except Exception as exc:  # each exporter fails in its own ways on unusual layers
-                errors.append(f"{exporter}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                path.unlink(missing_ok=True)
-    raise ImgclfError(f"ONNX export failed ({'; '.join(errors)})"[:400])
 
 
 def write_metadata(path: Path, card: ModelCard, digest: str) -> None:

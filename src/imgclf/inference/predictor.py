@@ -31,6 +31,7 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluation.calibration import softmax
 from imgclf.inference.options import RUNTIMES
 from imgclf.models import create_model
+from imgclf.models.onnx import onnx_session
 from imgclf.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, ModelCard, RunDir
 from imgclf.training.checkpoint import load_weights, read_metadata, read_weights
 from imgclf.training.transfer import TransferModel, activation_cache, build_transfer_model, uses_cache
@@ -188,14 +189,7 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, path: Path, card: ModelCard) -> None:
         super().__init__(card)
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for damaged files
-            raise ImgclfError(f"cannot load the ONNX model {path}: {str(exc).splitlines()[0]}") from None
+        self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
