@@ -23,6 +23,7 @@ from common import command_line, write_result
 from imgclf.config import build_config, load_config_file
 from imgclf.data.cifar import load_cifar10
 from imgclf.data.features import ActivationCache, resize_normalise
+from imgclf.device import autocast
 from imgclf.training.transfer import build_transfer_model
 
 ENGINES = ("onnxruntime", "compiled", "eager")
@@ -41,11 +42,17 @@ def main() -> None:
     cpu = torch.device("cpu")
     caches, build_seconds = {}, {}
     for engine in ENGINES:
-        cache = ActivationCache(None, tm.prefix, tm.image_size, tm.mean, tm.std, cpu, "bf16", compile=engine != "eager")
+        cache = ActivationCache(
+            None, tm.prefix, tm.image_size, tm.mean, tm.std, cpu, "bf16", compile=engine != "eager", progress=False
+        )
         cache.onnx_failed = engine == "compiled"
         assert cache.engine(len(data)) == engine
         t = time.perf_counter()
-        cache.compute(data.subset(torch.arange(cache.batch_size)), flip=False)  # build and warm up
+        runner = cache._runner(engine)  # export or compile, then one warm-up batch
+        with torch.inference_mode(), autocast(cpu, "bf16"):
+            runner(
+                resize_normalise(data.images[: cache.batch_size], tm.image_size, tm.mean, tm.std, engine != ENGINES[0])
+            )
         build_seconds[engine] = round(time.perf_counter() - t, 1)
         caches[engine] = cache
     rates: dict[str, list[float]] = {engine: [] for engine in ENGINES}
