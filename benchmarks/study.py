@@ -26,9 +26,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     preset = "quick" if args.quick else "reference"
-    output = ROOT / "benchmarks" / "runs" / f"study_{preset}"
+    output = Path("benchmarks") / "runs" / f"study_{preset}"  # relative to the repository (the command runs there)
     cache_dir = output.parent / f"cache_study_{preset}"
-    for path in (output, cache_dir):  # a cold start
+    for path in (ROOT / output, ROOT / cache_dir):  # a cold start
         if path.exists():
             shutil.rmtree(path)
     command = ["imgclf", "study", "--output", str(output), "--set", f"cache_dir={cache_dir}", "--no-progress"]
@@ -36,7 +36,7 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
-    study = json.loads((output / "study.json").read_text())
+    study = json.loads((ROOT / output / "study.json").read_text())
     record = {
         "benchmark": "study",
         "model": preset,
@@ -49,7 +49,7 @@ def main() -> None:
     report = RESULTS / f"study_{preset}"
     if report.exists():
         shutil.rmtree(report)
-    shutil.copytree(output / "comparison", report)
+    shutil.copytree(ROOT / output / "comparison", report)
     print(f"study {preset}: {wall / 60:.1f} min wall")
     print("wrote", write_result(f"study_{preset}", record))
 
