@@ -29,42 +29,20 @@ REPO = Path(__file__).resolve().parent.parent
 def keras_worker(arrays: Path, epochs: int) -> dict:
     """Train the Keras pipeline in this process (TensorFlow without torch: their LLVMs clash in one process) on the
     images saved in ``arrays``; the seconds of each epoch."""
+    import keras_models
     import numpy as np
     import tensorflow as tf
 
     with np.load(arrays, allow_pickle=False) as saved:
         x, y = saved["images"], saved["labels"]
     images = len(x)
-    l2 = tf.keras.regularizers.l2(1e-4)
-
-    def conv(x, filters, stride=1):
-        return tf.keras.layers.Conv2D(
-            filters, 3, stride, "same", kernel_initializer="he_normal", kernel_regularizer=l2
-        )(x)
-
-    inputs = tf.keras.Input((32, 32, 3))
-    h = tf.keras.layers.ReLU()(tf.keras.layers.BatchNormalization()(conv(inputs, 16)))
-    for stage, filters in enumerate((16, 32, 64)):
-        for block in range(3):
-            stride = 2 if stage and not block else 1
-            r = tf.keras.layers.ReLU()(tf.keras.layers.BatchNormalization()(conv(h, filters, stride)))
-            r = tf.keras.layers.BatchNormalization()(conv(r, filters))
-            if stride != 1:
-                h = tf.keras.layers.Conv2D(filters, 1, stride, kernel_regularizer=l2)(h)
-            h = tf.keras.layers.ReLU()(tf.keras.layers.add([h, r]))
-    outputs = tf.keras.layers.Dense(10, activation="softmax")(tf.keras.layers.GlobalAveragePooling2D()(h))
-    model = tf.keras.Model(inputs, outputs)
+    model = keras_models.resnet20()
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        optimizer=tf.keras.optimizers.Adam(1e-3),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
     )
-    augment = tf.keras.Sequential(
-        [
-            tf.keras.layers.RandomRotation(15 / 360),
-            tf.keras.layers.RandomZoom(0.1),
-            tf.keras.layers.RandomTranslation(0.1, 0.1),
-            tf.keras.layers.RandomFlip("horizontal"),
-        ]
-    )
+    augment = keras_models.reference_augmentation()
     dataset = (
         tf.data.Dataset.from_tensor_slices((x, y))
         .shuffle(images, seed=0)

@@ -243,3 +243,15 @@ def test_busy_seconds_counts_only_the_cores_this_process_may_use():
         pytest.skip("no /proc/stat here")
     none = device.busy_seconds(set())
     assert none[0] == 0 and every[0] > 0 and every[1] >= 0
+
+
+def test_freed_memory_is_kept_for_reuse_on_linux(monkeypatch):
+    """glibc's malloc takes the setting on Linux; IMGCLF_REUSE_MEMORY=0 leaves the allocator's defaults."""
+    import sys
+
+    import imgclf.device as device
+
+    monkeypatch.setenv("IMGCLF_REUSE_MEMORY", "0")
+    assert device.reuse_freed_memory() is False
+    monkeypatch.setenv("IMGCLF_REUSE_MEMORY", "1")
+    assert device.reuse_freed_memory() is sys.platform.startswith("linux")

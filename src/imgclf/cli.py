@@ -397,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error already printed as one usage and one error line (2)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    if args.command in ("train", "study", "evaluate"):  # long tensor work: keep freed memory for reuse
+        from imgclf.device import reuse_freed_memory
+
+        reuse_freed_memory()
     previous_handler = signal.getsignal(signal.SIGTERM)
     handles_signals = threading.current_thread() is threading.main_thread()  # only the main thread may set them
     if args.command in ("train", "study") and handles_signals:

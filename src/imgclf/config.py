@@ -58,7 +58,9 @@ class TrainConfig:
     cache: bool = option(True, "timm models: train on frozen-backbone activations computed once and cached on disk")
     cache_dir: str | None = option(None, "folder of the activation cache (default: ~/.cache/imgclf/activations)")
     compile: bool = option(
-        True, "torch.compile: the frozen backbone while caching (CPU), the network being trained (GPU)"
+        True,
+        "compile the frozen backbone while caching (CPU: onnxruntime, torch.compile where its export fails) "
+        "and the network being trained (GPU: torch.compile)",
     )
     compile_mode: str = option(
         "default",

@@ -1,9 +1,11 @@
 """Device and numeric-precision selection: bf16 autocast where the hardware runs it natively."""
 
 import contextlib
+import ctypes
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -74,6 +76,26 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from its heap and keep freed memory for reuse (Linux; returns whether
+    it applied; ``IMGCLF_REUSE_MEMORY=0`` turns it off).
+
+    By default every tensor over 32 MB is a fresh ``mmap``, so each training step page-faults and zeroes its large
+    activations anew: casting a 72 MB bf16 activation to fp32 took 20 ms into a new tensor and 1.5 ms into a reused
+    one. With the heap reused, EfficientNet-Lite2's phase-2 step at 224 px trained 140 img/s against 118 (1.19×) and
+    ResNet-20's 1,569 against 1,495 (1.05×; 2-core CPU, benchmarks/results/reuse_memory.json). The process keeps its
+    peak memory until it exits.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("IMGCLF_REUSE_MEMORY", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameters
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, …): the allocator's defaults stay
+        return False
 
 
 def usable_cores() -> set[int]:

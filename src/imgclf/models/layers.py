@@ -32,8 +32,17 @@ def slow_in_bf16(conv: nn.Conv2d) -> bool:
     return max(conv.kernel_size) > 3 or max(conv.stride) > 1
 
 
+def _conv_backward(grad, x, weight, stride, padding, groups, mask: list[bool]) -> tuple:
+    """(grad of x, grad of weight) of a bias-free ``conv2d``, each None unless ``mask`` asks for it."""
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, stride, padding, [1, 1], False, [0, 0], groups, [*mask, False]
+    )
+    return grad_x, grad_w
+
+
 class _DepthwiseConv(torch.autograd.Function):
-    """``conv2d(x, weight)`` whose backward runs in fp32."""
+    """``conv2d(x, weight)`` whose weight gradient runs in fp32 (and whose input gradient does too, except at stride 1
+    in channels_last, where bf16 is fast: 8.7 ms against 31 ms in fp32 for 128 × 720 × 14 × 14 at 5×5)."""
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding, groups):
@@ -45,26 +54,18 @@ class _DepthwiseConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         stride, padding, groups = ctx.conv
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad.float(),
-            x.float(),
-            weight.float(),
-            None,
-            stride,
-            padding,
-            [1, 1],
-            False,
-            [0, 0],
-            groups,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
-        )
-        return (
-            grad_x.to(x.dtype) if grad_x is not None else None,
-            grad_w.to(weight.dtype) if grad_w is not None else None,
-            None,
-            None,
-            None,
-        )
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x = grad_w = None
+        if need_x and tuple(stride) == (1, 1) and x.is_contiguous(memory_format=torch.channels_last):
+            grad_x, _ = _conv_backward(grad, x, weight, stride, padding, groups, [True, False])
+            need_x = False
+        if need_x or need_w:
+            fp32_x, grad_w = _conv_backward(
+                grad.float(), x.float(), weight.float(), stride, padding, groups, [need_x, need_w]
+            )
+            grad_x = fp32_x.to(x.dtype) if fp32_x is not None else grad_x
+            grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        return grad_x, grad_w, None, None, None
 
 
 class DepthwiseConv2d(nn.Conv2d):

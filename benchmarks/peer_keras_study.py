@@ -1,0 +1,211 @@
+"""The whole reference study in the reference's own framework beside imgclf's study: wall time, row by row.
+
+    uv run python benchmarks/study.py                               # first: imgclf's side, end to end
+    uv sync --group keras                                           # TensorFlow (CPU), an optional dependency group
+    uv run --group keras python benchmarks/peer_keras_study.py      # then the Keras side
+    uv sync                                                         # back to the default install
+
+Keras side: every row of imgclf's reference study (src/imgclf/studies/reference.yaml: the same epochs and batch size,
+45,000 training and 5,000 validation images per epoch, the 10,000 test images once) as the reference notebook runs
+it — the networks trained from scratch (keras_models.py: the twins of imgclf's, same trainable parameter counts, and
+the notebook's ResNet-20) on a tf.data pipeline with the notebook's augmentation as Keras preprocessing layers, Adam;
+transfer learning as two phases of ``model.fit`` on EfficientNetV2-B0, the notebook's backbone, with the 32-px images
+resized inside the model: phase 1 the new head on the frozen backbone, phase 2 also the backbone's last layers (the
+fraction of its layers that imgclf's recipe unfreezes of Lite2's), BatchNorm kept in inference mode, flips as the
+only augmentation. fp32, TensorFlow's default threads.
+
+Not whole runs (the Keras study would take hours): each phase's training rate is timed over ``--steps`` steps after
+two warm-up steps (tracing), the inference rate over ``--predict`` images, and the row's time is scaled to the
+study's images and epochs (training, a validation pass per epoch, the test pass) — stated so in the result. imgclf's
+side is measured, not scaled: the study's wall time in benchmarks/results/study_reference.json.
+Writes benchmarks/results/peer_keras_study.json (benchmark "peer_keras", model "reference study").
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent.parent
+TEST_IMAGES = 10_000
+
+
+def keras_worker(arrays: Path, row: dict) -> dict:
+    """Time one study row in Keras in this process (TensorFlow only); images per second per phase and inference."""
+    import keras_models
+    import numpy as np
+    import tensorflow as tf
+
+    with np.load(arrays, allow_pickle=False) as saved:
+        x, y = saved["images"], saved["labels"]
+    batch, steps = row["batch_size"], row["steps"]
+    if row["kind"] == "scratch":
+        model = getattr(keras_models, row["model"])()
+        augment = keras_models.reference_augmentation()
+    else:
+        model, backbone = keras_models.efficientnetv2_b0(row["side"], dropout=row["dropout"])
+        augment = tf.keras.layers.RandomFlip("horizontal")
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .repeat()
+        .shuffle(len(x), seed=0)
+        .batch(batch)
+        .map(lambda a, b: (augment(tf.cast(a, tf.float32) / 255, training=True), b), tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def rate() -> float:
+        model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # traces the step and warms up
+        start = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        return steps * batch / (time.perf_counter() - start)
+
+    phases = {}
+    if row["kind"] == "scratch":
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=loss)
+        phases["train"] = rate()
+    else:
+        backbone.trainable = False
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=loss)
+        phases["phase1"] = rate()
+        backbone.trainable = True
+        cut = round(len(backbone.layers) * (1 - row["unfreeze_fraction"]))
+        for layer in backbone.layers[:cut]:
+            layer.trainable = False
+        model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss=loss)
+        phases["phase2"] = rate()
+    images = x[: row["predict"]].astype("float32") / 255
+    model.predict(images[:batch], batch_size=batch, verbose=0)
+    start = time.perf_counter()
+    model.predict(images, batch_size=batch, verbose=0)
+    predict_rate = len(images) / (time.perf_counter() - start)
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    return {
+        "train_images_per_second": phases,
+        "predict_images_per_second": predict_rate,
+        "trainable": trainable,
+        "tensorflow": tf.__version__,
+    }
+
+
+def study_rows(steps: int, transfer_steps: int, predict: int) -> dict[str, dict]:
+    """Each run of imgclf's reference study as a Keras row: kind, network, epochs per phase, images."""
+    from imgclf.models import count_parameters, create_model
+    from imgclf.models.backbones import backbone_units, create_backbone, unfrozen_units
+    from imgclf.study import study_configs
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = study_configs("reference", Path(tmp), {})
+    for name, cfg in configs.items():
+        row = {"batch_size": cfg.batch_size, "predict": predict, "val_fraction": cfg.val_fraction}
+        if cfg.pretrained:
+            units = len(backbone_units(create_backbone(cfg.model, 10, pretrained=False)))
+            fraction = unfrozen_units(cfg.unfreeze, units) / units
+            row |= {"kind": "transfer", "model": "efficientnetv2_b0", "side": cfg.img_size, "dropout": cfg.dropout}
+            row |= {"epochs": {"phase1": cfg.head_epochs, "phase2": cfg.epochs}, "unfreeze_fraction": fraction}
+            row |= {"steps": transfer_steps}
+        else:
+            row |= {"kind": "scratch", "model": cfg.model, "epochs": {"train": cfg.epochs}, "steps": steps}
+            row["imgclf_trainable"] = count_parameters(create_model(cfg.model, 10))
+        rows[name] = row
+    return rows
+
+
+def save_images(count: int, path: Path) -> tuple[Path, int]:
+    """The first ``count`` CIFAR-10 training images (NHWC uint8) and labels, for the Keras processes; the training
+    split's size."""
+    import numpy as np
+
+    from imgclf.data.cifar import load_cifar10
+
+    data = load_cifar10("train", os.environ.get("IMGCLF_DATA_DIR"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x, y = data.images[:count].permute(0, 2, 3, 1).numpy(), data.labels[:count].numpy()
+    np.savez(path, images=x, labels=y)
+    return path, len(data)
+
+
+def keras_row(arrays: Path, row: dict) -> dict:
+    """Run one row's Keras worker in its own process."""
+    command = [sys.executable, __file__, "--keras-worker", str(arrays), "--row", json.dumps(row)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"keras failed (uv sync --group keras installs TensorFlow):\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per from-scratch row")
+    parser.add_argument("--transfer-steps", type=int, default=5, help="timed steps per transfer phase")
+    parser.add_argument("--predict", type=int, default=1024, help="images of the timed inference pass")
+    parser.add_argument("--keras-worker", metavar="NPZ", help=argparse.SUPPRESS)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.keras_worker:
+        print(json.dumps(keras_worker(Path(args.keras_worker), json.loads(args.row))))
+        return
+    from common import RESULTS, command_line, write_result
+
+    imgclf_study = json.loads((RESULTS / "study_reference.json").read_text())
+    start = time.perf_counter()
+    rows = study_rows(args.steps, args.transfer_steps, args.predict)
+    arrays, split = save_images(10_000, REPO / "benchmarks" / "runs" / "peer_keras_study" / "images.npz")
+    out, keras_total = {}, 0.0
+    for name, row in rows.items():
+        measured = keras_row(arrays, row)
+        train = round(split * (1 - row["val_fraction"]))
+        val = split - train
+        rates = measured["train_images_per_second"]
+        seconds = sum(epochs * train / rates[phase] for phase, epochs in row["epochs"].items())
+        seconds += (sum(row["epochs"].values()) * val + TEST_IMAGES) / measured["predict_images_per_second"]
+        mine = imgclf_study["runs"][name]["wall_seconds"]
+        out[name] = {
+            **{k: v for k, v in row.items() if k not in ("predict", "val_fraction", "steps")},
+            "keras_train_images_per_second": {k: round(v, 1) for k, v in rates.items()},
+            "keras_predict_images_per_second": round(measured["predict_images_per_second"], 1),
+            "keras_trainable": measured["trainable"],
+            "keras_wall_seconds_scaled": round(seconds),
+            "imgclf_wall_seconds": round(mine, 1),
+            "ratio": round(seconds / mine, 2),
+        }
+        keras_total += seconds
+        if row["kind"] == "scratch" and name != "resnet20" and measured["trainable"] != row["imgclf_trainable"]:
+            sys.exit(
+                f"{name}: the Keras twin has {measured['trainable']:,} trainable parameters, imgclf's network "
+                f"{row['imgclf_trainable']:,}"
+            )
+        print(name, json.dumps(out[name]), flush=True)
+    record = {
+        "benchmark": "peer_keras",
+        "model": "reference study",
+        "command": command_line("uv run --group keras python"),
+        "seed": 0,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "tensorflow": measured["tensorflow"],
+        "keras_wall_seconds_scaled": round(keras_total),
+        "imgclf_wall_seconds": imgclf_study["wall_seconds"],
+        "imgclf_study": {"commit": imgclf_study["commit"], "date": imgclf_study["date"]},
+        "ratio": round(keras_total / imgclf_study["wall_seconds"], 2),
+        "scaled": f"Keras rows timed over {args.steps} steps (from scratch) and {args.transfer_steps} steps per "
+        f"transfer phase after 2 warm-up steps, inference over {args.predict} images, scaled to the study's images "
+        "and epochs; imgclf's study measured end to end",
+        "rows": out,
+    }
+    print(
+        f"Keras (scaled) {keras_total / 60:.0f} min, imgclf {imgclf_study['wall_seconds'] / 60:.0f} min: "
+        f"{record['ratio']}×"
+    )
+    print(write_result("peer_keras_study", record))
+
+
+if __name__ == "__main__":
+    main()
