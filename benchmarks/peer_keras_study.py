@@ -15,7 +15,8 @@ fraction of its layers that imgclf's recipe unfreezes of Lite2's), BatchNorm kep
 only augmentation. fp32, TensorFlow's default threads.
 
 Not whole runs (the Keras study would take hours): each phase's training rate is timed over ``--steps`` steps after
-two warm-up steps (tracing), the inference rate over ``--predict`` images, and the row's time is scaled to the
+two warm-up steps (tracing), the inference rate over ``--predict`` images (medians of ``--rounds`` processes per
+row), and the row's time is scaled to the
 study's images and epochs (training, a validation pass per epoch, the test pass) — stated so in the result. imgclf's
 side is measured, not scaled: the study's wall time in benchmarks/results/study_reference.json.
 Writes benchmarks/results/peer_keras_study.json (benchmark "peer_keras", model "reference study").
@@ -24,6 +25,7 @@ Writes benchmarks/results/peer_keras_study.json (benchmark "peer_keras", model "
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,20 +120,6 @@ def study_rows(steps: int, transfer_steps: int, predict: int) -> dict[str, dict]
     return rows
 
 
-def save_images(count: int, path: Path) -> tuple[Path, int]:
-    """The first ``count`` CIFAR-10 training images (NHWC uint8) and labels, for the Keras processes; the training
-    split's size."""
-    import numpy as np
-
-    from imgclf.data.cifar import load_cifar10
-
-    data = load_cifar10("train", os.environ.get("IMGCLF_DATA_DIR"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x, y = data.images[:count].permute(0, 2, 3, 1).numpy(), data.labels[:count].numpy()
-    np.savez(path, images=x, labels=y)
-    return path, len(data)
-
-
 def keras_row(arrays: Path, row: dict) -> dict:
     """Run one row's Keras worker in its own process."""
     command = [sys.executable, __file__, "--keras-worker", str(arrays), "--row", json.dumps(row)]
@@ -147,6 +135,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per from-scratch row")
     parser.add_argument("--transfer-steps", type=int, default=5, help="timed steps per transfer phase")
     parser.add_argument("--predict", type=int, default=1024, help="images of the timed inference pass")
+    parser.add_argument("--rounds", type=int, default=3, help="Keras processes per row; median rates")
     parser.add_argument("--keras-worker", metavar="NPZ", help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,10 +147,23 @@ def main() -> None:
     imgclf_study = json.loads((RESULTS / "study_reference.json").read_text())
     start = time.perf_counter()
     rows = study_rows(args.steps, args.transfer_steps, args.predict)
-    arrays, split = save_images(10_000, REPO / "benchmarks" / "runs" / "peer_keras_study" / "images.npz")
+    from peer_keras import save_images
+
+    from imgclf.data.cifar import load_cifar10
+
+    arrays = save_images(10_000, REPO / "benchmarks" / "runs" / "peer_keras_study" / "images.npz")
+    split = len(load_cifar10("train", os.environ.get("IMGCLF_DATA_DIR")))  # training images before the validation split
     out, keras_total = {}, 0.0
     for name, row in rows.items():
-        measured = keras_row(arrays, row)
+        rounds = [keras_row(arrays, row) for _ in range(args.rounds)]
+        measured = {
+            "train_images_per_second": {
+                phase: statistics.median(r["train_images_per_second"][phase] for r in rounds) for phase in row["epochs"]
+            },
+            "predict_images_per_second": statistics.median(r["predict_images_per_second"] for r in rounds),
+            "trainable": rounds[0]["trainable"],
+            "tensorflow": rounds[0]["tensorflow"],
+        }
         train = round(split * (1 - row["val_fraction"]))
         val = split - train
         rates = measured["train_images_per_second"]
@@ -172,6 +174,7 @@ def main() -> None:
             **{k: v for k, v in row.items() if k not in ("predict", "val_fraction", "steps")},
             "keras_train_images_per_second": {k: round(v, 1) for k, v in rates.items()},
             "keras_predict_images_per_second": round(measured["predict_images_per_second"], 1),
+            "keras_rounds": [{k: round(v, 1) for k, v in r["train_images_per_second"].items()} for r in rounds],
             "keras_trainable": measured["trainable"],
             "keras_wall_seconds_scaled": round(seconds),
             "imgclf_wall_seconds": round(mine, 1),
@@ -195,7 +198,8 @@ def main() -> None:
         "imgclf_wall_seconds": imgclf_study["wall_seconds"],
         "imgclf_study": {"commit": imgclf_study["commit"], "date": imgclf_study["date"]},
         "ratio": round(keras_total / imgclf_study["wall_seconds"], 2),
-        "scaled": f"Keras rows timed over {args.steps} steps (from scratch) and {args.transfer_steps} steps per "
+        "scaled": f"median of {args.rounds} Keras processes per row, each timed over {args.steps} steps (from scratch) "
+        f"and {args.transfer_steps} steps per "
         f"transfer phase after 2 warm-up steps, inference over {args.predict} images, scaled to the study's images "
         "and epochs; imgclf's study measured end to end",
         "rows": out,
