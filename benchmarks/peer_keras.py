@@ -16,6 +16,7 @@ medians of the rounds. Writes benchmarks/results/peer_keras.json (rows with benc
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def keras_worker(arrays: Path, epochs: int) -> dict:
 
 def imgclf_run(images: int, epochs: int, output: Path, name: str) -> dict:
     """Train imgclf's ResNet-20 with the reference augmentation in a subprocess; the seconds of each epoch."""
+    shutil.rmtree(output / name, ignore_errors=True)  # a fresh run each time the benchmark runs
     command = [sys.executable, "-m", "imgclf", "train", "--model", "resnet20", "--augment", "reference"]
     command += ["--train-subset", str(images), "--val-fraction", "0", "--epochs", str(epochs), "--batch-size", "128"]
     command += ["--no-evaluate", "--no-progress", "--no-tensorboard", "--output", str(output), "--name", name]
@@ -92,8 +94,9 @@ def save_images(images: int, path: Path) -> Path:
     return path
 
 
-def keras_run(args: argparse.Namespace, arrays: Path) -> dict:
-    command = [sys.executable, __file__, "--keras-worker", str(arrays), "--epochs", str(args.epochs)]
+def keras_process(script: str, arguments: list[str]) -> dict:
+    """Run ``script``'s Keras worker (TensorFlow only) in its own process with ``arguments``; its last JSON line."""
+    command = [sys.executable, script, *arguments]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -117,7 +120,7 @@ def main() -> None:
     start, rounds = time.perf_counter(), []
     arrays = save_images(args.images, Path(args.output) / "images.npz")  # imgclf's --train-subset takes these
     for number in range(args.rounds):
-        keras = keras_run(args, arrays)
+        keras = keras_process(__file__, ["--keras-worker", str(arrays), "--epochs", str(args.epochs)])
         mine = imgclf_run(args.images, args.epochs, Path(args.output), f"round{number}")
         rounds.append(
             {

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -120,16 +119,6 @@ def study_rows(steps: int, transfer_steps: int, predict: int) -> dict[str, dict]
     return rows
 
 
-def keras_row(arrays: Path, row: dict) -> dict:
-    """Run one row's Keras worker in its own process."""
-    command = [sys.executable, __file__, "--keras-worker", str(arrays), "--row", json.dumps(row)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        sys.exit(f"keras failed (uv sync --group keras installs TensorFlow):\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per from-scratch row")
@@ -147,7 +136,7 @@ def main() -> None:
     imgclf_study = json.loads((RESULTS / "study_reference.json").read_text())
     start = time.perf_counter()
     rows = study_rows(args.steps, args.transfer_steps, args.predict)
-    from peer_keras import save_images
+    from peer_keras import keras_process, save_images
 
     from imgclf.data.cifar import load_cifar10
 
@@ -155,7 +144,8 @@ def main() -> None:
     split = len(load_cifar10("train", os.environ.get("IMGCLF_DATA_DIR")))  # training images before the validation split
     out, keras_total = {}, 0.0
     for name, row in rows.items():
-        rounds = [keras_row(arrays, row) for _ in range(args.rounds)]
+        worker = ["--keras-worker", str(arrays), "--row", json.dumps(row)]
+        rounds = [keras_process(__file__, worker) for _ in range(args.rounds)]
         measured = {
             "train_images_per_second": {
                 phase: statistics.median(r["train_images_per_second"][phase] for r in rounds) for phase in row["epochs"]
