@@ -1,4 +1,4 @@
-"""Issue 14's GPU figures, side by side with an earlier version of imgclf in the same lease (one GPU).
+"""Issues 14's and 15's GPU figures, side by side with an earlier imgclf or airbench94 in the same lease (one GPU).
 
     python3 benchmarks/gpu_efficiency.py resnet20 --data-dir /tmp/data --baseline-src .baseline/src
     python3 benchmarks/gpu_efficiency.py lite2 --data-dir /tmp/data [--baseline-src .baseline/src]
@@ -11,9 +11,15 @@ Parts (each one command line; they fit one device call of ≤ 10 minutes one at 
 - lite2: the whole-network fine-tune recipe ``lite2_224_gpu``; goal ≥ 97.5% in ≤ 4 minutes (baseline, if asked:
   ``--unfreeze all --head-epochs 2 --epochs 14 --lr 2e-4``, 97.35% in 207 s on an H200).
 - study: ``imgclf study --preset reference_gpu``; goal ≤ 10 minutes.
-- speed94: issue 15's speed recipe, ``imgclf train --config speed94`` on the GPU, and with ``--airbench FILE``
-  KellerJordan/cifar10-airbench's legacy/airbench94.py (fetched, carried in .gpulib, never committed) run beside it
-  in the same lease; goal: imgclf's training time within 1.2× of airbench94's per-run time.
+- speed94: issue 15's speed recipes, ``speed94`` and ``speed94_gpu`` on the GPU (``--only LABEL,…`` picks runs), and
+  with ``--airbench FILE`` KellerJordan/cifar10-airbench's legacy/airbench94.py (fetched, carried in .gpulib, never
+  committed) run beside them in the same lease; goal: imgclf's training time within 1.2× of airbench94's per-run time.
+  Measured on an H100 (2026-11-26, benchmarks/results/gpu_efficiency_speed94.json): airbench94 2.58 s per run
+  (94.01% TTA), speed94_gpu 3.36 s of training (median of 3 seeds, 94.16% TTA): 1.30×. speed94 itself (16 epochs
+  of 45,000) eager 4.3 s against airbench94's 2.22 s in another lease (1.94×); compiled 18.1 s (compilation).
+- profile: where speed94's eager step spends its time (an epoch, the batches alone, forward + backward alone,
+  validation, and torch.profiler's tables in OUT/gpu_profile.txt). On an H100 forward + backward are 87% of the
+  epoch and the GPU is busy 91% of it (compute-bound, not launch-bound); max-pooling is 31% of the GPU's time.
 - syncs: host synchronisations per training step (``torch.cuda.set_sync_debug_mode``), ResNet-20 with TrivialAugment,
   CutMix, mixup and an EMA, one epoch of 20 steps against one of 40; goal 0 per step.
 For speed94: ``git -C MIRROR show HEAD:legacy/airbench94.py > .gpulib/airbench94.py`` and add
@@ -131,6 +137,82 @@ def count_syncs(options: argparse.Namespace, output: Path) -> dict:
     }
 
 
+def profile_steps(options: argparse.Namespace, output: Path) -> dict:
+    """Where speed94's eager training step spends its time: one warm epoch, then timed with the CUDA queue drained —
+    an epoch, the batches alone (loading and augmentation), forward + backward of one fixed batch, validation — and
+    an epoch under torch.profiler (its tables go to OUT/gpu_profile.txt)."""
+    from torch.profiler import ProfilerActivity, profile
+    from tqdm import tqdm
+
+    sys.path.insert(0, str(REPO / "src"))
+    from imgclf.config import build_config, config_path, load_config_file
+    from imgclf.device import autocast
+    from imgclf.runs import run_splits
+    from imgclf.training.trainer import Trainer, evaluate_loader
+
+    on_gpu = torch.cuda.is_available() and not options.smoke
+    device = "cuda" if on_gpu else "cpu"
+    tiny = {"train_subset": 2048, "test_subset": 200} if options.smoke else {}
+    cli = {"device": device, "compile": False, "progress": False, "tensorboard": False, "epochs": 4, **tiny}
+    cfg = build_config(load_config_file(config_path("speed94")), cli | {"data_dir": options.data_dir})
+    trainer = Trainer(cfg, output / "profile", run_splits(cfg))
+    bar = tqdm(disable=True)
+
+    def timed(work) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        work()
+        if on_gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def epoch() -> None:
+        trainer.train_epoch(bar)
+        trainer.epoch += 1
+
+    def batches() -> None:
+        for _ in trainer.train_loader:
+            pass
+
+    images, labels = next(iter(trainer.train_loader))
+
+    def forward_backward() -> None:
+        for _ in range(len(trainer.train_loader)):
+            with autocast(trainer.device, trainer.precision):
+                logits = trainer.model(images)
+            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+
+    def validate() -> None:
+        evaluate_loader(trainer.eval_model, trainer.val_loader, trainer.device, trainer.precision)
+
+    epoch()  # warm-up: cuDNN's algorithms, the allocator
+    seconds = {
+        "epoch": timed(epoch),
+        "batches_alone": timed(batches),
+        "forward_backward_alone": timed(forward_backward),
+    }
+    seconds["validation"] = timed(validate)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        seconds["profiled_epoch"] = timed(epoch)
+    events = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    folder = Path(os.environ.get("OUT") or output)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = [events.table(sort_by=key, row_limit=30) for key in ("self_device_time_total", "self_cpu_time_total")]
+    (folder / "gpu_profile.txt").write_text("\n\n".join(tables))
+    return {
+        "label": "speed94_step_profile",
+        "command": "python3 benchmarks/gpu_efficiency.py profile",
+        "steps_per_epoch": len(trainer.train_loader),
+        "batch_size": cfg.batch_size,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "profiled_device_busy_seconds": round(device_us / 1e6, 4),
+        "wall_seconds": round(sum(seconds.values()), 1),
+    }
+
+
 def save(rows: list[dict], options: argparse.Namespace) -> Path:
     """Write the rows so far, with the machine's description, to OUT/gpu_efficiency_PART.json."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not options.smoke else "cpu (smoke test)"
@@ -147,7 +229,7 @@ def save(rows: list[dict], options: argparse.Namespace) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("resnet20", "lite2", "study", "speed94", "syncs"))
+    parser.add_argument("part", choices=("resnet20", "lite2", "study", "speed94", "syncs", "profile"))
     parser.add_argument("--airbench", help="speed94: a copy of airbench's legacy/airbench94.py to run beside it")
     parser.add_argument("--only", help="speed94: the comma-separated labels of the imgclf runs to make (default all)")
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
@@ -171,23 +253,31 @@ def main() -> None:
     elif options.part == "speed94":
         if options.airbench:
             rows.append(run_airbench(Path(options.airbench), options))
-        # seed 0 compiled, seed 1 compiled again (inductor's cache now warm, as airbench's runs after its first
-        # find cuDNN's), CUDA graphs, eager
+        # speed94 (45,000 images, 16 epochs): seed 0 compiled, seed 1 compiled again (inductor's cache now warm, as
+        # airbench's runs after its first find cuDNN's), CUDA graphs, eager on 3 seeds, and eager for 12 epochs;
+        # speed94_gpu (airbench's budget of examples: 10 epochs of all 50,000 images, eager) on 5 seeds
+        speed94, gpu, eager = (
+            ["--config", "speed94"],
+            ["--config", "speed94_gpu"],
+            ["--config", "speed94", "--no-compile"],
+        )
         variants = {
-            "gpu_speed94": [],
-            "gpu_speed94_seed1": ["--seed", "1"],
-            "gpu_speed94_cudagraphs": ["--compile-mode", "reduce-overhead"],
-            "gpu_speed94_eager": ["--no-compile"],
-            "gpu_speed94_eager_seed1": ["--no-compile", "--seed", "1"],
-            "gpu_speed94_eager_seed2": ["--no-compile", "--seed", "2"],
-        }
+            "gpu_speed94": [*speed94],
+            "gpu_speed94_seed1": [*speed94, "--seed", "1"],
+            "gpu_speed94_cudagraphs": [*speed94, "--compile-mode", "reduce-overhead"],
+            **{f"gpu_speed94_eager{f'_seed{s}' if s else ''}": [*eager, "--seed", str(s)] for s in range(3)},
+            **{f"gpu_speed94_e12_seed{s}": [*eager, "--epochs", "12", "--seed", str(s)] for s in range(2)},
+            **{f"speed94_gpu_seed{s}": [*gpu, "--seed", str(s)] for s in range(5)},
+        }  # fmt: skip
         for label, extra in variants.items():
             if options.only and label not in options.only.split(","):
                 continue
-            rows.append(run(label, ["train", "--config", "speed94", *extra, *smoke], here, options, output))
+            rows.append(run(label, ["train", *extra, *smoke], here, options, output))
             save(rows, options)  # row by row: a run cut off by the device's time limit keeps the others
     elif options.part == "syncs":
         rows.append(count_syncs(options, output))
+    elif options.part == "profile":
+        rows.append(profile_steps(options, output))
     else:
         study = ["study", "--preset=reference_gpu", "--output", str(output / "study")]
         tiny = ["device=cpu", "train_subset=256", "test_subset=200", "epochs=1", "head_epochs=1"]

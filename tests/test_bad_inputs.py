@@ -59,6 +59,15 @@ CASES = [
     ("config-is-folder", ["--config", "{tmp}"], {}, "is a folder"),
     ("config-missing", ["--config", "{tmp}/nope.yaml"], {}, "config file not found"),
     ("config-dev-null", ["--config", "/dev/null"], {}, "is not a regular file"),
+    ("config-own-base", ["--config", "{tmp}/c.yaml"], {"c.yaml": "base: c.yaml\n"}, "is its own base"),
+    (
+        "config-base-loop",
+        ["--config", "{tmp}/c.yaml"],
+        {"c.yaml": "base: d.yaml\n", "d.yaml": "base: c.yaml\n"},
+        "is its own base",
+    ),
+    ("config-base-number", ["--config", "{tmp}/c.yaml"], {"c.yaml": "base: 3\n"}, "base in config file"),
+    ("config-base-missing", ["--config", "{tmp}/c.yaml"], {"c.yaml": "base: nope\n"}, "config file not found"),
     # study presets
     ("preset-list", STUDY, {"p.yaml": "- a\n- b\n"}, "mapping with a 'runs' key, got a list"),
     ("preset-runs-list", STUDY, {"p.yaml": "runs: [a, b]\n"}, "'runs' mapping of run name: options, got a list"),
@@ -281,6 +290,16 @@ def test_help_still_lists_every_option(capsys):
     assert out.startswith("usage: imgclf train [-h]") and "--label-smoothing" in out and "--unfreeze" in out
     assert cli.main(["--help"]) == 0
     assert "{train,evaluate,predict,export,serve,explore,compare,study,models}" in capsys.readouterr().out
+
+
+def test_config_starts_from_its_base(tmp_path):
+    # a bundled base by name, a file's base by a path relative to the file; each file overrides its base's keys
+    (tmp_path / "a.yaml").write_text("base: speed94\nepochs: 10\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nval_fraction: 0.0\n")
+    values = load_config_file(tmp_path / "b.yaml")
+    speed94 = load_config_file("speed94")
+    assert values == speed94 | {"epochs": 10, "val_fraction": 0.0}
+    assert load_config_file("speed94_gpu") == speed94 | {"epochs": 10, "val_fraction": 0.0, "compile": False}
 
 
 def test_optional_fields_may_be_null(tmp_path):

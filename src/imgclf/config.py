@@ -413,10 +413,15 @@ RUNTIME_OPTIONS = frozenset(
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def bundled_names(folder: Path = CONFIG_DIR) -> list[str]:
+    """The names of the YAML files bundled in ``folder`` (by default the recipes)."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
 def bundled_or_file(name_or_path: str | Path, folder: Path, kind: str) -> Path:
     """An existing YAML file, or the name of one bundled in ``folder``; a one-line error naming ``kind`` otherwise."""
     text = os.fspath(name_or_path)
-    bundled = sorted(p.stem for p in folder.glob("*.yaml"))
+    bundled = bundled_names(folder)
     if not text or "\0" in text:
         raise ImgclfError(f"{kind} not found: {shown(text)} (bundled: {', '.join(bundled)})")
     path = Path(text)
@@ -439,20 +444,30 @@ def config_path(name_or_path: str | Path) -> Path:
     return bundled_or_file(name_or_path, CONFIG_DIR, "config file")
 
 
-def load_config_file(path: str | Path) -> dict:
-    """Read a YAML file (or bundled recipe) of config keys, rejecting unknown keys and wrong types in one line."""
+def load_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML file (or bundled recipe) of config keys, rejecting unknown keys and wrong types in one line. A
+    ``base: NAME`` key starts from another config (a bundled name or a path), whose keys the file then overrides."""
     path = config_path(path)
     data = read_yaml_file(path, "config file")
     if data is None:  # an empty file
         return {}
     if not isinstance(data, dict):
         raise ImgclfError(f"config file {path} must hold a mapping of option: value, got {type_name(data)}")
+    values = {}
+    if "base" in data:
+        base = data.pop("base")
+        if not isinstance(base, str):
+            raise ImgclfError(f"base in config file {path} must name a config, got {type_name(base)}")
+        if path.resolve() in _seen or len(_seen) > 8:
+            raise ImgclfError(f"config file {path} is its own base (through {shown(base)})")
+        where = base if Path(base).is_absolute() or base in bundled_names() else path.parent / base
+        values = load_config_file(where, (*_seen, path.resolve()))
     known = field_types()
     for key in data:
         norm = str(key).replace("-", "_")
         if norm not in known:
-            raise ImgclfError(f"unknown config key {shown(key)} in {path} (valid keys: {', '.join(known)})")
-    return {str(k).replace("-", "_"): coerce(str(k).replace("-", "_"), v, str(path)) for k, v in data.items()}
+            raise ImgclfError(f"unknown config key {shown(key)} in {path} (valid keys: base, {', '.join(known)})")
+    return values | {str(k).replace("-", "_"): coerce(str(k).replace("-", "_"), v, str(path)) for k, v in data.items()}
 
 
 def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
