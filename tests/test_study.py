@@ -82,6 +82,9 @@ def test_study_presets_and_overrides_are_checked(tmp_path):
         study_configs("nonexistent", tmp_path, {})
     added = study_configs("reference", tmp_path, parse_overrides(["epochs=3"]), ["speed94"])
     assert list(added)[-1] == "speed94" and added["speed94"].lookahead and added["speed94"].epochs == 3
+    quick = study_configs("quick", tmp_path, {}, ["speed94"])["speed94"]  # the quick preset's options for added runs
+    assert (quick.epochs, quick.train_subset, quick.lookahead) == (2, 10000, True)
+    assert study_configs("reference", tmp_path, {}, ["speed94"])["speed94"].epochs == 16
     with pytest.raises(ImgclfError, match="already has a run named 'resnet20'"):
         study_configs("reference", tmp_path, {}, ["resnet20"])
     with pytest.raises(ImgclfError, match=r"^--add nope: config file not found"):

@@ -67,7 +67,7 @@ def study_configs(
     preset: str | Path, output: Path, overrides: dict, added: list[str] | tuple = ()
 ) -> dict[str, TrainConfig]:
     """The validated configuration of every run of ``preset``, in study order, then one run per ``added`` recipe
-    (a bundled recipe's name or a config file; the run is named after it)."""
+    (a bundled recipe's name or a config file; the run is named after it, with the preset's ``added_runs`` options)."""
     path = preset_path(preset)
     spec = read_yaml_file(path, "study preset")
     if not isinstance(spec, dict):
@@ -76,12 +76,16 @@ def study_configs(
     if not isinstance(runs, dict) or not runs:
         got = "no runs" if isinstance(runs, dict) else type_name(runs)
         raise ImgclfError(f"study preset {path} must have a 'runs' mapping of run name: options, got {got}")
+    added_options = spec.get("added_runs") or {}  # options the preset gives every --add run (quick: fewer epochs)
+    if not isinstance(added_options, dict):
+        raise ImgclfError(f"study preset {path}: 'added_runs' must be a mapping of option: value, got "
+                          f"{type_name(added_options)}")  # fmt: skip
     runs, added_names = dict(runs), {}  # an added run's name → its recipe
     for recipe in added:
         name = Path(recipe).stem
         if name in runs:
             raise ImgclfError(f"--add {recipe}: the study already has a run named '{name}'")
-        runs[name], added_names[name] = {"config": recipe}, recipe
+        runs[name], added_names[name] = {"config": recipe, **added_options}, recipe
     known, configs = field_types(), {}
     for name, options in runs.items():
         where = f"--add {added_names[name]}" if name in added_names else f"run {shown(name)} of study preset {path}"
