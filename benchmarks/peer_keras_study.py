@@ -4,6 +4,7 @@
     uv sync --group keras                                           # TensorFlow (CPU), an optional dependency group
     uv run --group keras python benchmarks/peer_keras_study.py      # then the Keras side
     uv sync                                                         # back to the default install
+    uv run python benchmarks/peer_keras_study.py --keep-keras       # a new imgclf study against the stored Keras side
 
 Keras side: every row of imgclf's reference study (src/imgclf/studies/reference.yaml: the same epochs and batch size,
 45,000 training and 5,000 validation images per epoch, the 10,000 test images once) as the reference notebook runs
@@ -119,12 +120,35 @@ def study_rows(steps: int, transfer_steps: int, predict: int) -> dict[str, dict]
     return rows
 
 
+def compare_again(imgclf_study: dict, results: Path, write_result) -> None:
+    """Rewrite peer_keras_study.json with its stored Keras rows beside the imgclf study now in study_reference.json."""
+    record = json.loads((results / "peer_keras_study.json").read_text())
+    record.setdefault("keras_measured", {"date": record["date"], "commit": record["commit"]})
+    for name, row in record["rows"].items():
+        mine = imgclf_study["runs"][name]["wall_seconds"]
+        row.update(imgclf_wall_seconds=round(mine, 1), ratio=round(row["keras_wall_seconds_scaled"] / mine, 2))
+    record.update(
+        imgclf_wall_seconds=imgclf_study["wall_seconds"],
+        imgclf_study={"commit": imgclf_study["commit"], "date": imgclf_study["date"]},
+        ratio=round(record["keras_wall_seconds_scaled"] / imgclf_study["wall_seconds"], 2),
+        command=record["command"].split(" (Keras side)")[0]
+        + " (Keras side); uv run python benchmarks/peer_keras_study.py --keep-keras",
+    )
+    for key in ("date", "device", "torch", "commit"):  # write_result fills these in afresh
+        record.pop(key, None)
+    print(f"Keras (scaled, {record['keras_measured']['date']}) {record['keras_wall_seconds_scaled'] / 60:.0f} min, "
+          f"imgclf {imgclf_study['wall_seconds'] / 60:.1f} min: {record['ratio']}×")  # fmt: skip
+    print(write_result("peer_keras_study", record))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per from-scratch row")
     parser.add_argument("--transfer-steps", type=int, default=5, help="timed steps per transfer phase")
     parser.add_argument("--predict", type=int, default=1024, help="images of the timed inference pass")
     parser.add_argument("--rounds", type=int, default=3, help="Keras processes per row; median rates")
+    parser.add_argument("--keep-keras", action="store_true", help="compare the current imgclf study with the Keras "
+                        "side stored in peer_keras_study.json instead of measuring it again")  # fmt: skip
     parser.add_argument("--keras-worker", metavar="NPZ", help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,6 +158,9 @@ def main() -> None:
     from common import RESULTS, command_line, write_result
 
     imgclf_study = json.loads((RESULTS / "study_reference.json").read_text())
+    if args.keep_keras:
+        compare_again(imgclf_study, RESULTS, write_result)
+        return
     start = time.perf_counter()
     rows = study_rows(args.steps, args.transfer_steps, args.predict)
     from peer_keras import keras_process, save_images
