@@ -45,6 +45,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))  # this tree's imgclf, for reading runs and the in-process parts
+from imgclf.runs import RunDir  # noqa: E402
+
 LITE2_BASELINE = ["--config", "lite2_224", "--unfreeze", "all", "--head-epochs", "2", "--epochs", "14", "--lr", "2e-4"]
 SMOKE = ["--train-subset", "512", "--test-subset", "500", "--epochs", "1", "--device", "cpu"]
 
@@ -72,8 +75,7 @@ def run(label: str, args: list[str], src: Path, options: argparse.Namespace, out
         row.update(seed=int(args[args.index("--seed") + 1]) if "--seed" in args else 0)
         if metrics.get("tta"):
             row.update(tta_test_accuracy=metrics["tta"]["test_accuracy"])
-        epochs = [json.loads(line) for line in (output / label / "history.jsonl").read_text().splitlines()]
-        row.update(epoch_seconds=[round(e.get("epoch_seconds", e.get("seconds", 0.0)), 2) for e in epochs])
+        row.update(epoch_seconds=[round(e["epoch_seconds"], 2) for e in RunDir(output / label).read_history()])
     else:
         row["study"] = json.loads((output / "study" / "study.json").read_text())
     return row
@@ -106,7 +108,6 @@ def count_syncs(options: argparse.Namespace, output: Path) -> dict:
     """Synchronising CUDA calls per training step: the difference between an epoch of 40 steps and one of 20."""
     import warnings
 
-    sys.path.insert(0, str(REPO / "src"))
     from imgclf.config import TrainConfig
     from imgclf.runs import run_splits
     from imgclf.training.trainer import Trainer
@@ -144,7 +145,6 @@ def profile_steps(options: argparse.Namespace, output: Path) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from tqdm import tqdm
 
-    sys.path.insert(0, str(REPO / "src"))
     from imgclf.config import build_config, config_path, load_config_file
     from imgclf.device import autocast
     from imgclf.runs import run_splits

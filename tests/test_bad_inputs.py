@@ -300,6 +300,11 @@ def test_config_starts_from_its_base(tmp_path):
     speed94 = load_config_file("speed94")
     assert values == speed94 | {"epochs": 10, "val_fraction": 0.0}
     assert load_config_file("speed94_gpu") == speed94 | {"epochs": 10, "val_fraction": 0.0, "compile": False}
+    for number in range(12):  # a chain of bases without a loop, deeper than any recipe needs
+        (tmp_path / f"n{number}.yaml").write_text(f"base: n{number + 1}.yaml\n" if number < 11 else "epochs: 3\n")
+    with pytest.raises(ImgclfError, match="bases nest more than 8 deep"):
+        load_config_file(tmp_path / "n0.yaml")
+    assert load_config_file(tmp_path / "n5.yaml") == {"epochs": 3}
 
 
 def test_optional_fields_may_be_null(tmp_path):

@@ -458,8 +458,10 @@ def load_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         base = data.pop("base")
         if not isinstance(base, str):
             raise ImgclfError(f"base in config file {path} must name a config, got {type_name(base)}")
-        if path.resolve() in _seen or len(_seen) > 8:
+        if path.resolve() in _seen:
             raise ImgclfError(f"config file {path} is its own base (through {shown(base)})")
+        if len(_seen) > 8:
+            raise ImgclfError(f"config file {path}: bases nest more than 8 deep")
         where = base if Path(base).is_absolute() or base in bundled_names() else path.parent / base
         values = load_config_file(where, (*_seen, path.resolve()))
     known = field_types()

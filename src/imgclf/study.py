@@ -78,8 +78,8 @@ def study_configs(
         raise ImgclfError(f"study preset {path} must have a 'runs' mapping of run name: options, got {got}")
     added_options = spec.get("added_runs") or {}  # options the preset gives every --add run (quick: fewer epochs)
     if not isinstance(added_options, dict):
-        raise ImgclfError(f"study preset {path}: 'added_runs' must be a mapping of option: value, got "
-                          f"{type_name(added_options)}")  # fmt: skip
+        got = type_name(added_options)
+        raise ImgclfError(f"study preset {path}: 'added_runs' must be a mapping of option: value, got {got}")
     runs, added_names = dict(runs), {}  # an added run's name → its recipe
     for recipe in added:
         name = Path(recipe).stem
