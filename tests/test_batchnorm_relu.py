@@ -151,3 +151,30 @@ def test_kernels_that_cannot_build_warn_and_fall_back(monkeypatch):
     x = channels_last(torch.randn(2, 4, 3, 3))
     assert not fused.fuses(bn, x, None)
     torch.testing.assert_close(fused.batchnorm_relu(bn, x), F.relu(copy.deepcopy(bn)(x)))
+
+
+def test_kernels_compile_once_then_load_from_the_cache(monkeypatch, tmp_path, capsys):
+    """A machine without a build compiles into ~/.cache/imgclf/extensions/NAME, saying so on one line; a build
+    already there (no lock file: no process building it) is imported without torch's compiler driver."""
+    import torch.utils.cpp_extension
+
+    real = fused.kernels()  # built (or not) in the real cache, before HOME moves
+    monkeypatch.setenv("HOME", str(tmp_path))
+    name = fused.build_name()
+    folder = tmp_path / ".cache" / "imgclf" / "extensions" / name
+    calls = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: calls.append((a, k)) or "compiled")
+    assert fused._build() == "compiled"
+    assert "compiling the fused BatchNorm+ReLU kernels" in capsys.readouterr().err
+    ((args, options),) = calls
+    assert args == (name, [str(fused.SOURCE)]) and options["build_directory"] == str(folder)
+
+    if real is None:
+        pytest.skip("no build to copy: the fused kernels need a C++ compiler")
+    shutil.copy(real.__file__, folder / f"{name}.so")
+    (folder / "lock").touch()  # another process still building: ask torch (which waits for it)
+    assert fused._build() == "compiled" and len(calls) == 2
+    (folder / "lock").unlink()
+    module = fused._build()
+    assert len(calls) == 2  # imported, not compiled
+    assert {"forward", "backward"} <= set(dir(module))

@@ -4,13 +4,15 @@ Outside its convolutions, ResNet-20's training step on a 2-core CPU is memory-bo
 ReLUs over its 16-channel 32×32 maps. :func:`batchnorm_relu` runs them as two C++ kernels per direction
 (batchnorm_relu.cpp, compiled for this CPU on first use with torch.utils.cpp_extension, ~20 s once, then loaded from
 ~/.cache/imgclf/extensions) that read and write each activation fewer times: ResNet-20's step at 32 px trains 1.12×
-faster (benchmarks/results/batchnorm_relu.json). VGG-10, whose BatchNorms are a smaller share of its step, gained
-nothing measurable and keeps PyTorch's layers. Everywhere else — inference, fp32, GPUs, torch.compile, a synchronised
-BatchNorm, a machine without a C++ compiler — it is exactly ``relu(bn(x) + residual)``.
+faster (benchmarks/results/batchnorm_relu.json; 1.04–1.12× over one afternoon, as the machine's load varied).
+VGG-10, whose BatchNorms are a smaller share of its step, gained nothing measurable and keeps PyTorch's layers.
+Everywhere else — inference, fp32, GPUs, torch.compile, a synchronised BatchNorm, a machine without a C++ compiler —
+it is exactly ``relu(bn(x) + residual)``.
 """
 
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -28,9 +30,10 @@ _lock = threading.Lock()
 
 
 def build_name() -> str:
-    """The extension's name: a fingerprint of its source, flags and this CPU's features (-march=native), so a cache
-    shared between machines never hands one another's build."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode())
+    """The extension's name: a fingerprint of its source, flags, torch and Python versions (its ABI) and this CPU's
+    features (-march=native), so a cache outlives no upgrade and a shared one never hands one machine another's."""
+    versions = f"{' '.join(CFLAGS)} {torch.__version__} {sys.version} {getattr(sys, 'abiflags', '')}"
+    digest = hashlib.sha256(SOURCE.read_bytes() + versions.encode())
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             digest.update(next((line for line in cpuinfo if line.startswith("flags")), "").encode())
@@ -40,27 +43,31 @@ def build_name() -> str:
 
 
 def _build():
-    """Compile (or load from ``~/.cache/imgclf/extensions``) the kernels, with a one-line note while compiling."""
-    from torch.utils.cpp_extension import load
-
+    """Load the kernels from ``~/.cache/imgclf/extensions``, compiling them first (with a one-line note) where they
+    are not there."""
     from imgclf.io import cache_dir
 
+    name = build_name()
+    folder = cache_dir("extensions") / name
+    built = folder / f"{name}.so"
+    # built, and no process building it now (torch's lock file): loaded without asking ninja, which costs 2 s (the
+    # name fingerprints everything the build depends on)
+    if built.exists() and not (folder / "lock").exists():
+        spec = importlib.util.spec_from_file_location(name, built)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
     try:  # the ninja that `pip install ninja` brings, where its bin folder is not on PATH
         import ninja
 
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
     except ImportError:
         pass
-    name = build_name()
-    folder = cache_dir("extensions") / name
-    built = folder / f"{name}.so"
-    if built.exists():  # its name fingerprints source, flags and CPU: load it without asking ninja (2 s)
-        spec = importlib.util.spec_from_file_location(name, built)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
     folder.mkdir(parents=True, exist_ok=True)
     print("imgclf: compiling the fused BatchNorm+ReLU kernels for this CPU (once, ~20 s)", file=sys.stderr)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # not its 'No CUDA runtime' notice
+    from torch.utils.cpp_extension import load
+
     return load(name, [str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(folder), verbose=False)
 
 
