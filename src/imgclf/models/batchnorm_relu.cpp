@@ -1,9 +1,8 @@
 // BatchNorm with batch statistics (+ a residual) + ReLU, fused for training on the CPU: bf16 activations in
 // channels_last memory, read as rows of C channels. PyTorch's separate BatchNorm, add and ReLU read or write
 // activation-sized tensors 16 times per layer with a residual and 13 without (forward and backward); these kernels 11
-// and 8 (see
-// batchnorm_relu.py for the measured gain). Statistics and sums are float within a task of rows and double across
-// tasks, added in task order: the same result for any thread count.
+// and 8 (see batchnorm_relu.py for the measured gain). Statistics and sums are float within a task of rows and double
+// across tasks, added in task order: the same result for any thread count.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -45,9 +44,13 @@ void check_activation(const at::Tensor& t, const at::Tensor& x, const char* name
   TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), name, " must be channels_last");
 }
 
-Channels per_channel(const at::Tensor& t, int64_t channels, const char* name) {
+void check_per_channel(const at::Tensor& t, int64_t channels, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == channels, name,
               " must hold one float per channel");
+}
+
+Channels per_channel(const at::Tensor& t, int64_t channels, const char* name) {
+  check_per_channel(t, channels, name);
   const float* p = t.data_ptr<float>();
   return Channels(p, p + channels);
 }
@@ -92,7 +95,8 @@ inline void for_each(int64_t begin, int64_t end, int64_t width, Op&& op) {
 // op(i, j) over all elements, in parallel tasks of whole rows.
 template <typename Op>
 void elementwise(const Layout& l, Op&& op) {
-  at::parallel_for(0, l.rows, kRows, [&](int64_t r0, int64_t r1) { for_each(r0 * l.channels, r1 * l.channels, l.width, op); });
+  at::parallel_for(0, l.rows, kRows,
+                   [&](int64_t r0, int64_t r1) { for_each(r0 * l.channels, r1 * l.channels, l.width, op); });
 }
 
 // Two per-channel sums over all elements, accumulate(i, j, s, t) adding element i's terms to s[j] and t[j].
@@ -145,10 +149,8 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, c
   });
   const Channels w = per_channel(weight, l.channels, "weight"), b = per_channel(bias, l.channels, "bias");
   Channels mean(l.channels), invstd(l.channels), scale(l.channels), shift(l.channels);
-  TORCH_CHECK(running_mean.scalar_type() == at::kFloat && running_var.scalar_type() == at::kFloat &&
-                  running_mean.is_contiguous() && running_var.is_contiguous() && running_mean.numel() == l.channels &&
-                  running_var.numel() == l.channels,
-              "running statistics must hold one float per channel");
+  check_per_channel(running_mean, l.channels, "running_mean");
+  check_per_channel(running_var, l.channels, "running_var");
   float* rm = running_mean.data_ptr<float>();
   float* rv = running_var.data_ptr<float>();
   for (int64_t c = 0; c < l.channels; ++c) {
