@@ -17,6 +17,10 @@ Parts (each one command line; they fit one device call of ≤ 10 minutes one at 
   Measured on an H100 (2026-11-26, benchmarks/results/gpu_efficiency_speed94.json): airbench94 2.58 s per run
   (94.01% TTA), speed94_gpu 3.36 s of training (median of 3 seeds, 94.16% TTA): 1.30×. speed94 itself (16 epochs
   of 45,000) eager 4.3 s against airbench94's 2.22 s in another lease (1.94×); compiled 18.1 s (compilation).
+- inprocess: speed94_gpu timed as airbench94 times itself — five seeds run one after another in one process after a
+  warm-up run, each from the trainer's construction to the test split's TTA logits (process start and data loading
+  left out) — beside airbench94 (``--airbench``, run before and after) in the same lease; the variants before and
+  after this trainer's cuDNN autotuning and ``--checkpoint-every``, alternated.
 - profile: where speed94's eager step spends its time (an epoch, the batches alone, forward + backward alone,
   validation, and torch.profiler's tables in OUT/gpu_profile.txt). On an H100 forward + backward are 87% of the
   epoch and the GPU is busy 91% of it (compute-bound, not launch-bound); max-pooling is 31% of the GPU's time.
@@ -37,6 +41,8 @@ import argparse
 import datetime
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -102,6 +108,103 @@ def run_airbench(script: Path, options: argparse.Namespace) -> dict:
         return {**row, "failed": result.stderr[-1000:]}
     return {**row, "runs": len(finals), "tta_test_accuracy": sum(accuracies) / len(accuracies),
             "median_seconds_per_run": seconds[len(seconds) // 2]}  # fmt: skip
+
+
+def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
+    """airbench94's way of timing, for imgclf: runs one after another in this process, each timed from the trainer's
+    construction (model, whitening, loaders, optimizer) through training (checkpoints and history included) to the
+    test split's TTA logits, the CUDA queue drained at both ends; data loading before, as airbench's. Each variant's
+    first run (seed 100) warms cuDNN and the allocator and is left out; then seeds 0–4, the variants alternated.
+    Variants: ``before`` (cuDNN's heuristics, a checkpoint every epoch: the trainer before this change),
+    ``cudnn_benchmark`` and ``shipped`` (benchmark + speed94_gpu's --checkpoint-every)."""
+    import dataclasses
+
+    from imgclf.config import build_config, config_path, load_config_file
+    from imgclf.data.datasets import ImageSet
+    from imgclf.inference.predictor import TorchPredictor
+    from imgclf.runs import model_card, run_splits
+    from imgclf.training.trainer import Trainer
+
+    on_gpu = torch.cuda.is_available() and not options.smoke
+    device = torch.device("cuda" if on_gpu else "cpu")
+    tiny = {"train_subset": 2048, "test_subset": 500, "epochs": 2} if options.smoke else {}
+    cli = {"device": device.type, "progress": False, "tensorboard": False, **tiny}
+    shipped = build_config(load_config_file(config_path("speed94_gpu")), cli | {"data_dir": options.data_dir})
+    variants = {  # name: (config, cuDNN autotuning, fused SGD)
+        "before": (dataclasses.replace(shipped, checkpoint_every=0.0), False, False),
+        "cudnn_benchmark": (dataclasses.replace(shipped, checkpoint_every=0.0), True, False),
+        "checkpoint_every": (shipped, True, False),
+        "shipped": (shipped, True, True),
+    }
+    if options.only:
+        variants = {k: v for k, v in variants.items() if k in options.only.split(",")}
+    splits = run_splits(shipped)
+    test = splits.test()  # on the device, as airbench's: its upload is data loading
+    test = ImageSet(test.images.to(device), test.labels, test.classes)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+
+    def lap(clock: list[float]) -> None:
+        """Append the time, the CUDA queue drained."""
+        if on_gpu:
+            torch.cuda.synchronize()
+        clock.append(time.perf_counter())
+
+    rows = []
+    for seed in (100, *range(options.seeds)):
+        for name, (cfg, benchmark, fused) in variants.items():
+            cfg = dataclasses.replace(cfg, seed=seed)
+            run_dir = output / f"inprocess_{name}_seed{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            clock: list[float] = []
+            lap(clock)
+            trainer = Trainer(cfg, run_dir, splits)
+            torch.backends.cudnn.benchmark = benchmark  # the trainer sets it on a GPU; `before` takes it back
+            for group in trainer.optimizer.param_groups:  # build_optimizer fuses SGD on a GPU; earlier variants not
+                group["fused"], group["foreach"] = (True, None) if fused and on_gpu else (None, True)
+            lap(clock)
+            summary = trainer.fit()
+            lap(clock)
+            card = model_card(cfg, splits, trainer.input_size, trainer.mean, trainer.std)
+            predictor = TorchPredictor(trainer.eval_model, card, device, cfg.precision)
+            lap(clock)
+            tta_logits = predictor.dataset_logits(test, flip_tta=True)
+            lap(clock)
+            seconds = clock[-1] - clock[0]
+            parts = ("construct", "fit", "predictor", "tta")
+            laps = {f"{part}_seconds": round(clock[i + 1] - clock[i], 4) for i, part in enumerate(parts)}
+            logits = predictor.dataset_logits(test)  # single view, outside the timer
+            labels = test.labels.numpy()
+            row = {
+                "label": f"speed94_gpu_inprocess_{name}_seed{seed}",
+                "variant": name,
+                "seed": seed,
+                "warmup": seed == 100,
+                "run_seconds": round(seconds, 3),
+                "train_seconds": round(summary["train_seconds"], 3),
+                **laps,
+                "test_accuracy": float((logits.argmax(1) == labels).mean()),
+                "tta_test_accuracy": float((tta_logits.argmax(1) == labels).mean()),
+                "wall_seconds": round(seconds, 1),
+                "command": "python3 benchmarks/gpu_efficiency.py inprocess",
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if seed != 100:
+                times[name].append(seconds)
+    for name, values in times.items():
+        counted = [r for r in rows if r["variant"] == name and not r["warmup"]]
+        rows.append({
+            "label": f"speed94_gpu_inprocess_{name}",
+            "variant": name,
+            "median_seconds_per_run": round(statistics.median(values), 3),
+            "tta_test_accuracy_mean": statistics.mean(r["tta_test_accuracy"] for r in counted),
+            "tta_test_accuracy_std": statistics.stdev(r["tta_test_accuracy"] for r in counted),
+            "test_accuracy_mean": statistics.mean(r["test_accuracy"] for r in counted),
+            "runs": len(values),
+            "wall_seconds": round(sum(values), 1),
+            "command": "python3 benchmarks/gpu_efficiency.py inprocess",
+        })  # fmt: skip
+    return rows
 
 
 def count_syncs(options: argparse.Namespace, output: Path) -> dict:
@@ -229,9 +332,10 @@ def save(rows: list[dict], options: argparse.Namespace) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("resnet20", "lite2", "study", "speed94", "syncs", "profile"))
+    parser.add_argument("part", choices=("resnet20", "lite2", "study", "speed94", "inprocess", "syncs", "profile"))
     parser.add_argument("--airbench", help="speed94: a copy of airbench's legacy/airbench94.py to run beside it")
-    parser.add_argument("--only", help="speed94: the comma-separated labels of the imgclf runs to make (default all)")
+    parser.add_argument("--only", help="speed94, inprocess: the comma-separated runs or variants to make (default all)")
+    parser.add_argument("--seeds", type=int, default=5, help="inprocess: seeds per variant (after the warm-up)")
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py")
     parser.add_argument("--baseline-src", help="an earlier imgclf's src folder, run beside this one")
     parser.add_argument("--output", default="/tmp/gpu_runs", help="folder of the runs")
@@ -274,6 +378,12 @@ def main() -> None:
                 continue
             rows.append(run(label, ["train", *extra, *smoke], here, options, output))
             save(rows, options)  # row by row: a run cut off by the device's time limit keeps the others
+    elif options.part == "inprocess":
+        if options.airbench:
+            rows.append({**run_airbench(Path(options.airbench), options), "label": "airbench94_before"})
+        rows += repeated_runs(options, output)
+        if options.airbench:  # again after: the lease's drift shows between the two
+            rows.append({**run_airbench(Path(options.airbench), options), "label": "airbench94_after"})
     elif options.part == "syncs":
         rows.append(count_syncs(options, output))
     elif options.part == "profile":

@@ -117,6 +117,9 @@ class TrainConfig:
     workers: int = option(0, "processes decoding a folder's images (0: one per available CPU core)")
     output: str = option("runs", "parent folder of run directories")
     name: str | None = option(None, "run directory name (default: MODEL-TIMESTAMP)")
+    checkpoint_every: float = option(
+        0.0, "seconds of training between checkpoints (0: after every epoch); the last epoch always writes one"
+    )
     evaluate: bool = option(True, "evaluate the best checkpoint on the test split when training ends")
     tta: bool = option(False, "evaluation also reports flip test-time augmentation (separately)")
     tta_shift: int = option(
@@ -181,6 +184,7 @@ class TrainConfig:
             "workers",
             "threads",
             "tta_shift",
+            "checkpoint_every",
         ):
             if getattr(self, name) < 0:
                 raise ImgclfError(f"{flag(name)} must not be negative, got {getattr(self, name)}")

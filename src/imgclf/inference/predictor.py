@@ -71,7 +71,8 @@ class Predictor:
     def logits(self, images: torch.Tensor | np.ndarray, flip_tta: bool = False) -> np.ndarray:
         """Float32 logits (N, C) of one batch of uint8 images (N, 3, S, S); with ``flip_tta`` averaged with the
         mirrored images' (and the shifted views', when the run's recipe sets ``tta_shift``)."""
-        x = self.prepare(torch.as_tensor(images))
+        # the uint8 images travel (a quarter of float32's bytes), to be normalised, shifted and mirrored on the device
+        x = self.prepare(torch.as_tensor(images).to(self.device))
         if not flip_tta:
             return self.forward(x)
         out = self.flip_mean(x)

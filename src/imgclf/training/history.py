@@ -13,6 +13,7 @@ class History:
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
         self.path = run_dir / HISTORY
+        run_dir.mkdir(parents=True, exist_ok=True)  # a trainer handed a new folder logs before it checkpoints
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

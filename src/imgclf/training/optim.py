@@ -46,8 +46,9 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, or AdamW; each group's ``lr_scale`` multiplies the scheduled rate."""
     groups = param_groups(model, weight_decay, lr_scales, decay_scales)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "sgd":  # on a GPU one fused kernel per step, not a few per parameter group
+        fused = all(p.is_cuda for group in groups for p in group["params"]) or None
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ImgclfError(f"unknown optimizer '{name}' (available: {', '.join(OPTIMIZERS)})")

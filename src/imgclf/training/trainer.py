@@ -359,6 +359,7 @@ class Trainer:
             dynamic_ncols=True,
             smoothing=0.05,
         )
+        next_checkpoint = self.train_seconds + cfg.checkpoint_every
         try:
             while self.epoch < cfg.epochs and not self.early_stopping.stop:
                 bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
@@ -375,10 +376,15 @@ class Trainer:
                 if self.val_loader is not None:
                     self.early_stopping.on_epoch_end(metrics)
                     self.plateau.on_epoch_end(metrics)
-                self.best.on_epoch_end(metrics, self.eval_model, write=self.main)
+                # a checkpoint every --checkpoint-every seconds and at the end; without a validation split the best
+                # weights are the last epoch's, written with it
+                due = self.epoch >= cfg.epochs or self.early_stopping.stop or self.train_seconds >= next_checkpoint
+                self.best.on_epoch_end(metrics, self.eval_model, write=self.main and (due or bool(self.val_loader)))
                 if history is not None:
                     history.log(metrics)
-                self.save_checkpoint()
+                if due:
+                    self.save_checkpoint()
+                    next_checkpoint = self.train_seconds + cfg.checkpoint_every
                 distributed.say(
                     f"epoch {self.epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} "
                     f"acc {metrics['train_acc']:.4f}"
