@@ -102,6 +102,7 @@ CASES = [
         "--val-fraction + --test-fraction must be below 1",
     ),
     ("data-size-negative", ["--data-size", "-1"], {}, "--data-size must not be negative"),
+    ("checkpoint-every-negative", ["--checkpoint-every", "-1"], {}, "--checkpoint-every must not be negative"),
     ("data-size-huge", ["--data-size", "4096"], {}, "cannot fit in memory"),
     ("img-size-huge", [*TIMM, "--img-size", "100000"], {}, "--img-size must be at most 1024"),
     ("batch-size-huge", ["--batch-size", "1000000"], {}, "--batch-size must be a positive integer up to 65536"),

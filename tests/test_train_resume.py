@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from imgclf.cli import main
 from imgclf.data.loader import BatchLoader
-from imgclf.training.checkpoint import checkpoint_files
+from imgclf.training.checkpoint import checkpoint_files, read_metadata
 from imgclf.training.history import read_history
 
 
@@ -62,6 +62,51 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, tiny_options, mon
     w_full = load_file(checkpoint_files(full / "checkpoints")["weights"])
     w_cut = load_file(checkpoint_files(cut / "checkpoints")["weights"])
     assert all(torch.allclose(w_full[k], w_cut[k], atol=1e-5) for k in w_full)
+
+
+def test_checkpoint_every_writes_fewer_checkpoints_and_a_cut_run_without_one_starts_over(
+    tmp_path, tiny_options, monkeypatch
+):
+    """--checkpoint-every SECONDS: a run shorter than that writes one checkpoint, at its last epoch, and (without a
+    validation split) the best weights once, the last epoch's; cut before any checkpoint, --resume trains from the
+    start and ends as the uninterrupted run."""
+    options = [*tiny_options, "--model", "simple_cnn", "--epochs", "3", "--val-fraction", "0"]
+    options += ["--checkpoint-every", "3600"]
+    writes = {"n": 0}
+    import imgclf.training.callbacks as callbacks
+
+    save_weights = callbacks.save_weights
+
+    def counted(*args, **kwargs):
+        writes["n"] += 1
+        return save_weights(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "save_weights", counted)
+    full = run(tmp_path, "full", options)
+    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["epoch-0003", "last.json"]
+    assert writes["n"] == 1 and read_metadata(full / "best.safetensors")["epoch"] == 3
+    assert [h["epoch"] for h in read_history(full / "history.jsonl")] == [1, 2, 3]
+
+    original_iter = BatchLoader.__iter__
+    batches = {"n": 0}
+
+    def interrupting_iter(self):
+        for batch in original_iter(self):
+            batches["n"] += 1
+            if batches["n"] == 3 * 2 + 1:  # first batch of the third epoch
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(BatchLoader, "__iter__", interrupting_iter)
+    assert main(["train", "--name", "cut", *options]) == 130
+    cut = tmp_path / "cut"
+    assert checkpoint_files(cut / "checkpoints") is None and len(read_history(cut / "history.jsonl")) == 2
+    monkeypatch.setattr(BatchLoader, "__iter__", original_iter)
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    expected, resumed = read_history(full / "history.jsonl"), read_history(cut / "history.jsonl")
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    for a, b in zip(expected, resumed, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_options):

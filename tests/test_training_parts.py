@@ -28,6 +28,9 @@ def test_weight_decay_skips_norms_and_biases():
     bn = model.features[0][1]
     assert any(p is bn.weight for p in undecayed["params"]) and any(p is bn.bias for p in undecayed["params"])
     assert decayed["nesterov"] is True
+    assert not decayed["fused"]  # fused SGD on a GPU only: the CPU's arithmetic stays PyTorch's foreach SGD
+    if torch.cuda.is_available():
+        assert build_optimizer(create_model("vgg10").cuda(), "sgd", 0.1, 5e-4).param_groups[0]["fused"]
     assert isinstance(build_optimizer(model, "adamw", 1e-3, 0.05), torch.optim.AdamW)
     with pytest.raises(ImgclfError, match="unknown optimizer"):
         build_optimizer(model, "lion", 1e-3, 0.0)

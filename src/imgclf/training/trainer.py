@@ -379,7 +379,8 @@ class Trainer:
                 # a checkpoint every --checkpoint-every seconds and at the end; without a validation split the best
                 # weights are the last epoch's, written with it
                 due = self.epoch >= cfg.epochs or self.early_stopping.stop or self.train_seconds >= next_checkpoint
-                self.best.on_epoch_end(metrics, self.eval_model, write=self.main and (due or bool(self.val_loader)))
+                write_best = self.main and (due or self.val_loader is not None)
+                self.best.on_epoch_end(metrics, self.eval_model, write=write_best)
                 if history is not None:
                     history.log(metrics)
                 if due:
