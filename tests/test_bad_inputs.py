@@ -300,7 +300,8 @@ def test_config_starts_from_its_base(tmp_path):
     values = load_config_file(tmp_path / "b.yaml")
     speed94 = load_config_file("speed94")
     assert values == speed94 | {"epochs": 10, "val_fraction": 0.0}
-    assert load_config_file("speed94_gpu") == speed94 | {"epochs": 10, "val_fraction": 0.0, "compile": False}
+    gpu = {"epochs": 10, "val_fraction": 0.0, "compile": False, "checkpoint_every": 60}
+    assert load_config_file("speed94_gpu") == speed94 | gpu
     for number in range(12):  # a chain of bases without a loop, deeper than any recipe needs
         (tmp_path / f"n{number}.yaml").write_text(f"base: n{number + 1}.yaml\n" if number < 11 else "epochs: 3\n")
     with pytest.raises(ImgclfError, match="bases nest more than 8 deep"):
