@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-import torch.nn.functional as F
+from common import seconds_per_step, training_step
 
 from imgclf.device import reuse_freed_memory
 from imgclf.models import batchnorm_relu, create_model
@@ -38,25 +38,7 @@ def step_function(model_name: str, batch: int, side: int):
     x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,))
 
-    def step() -> None:
-        with torch.autocast("cpu", torch.bfloat16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def timed(step, warmup: int, steps: int) -> float:
-    """Seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    return training_step(model, optimizer, x, labels, label_smoothing=0.1)
 
 
 def main() -> None:
@@ -82,7 +64,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for setting in seconds:
                 batchnorm_relu.fuses = fuses if setting == "fused" else (lambda *_: False)
-                seconds[setting].append(timed(step, 3, args.steps))
+                seconds[setting].append(seconds_per_step(step, 3, args.steps))
         batchnorm_relu.fuses = fuses
         rate = {k: args.batch_size / statistics.median(v) for k, v in seconds.items()}
         rows.append(

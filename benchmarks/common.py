@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: machine description and the JSON result record."""
+"""Shared helpers of the benchmark scripts: machine description, the JSON result record, a timed training step."""
 
 import datetime
 import json
@@ -7,6 +7,8 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,3 +61,43 @@ def write_result(name: str, record: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor | Callable[[], torch.Tensor],
+    labels: torch.Tensor,
+    precision: str = "bf16",
+    label_smoothing: float = 0.0,
+) -> Callable[[], None]:
+    """One optimizer step on a fixed batch as the trainer takes it (autocast forward, float32 loss, backward, step);
+    ``images`` may be a function giving the batch, to time its preparation too."""
+    from imgclf.device import autocast
+
+    device = labels.device
+
+    def step() -> None:
+        batch = images() if callable(images) else images
+        with autocast(device, precision):
+            logits = model(batch)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device | None = None) -> float:
+    """Seconds per call of ``step`` over ``steps`` calls after ``warmup`` untimed ones (a GPU's queue drained)."""
+    for _ in range(warmup):
+        step()
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps

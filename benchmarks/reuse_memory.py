@@ -25,7 +25,7 @@ CASES = ("lite2_224_phase2", "resnet20")
 def worker(case: str, steps: int) -> float:
     """Images per second of ``steps`` timed training steps of ``case`` after two warm-up steps, in this process."""
     import torch
-    import torch.nn.functional as F
+    from common import seconds_per_step, training_step
 
     from imgclf.device import reuse_freed_memory
     from imgclf.models import create_model
@@ -51,19 +51,10 @@ def worker(case: str, steps: int) -> float:
     x = x.to(torch.bfloat16)
     labels = torch.randint(0, 10, (128,))
 
-    def step() -> None:
-        batch = x.float().contiguous(memory_format=torch.channels_last)  # as the loaders hand batches over
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = F.cross_entropy(model(batch).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def batch() -> torch.Tensor:
+        return x.float().contiguous(memory_format=torch.channels_last)  # as the loaders hand batches over
 
-    step(), step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * 128 / (time.perf_counter() - start)
+    return 128 / seconds_per_step(training_step(model, optimizer, batch, labels), 2, steps)
 
 
 def main() -> None:

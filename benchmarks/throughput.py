@@ -14,36 +14,19 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, write_result
+from common import command_line, seconds_per_step, training_step, write_result
 
-from imgclf.device import autocast, select_device
+from imgclf.device import select_device
 from imgclf.models import MODELS, create_model
 from imgclf.training.optim import build_optimizer
 
 
 def images_per_second(model, optimizer, images, labels, device, precision: str, steps: int) -> float:
     """Timed optimizer steps (after two warm-up steps) on one fixed batch."""
-
-    def step() -> None:
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * len(images) / (time.perf_counter() - start)
+    step = training_step(model, optimizer, images, labels, precision)
+    return len(images) / seconds_per_step(step, 2, steps, device)
 
 
 def main() -> None:
