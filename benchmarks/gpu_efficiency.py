@@ -193,12 +193,13 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
                 times[name].append(seconds)
     for name, values in times.items():
         counted = [r for r in rows if r["variant"] == name and not r["warmup"]]
+        accuracies = [r["tta_test_accuracy"] for r in counted]
         rows.append({
             "label": f"speed94_gpu_inprocess_{name}",
             "variant": name,
             "median_seconds_per_run": round(statistics.median(values), 3),
-            "tta_test_accuracy_mean": statistics.mean(r["tta_test_accuracy"] for r in counted),
-            "tta_test_accuracy_std": statistics.stdev(r["tta_test_accuracy"] for r in counted),
+            "tta_test_accuracy_mean": statistics.mean(accuracies),
+            "tta_test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "test_accuracy_mean": statistics.mean(r["test_accuracy"] for r in counted),
             "runs": len(values),
             "wall_seconds": round(sum(values), 1),

@@ -64,27 +64,32 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, tiny_options, mon
     assert all(torch.allclose(w_full[k], w_cut[k], atol=1e-5) for k in w_full)
 
 
+@pytest.mark.parametrize("val_fraction", ["0", "0.1"])
 def test_checkpoint_every_writes_fewer_checkpoints_and_a_cut_run_without_one_starts_over(
-    tmp_path, tiny_options, monkeypatch
+    tmp_path, tiny_options, monkeypatch, val_fraction
 ):
-    """--checkpoint-every SECONDS: a run shorter than that writes one checkpoint, at its last epoch, and (without a
-    validation split) the best weights once, the last epoch's; cut before any checkpoint, --resume trains from the
+    """--checkpoint-every SECONDS: a run shorter than that writes one checkpoint and the best weights once, at its
+    last epoch (the best epoch's weights, held until then); cut before any checkpoint, --resume trains from the
     start and ends as the uninterrupted run."""
-    options = [*tiny_options, "--model", "simple_cnn", "--epochs", "3", "--val-fraction", "0"]
+    options = [*tiny_options, "--model", "simple_cnn", "--epochs", "3", "--val-fraction", val_fraction]
     options += ["--checkpoint-every", "3600"]
     writes = {"n": 0}
     import imgclf.training.callbacks as callbacks
 
-    save_weights = callbacks.save_weights
+    def counting(write):
+        def counted(*args, **kwargs):
+            writes["n"] += 1
+            return write(*args, **kwargs)
 
-    def counted(*args, **kwargs):
-        writes["n"] += 1
-        return save_weights(*args, **kwargs)
+        return counted
 
-    monkeypatch.setattr(callbacks, "save_weights", counted)
+    for name in ("save_weights", "save_tensors"):
+        monkeypatch.setattr(callbacks, name, counting(getattr(callbacks, name)))
     full = run(tmp_path, "full", options)
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["epoch-0003", "last.json"]
-    assert writes["n"] == 1 and read_metadata(full / "best.safetensors")["epoch"] == 3
+    best_epoch = json.loads((full / "summary.json").read_text())["best_epoch"]
+    assert writes["n"] == 1 and read_metadata(full / "best.safetensors")["epoch"] == best_epoch
+    assert best_epoch == 3 or val_fraction != "0"
     assert [h["epoch"] for h in read_history(full / "history.jsonl")] == [1, 2, 3]
 
     original_iter = BatchLoader.__iter__
@@ -92,7 +97,7 @@ def test_checkpoint_every_writes_fewer_checkpoints_and_a_cut_run_without_one_sta
 
     def interrupting_iter(self):
         for batch in original_iter(self):
-            batches["n"] += 1
+            batches["n"] += self.shuffle  # the training loader's
             if batches["n"] == 3 * 2 + 1:  # first batch of the third epoch
                 raise KeyboardInterrupt
             yield batch
@@ -107,6 +112,27 @@ def test_checkpoint_every_writes_fewer_checkpoints_and_a_cut_run_without_one_sta
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
     for a, b in zip(expected, resumed, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
+
+
+def test_resume_steps_with_this_devices_optimizer_kernels(tmp_path, tiny_options, data_dir):
+    """A checkpoint of fused SGD (as a GPU saves it) resumed on the CPU steps with the CPU's SGD: the optimizer's
+    state comes from the checkpoint, its kernels from the device it runs on."""
+    import dataclasses
+
+    from imgclf.runs import RunDir, run_splits
+    from imgclf.training.trainer import Trainer
+
+    run_dir = run(tmp_path, "k", tiny_options, ["--model", "simple_cnn", "--epochs", "1"])
+    files = checkpoint_files(run_dir / "checkpoints")
+    state = torch.load(files["state"], weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"], group["foreach"] = True, None
+    torch.save(state, files["state"])
+    cfg = dataclasses.replace(RunDir(run_dir).read_config(), data_dir=str(data_dir))
+    trainer = Trainer(cfg, run_dir, run_splits(cfg))
+    trainer.resume(files)
+    assert trainer.epoch == 1 and trainer.optimizer.state  # the momentum buffers came back
+    assert not any(group["fused"] for group in trainer.optimizer.param_groups)
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_options):

@@ -411,7 +411,7 @@ def type_name(value) -> str:
 # options that do not change what a run computes: a finished run stays valid when they differ, --resume may set them
 RUNTIME_OPTIONS = frozenset(
     {"progress", "tensorboard", "data_dir", "prepare_dir", "workers", "device", "evaluate", "tta", "output"}
-    | {"cache_dir", "compile", "compile_mode", "threads"}
+    | {"cache_dir", "compile", "compile_mode", "threads", "checkpoint_every"}
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

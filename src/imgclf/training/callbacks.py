@@ -5,12 +5,12 @@ so that a resumed run continues exactly where the interrupted one stopped.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from imgclf.training.checkpoint import save_weights
+from imgclf.training.checkpoint import save_tensors, save_weights
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -84,13 +84,25 @@ class BestCheckpoint:
     mode: str = "max"
     best: float | None = None
     best_epoch: int = 0
+    held: tuple[dict, dict] | None = field(default=None, repr=False)  # best weights not yet written, and metadata
 
-    def on_epoch_end(self, metrics: dict, model: nn.Module, write: bool = True) -> None:
-        """Track the best epoch; save its weights when ``write`` (under torchrun, rank 0 alone writes)."""
+    def on_epoch_end(self, metrics: dict, model: nn.Module, write: bool = True, hold: bool = False) -> None:
+        """Track the best epoch; save its weights when ``write`` (under torchrun, rank 0 alone writes) — or with
+        ``hold`` keep a copy for :meth:`flush`, so the file never runs ahead of the last checkpoint."""
         if improved(metrics[self.monitor], self.best, self.mode):
             self.best, self.best_epoch = metrics[self.monitor], metrics["epoch"]
-            if write:
-                save_weights(self.path, model, {"epoch": metrics["epoch"], self.monitor: metrics[self.monitor]})
+            meta = {"epoch": metrics["epoch"], self.monitor: metrics[self.monitor]}
+            if write and hold:
+                self.held = ({k: v.detach().clone() for k, v in model.state_dict().items()}, meta)
+            elif write:
+                save_weights(self.path, model, meta)
+                self.held = None
+
+    def flush(self) -> None:
+        """Write the best weights held since the last checkpoint, if any."""
+        if self.held is not None:
+            save_tensors(self.path, *self.held)
+            self.held = None
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

@@ -24,7 +24,12 @@ LEGACY_FILES = {"weights": "last.safetensors", "ema": "last_ema.safetensors", "s
 
 def save_weights(path: Path, model: nn.Module, metadata: dict | None = None) -> None:
     """Write ``model``'s state dict to a safetensors file (metadata values stored as JSON)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def save_tensors(path: Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Write a state dict to a safetensors file (metadata values stored as JSON)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 

@@ -1,7 +1,8 @@
 """The training loop: model, data and callbacks are built from a :class:`TrainConfig` and run epoch by epoch.
 
 Every epoch's randomness (shuffling, augmentation, dropout) derives from (seed, epoch), and a checkpoint is written
-atomically after each epoch, so ``--resume`` continues an interrupted run with the history it would have had.
+atomically after each epoch (or every ``--checkpoint-every`` seconds and at the end), so ``--resume`` continues an
+interrupted run with the history it would have had.
 """
 
 import math
@@ -322,7 +323,10 @@ class Trainer:
                     raise ImgclfError(f"checkpoint in {files['state'].parent} has no EMA weights")
                 load_weights(files["ema"], self.ema.module)
                 self.ema.updates = int(state["ema_n_averaged"])
+            kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, chosen in zip(self.optimizer.param_groups, kernels, strict=True):
+                group.update(chosen)  # this device's optimizer kernels, not those of the one that saved the state
             self.early_stopping.load_state_dict(state["early_stopping"])
             self.plateau.load_state_dict(state["plateau"])
             self.best.load_state_dict(state["best"])
@@ -376,14 +380,13 @@ class Trainer:
                 if self.val_loader is not None:
                     self.early_stopping.on_epoch_end(metrics)
                     self.plateau.on_epoch_end(metrics)
-                # a checkpoint every --checkpoint-every seconds and at the end; without a validation split the best
-                # weights are the last epoch's, written with it
+                # a checkpoint every --checkpoint-every seconds and at the end; the best weights are written with it
                 due = self.epoch >= cfg.epochs or self.early_stopping.stop or self.train_seconds >= next_checkpoint
-                write_best = self.main and (due or self.val_loader is not None)
-                self.best.on_epoch_end(metrics, self.eval_model, write=write_best)
+                self.best.on_epoch_end(metrics, self.eval_model, write=self.main, hold=not due)
                 if history is not None:
                     history.log(metrics)
                 if due:
+                    self.best.flush()
                     self.save_checkpoint()
                     next_checkpoint = self.train_seconds + cfg.checkpoint_every
                 distributed.say(
