@@ -17,6 +17,24 @@ def run(tmp_path, name, options, extra=()):
     return tmp_path / name
 
 
+def cut_at_training_batch(tmp_path, monkeypatch, options, batch: int):
+    """Train run 'cut' with ``options``, interrupted (as by Ctrl-C) at its training loader's ``batch``-th batch."""
+    original_iter = BatchLoader.__iter__
+    seen = {"n": 0}
+
+    def interrupting_iter(self):
+        for item in original_iter(self):
+            seen["n"] += self.shuffle  # the training loader's batches only
+            if seen["n"] == batch:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(BatchLoader, "__iter__", interrupting_iter)
+    assert main(["train", "--name", "cut", *options]) == 130
+    monkeypatch.setattr(BatchLoader, "__iter__", original_iter)
+    return tmp_path / "cut"
+
+
 def test_training_writes_run_directory(tmp_path, tiny_options):
     options = [o for o in tiny_options if o not in ("--no-evaluate", "--no-tensorboard")]
     run_dir = run(tmp_path, "r", options, ["--model", "simple_cnn", "--epochs", "2", "--early-stopping", "5"])
@@ -36,22 +54,8 @@ def test_interrupted_run_resumes_to_the_same_history(tmp_path, tiny_options, mon
     options = [*tiny_options, "--model", "resnet20", "--epochs", "3", "--ema-decay", ema, "--lr", "0.05"]
     full = run(tmp_path, "full", options)
 
-    calls = {"n": 0}
-    original_iter = BatchLoader.__iter__
-
-    def interrupting_iter(self):
-        for batch in original_iter(self):
-            if self.shuffle:  # the training loader
-                calls["n"] += 1
-                if calls["n"] == 3 * 2 + 1:  # second batch of the third epoch
-                    raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(BatchLoader, "__iter__", interrupting_iter)
-    assert main(["train", "--name", "cut", *options]) == 130
-    cut = tmp_path / "cut"
+    cut = cut_at_training_batch(tmp_path, monkeypatch, options, 3 * 2 + 1)
     assert [h["epoch"] for h in read_history(cut / "history.jsonl")] == [1, 2]
-    monkeypatch.setattr(BatchLoader, "__iter__", original_iter)
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
 
     expected, resumed = read_history(full / "history.jsonl"), read_history(cut / "history.jsonl")
@@ -92,21 +96,8 @@ def test_checkpoint_every_writes_fewer_checkpoints_and_a_cut_run_without_one_sta
     assert best_epoch == 3 or val_fraction != "0"
     assert [h["epoch"] for h in read_history(full / "history.jsonl")] == [1, 2, 3]
 
-    original_iter = BatchLoader.__iter__
-    batches = {"n": 0}
-
-    def interrupting_iter(self):
-        for batch in original_iter(self):
-            batches["n"] += self.shuffle  # the training loader's
-            if batches["n"] == 3 * 2 + 1:  # first batch of the third epoch
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(BatchLoader, "__iter__", interrupting_iter)
-    assert main(["train", "--name", "cut", *options]) == 130
-    cut = tmp_path / "cut"
+    cut = cut_at_training_batch(tmp_path, monkeypatch, options, 3 * 2 + 1)
     assert checkpoint_files(cut / "checkpoints") is None and len(read_history(cut / "history.jsonl")) == 2
-    monkeypatch.setattr(BatchLoader, "__iter__", original_iter)
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
     expected, resumed = read_history(full / "history.jsonl"), read_history(cut / "history.jsonl")
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
