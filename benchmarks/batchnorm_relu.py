@@ -5,7 +5,9 @@
 One process, the same network and batch, the two settings alternated round by round (they share the process's
 memory state and the machine's mood): the training step as the trainer runs it (bf16 autocast, channels_last, SGD
 with Nesterov momentum and weight decay, label smoothing, batch 128, reused freed memory), 3 warm-up and 15 timed
-steps per round; medians of the rounds, and their ratio. models/vgg.py keeps PyTorch's layers; here its
+steps per round; medians of the rounds, and their ratio. A third setting runs the step without BatchNorm and ReLU
+at all (convolutions, residual adds, loss and optimizer): the ceiling that no BatchNorm/ReLU kernel can pass.
+models/vgg.py keeps PyTorch's layers; here its
 conv → BatchNorm → ReLU blocks are switched to the fused ones (same modules, :class:`ConvBatchNormReLU`) to measure
 what fusing would give it.
 Writes benchmarks/results/batchnorm_relu.json.
@@ -23,7 +25,12 @@ import torch
 from common import seconds_per_step, training_step
 
 from imgclf.device import reuse_freed_memory
-from imgclf.models import batchnorm_relu, create_model
+from imgclf.models import batchnorm_relu, create_model, resnet
+
+
+def without_batchnorm_relu(bn: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None):
+    """The layer left out: its input (plus the residual), for the ceiling setting."""
+    return x if residual is None else x + residual
 
 
 def step_function(model_name: str, batch: int, side: int):
@@ -56,16 +63,19 @@ def main() -> None:
     if batchnorm_relu.kernels() is None:
         sys.exit("the fused kernels could not be built here (a C++ compiler is needed)")
     build_seconds = time.perf_counter() - build_start
-    fuses = batchnorm_relu.fuses
+    fuses, layer_function = batchnorm_relu.fuses, batchnorm_relu.batchnorm_relu
     start, rows = time.perf_counter(), []
     for name in args.models:
         step = step_function(name, args.batch_size, args.side)
-        seconds = {"fused": [], "pytorch": []}
+        seconds = {"fused": [], "pytorch": [], "without": []}
         for _ in range(args.rounds):
             for setting in seconds:
                 batchnorm_relu.fuses = fuses if setting == "fused" else (lambda *_: False)
+                layer = without_batchnorm_relu if setting == "without" else layer_function
+                resnet.batchnorm_relu = batchnorm_relu.batchnorm_relu = layer
                 seconds[setting].append(seconds_per_step(step, 3, args.steps))
         batchnorm_relu.fuses = fuses
+        resnet.batchnorm_relu = batchnorm_relu.batchnorm_relu = layer_function
         rate = {k: args.batch_size / statistics.median(v) for k, v in seconds.items()}
         rows.append(
             {
@@ -73,11 +83,15 @@ def main() -> None:
                 "fused_images_per_second": round(rate["fused"], 1),
                 "pytorch_images_per_second": round(rate["pytorch"], 1),
                 "ratio": round(rate["fused"] / rate["pytorch"], 3),
-                "fused_step_ms": [round(s * 1e3, 2) for s in seconds["fused"]],
-                "pytorch_step_ms": [round(s * 1e3, 2) for s in seconds["pytorch"]],
+                "without_batchnorm_relu_images_per_second": round(rate["without"], 1),
+                **{f"{k}_step_ms": [round(s * 1e3, 2) for s in v] for k, v in seconds.items()},
             }
         )
-        print(f"{name}: fused {rate['fused']:.0f} img/s, PyTorch's layers {rate['pytorch']:.0f} img/s", flush=True)
+        print(
+            f"{name}: fused {rate['fused']:.0f} img/s, PyTorch's layers {rate['pytorch']:.0f} img/s, "
+            f"without BatchNorm and ReLU {rate['without']:.0f} img/s",
+            flush=True,
+        )
     path = write_result(
         "batchnorm_relu",
         {

@@ -155,7 +155,9 @@ def test_kernels_that_cannot_build_warn_and_fall_back(monkeypatch):
 
 def test_kernels_compile_once_then_load_from_the_cache(monkeypatch, tmp_path, capsys):
     """A machine without a build compiles into ~/.cache/imgclf/extensions/NAME, saying so on one line; a build
-    already there (no lock file: no process building it) is imported without torch's compiler driver."""
+    already there (no process holding torch's lock on it) is imported without torch's compiler driver."""
+    import fcntl
+
     import torch.utils.cpp_extension
 
     real = fused.kernels()  # built (or not) in the real cache, before HOME moves
@@ -171,10 +173,12 @@ def test_kernels_compile_once_then_load_from_the_cache(monkeypatch, tmp_path, ca
 
     if real is None:
         pytest.skip("no build to copy: the fused kernels need a C++ compiler")
-    shutil.copy(real.__file__, folder / f"{name}.so")
-    (folder / "lock").touch()  # another process still building: ask torch (which waits for it)
+    (folder / f"{name}.so").write_bytes(b"cut short")  # a build killed while linking: built again
     assert fused._build() == "compiled" and len(calls) == 2
-    (folder / "lock").unlink()
-    module = fused._build()
-    assert len(calls) == 2  # imported, not compiled
+    shutil.copy(real.__file__, folder / f"{name}.so")
+    with open(folder / "lock", "w") as lock:  # another process building it now: ask torch (which waits for it)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert fused._build() == "compiled" and len(calls) == 3
+    module = fused._build()  # torch's lock file left behind, unheld: nobody building
+    assert len(calls) == 3  # imported, not compiled
     assert {"forward", "backward"} <= set(dir(module))

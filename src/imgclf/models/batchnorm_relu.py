@@ -42,6 +42,24 @@ def build_name() -> str:
     return f"imgclf_batchnorm_relu_{digest.hexdigest()[:12]}"
 
 
+def _building(lock: Path) -> bool:
+    """Whether another process is building the extension now: holds torch's advisory lock on ``lock`` (its
+    FileLock, which the kernel releases when the holder dies, and which leaves the file behind)."""
+    import fcntl  # Linux only, as the kernels are
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # and with it the lock just taken
+
+
 def _build():
     """Load the kernels from ``~/.cache/imgclf/extensions``, compiling them first (with a one-line note) where they
     are not there."""
@@ -50,13 +68,16 @@ def _build():
     name = build_name()
     folder = cache_dir("extensions") / name
     built = folder / f"{name}.so"
-    # built, and no process building it now (torch's lock file): loaded without asking ninja, which costs 2 s (the
-    # name fingerprints everything the build depends on)
-    if built.exists() and not (folder / "lock").exists():
-        spec = importlib.util.spec_from_file_location(name, built)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    # built, and no process building it now: loaded without asking torch, whose ninja run costs 2 s (the name
+    # fingerprints everything the build depends on); a build that cannot load (cut short) is built again
+    if built.exists() and not _building(folder / "lock"):
+        try:
+            spec = importlib.util.spec_from_file_location(name, built)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        except ImportError:
+            pass
     try:  # the ninja that `pip install ninja` brings, where its bin folder is not on PATH
         import ninja
 
