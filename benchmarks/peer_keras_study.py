@@ -5,6 +5,7 @@
     uv run --group keras python benchmarks/peer_keras_study.py      # then the Keras side
     uv sync                                                         # back to the default install
     uv run python benchmarks/peer_keras_study.py --keep-keras       # a new imgclf study against the stored Keras side
+                                                                    # (its rates scaled to the study's epochs now)
 
 Keras side: every row of imgclf's reference study (src/imgclf/studies/reference.yaml: the same epochs and batch size,
 45,000 training and 5,000 validation images per epoch, the 10,000 test images once) as the reference notebook runs
@@ -120,23 +121,38 @@ def study_rows(steps: int, transfer_steps: int, predict: int) -> dict[str, dict]
     return rows
 
 
-def compare_again(imgclf_study: dict, results: Path, write_result) -> None:
-    """Rewrite peer_keras_study.json with its stored Keras rows beside the imgclf study now in study_reference.json."""
+def scaled_seconds(row: dict, rates: dict[str, float], predict_rate: float, split: int) -> float:
+    """A Keras row's wall time scaled to the study: each phase's epochs over the training images at its measured
+    rate, then a validation pass per epoch and the test pass at the inference rate."""
+    train = round(split * (1 - row["val_fraction"]))
+    seconds = sum(epochs * train / rates[phase] for phase, epochs in row["epochs"].items())
+    return seconds + (sum(row["epochs"].values()) * (split - train) + TEST_IMAGES) / predict_rate
+
+
+def compare_again(imgclf_study: dict, rows: dict[str, dict], split: int, results: Path, write_result) -> None:
+    """Rewrite peer_keras_study.json with its stored Keras rates, scaled to the study's epochs as they are now, beside
+    the imgclf study now in study_reference.json."""
     record = json.loads((results / "peer_keras_study.json").read_text())
     record.setdefault("keras_measured", {"date": record["date"], "commit": record["commit"]})
+    keras_total = 0.0
     for name, row in record["rows"].items():
+        rates, predict_rate = row["keras_train_images_per_second"], row["keras_predict_images_per_second"]
+        seconds = scaled_seconds(rows[name], rates, predict_rate, split)
         mine = imgclf_study["runs"][name]["wall_seconds"]
-        row.update(imgclf_wall_seconds=round(mine, 1), ratio=round(row["keras_wall_seconds_scaled"] / mine, 2))
+        row.update(epochs=rows[name]["epochs"], keras_wall_seconds_scaled=round(seconds))
+        row.update(imgclf_wall_seconds=round(mine, 1), ratio=round(seconds / mine, 2))
+        keras_total += seconds
     record.update(
+        keras_wall_seconds_scaled=round(keras_total),
         imgclf_wall_seconds=imgclf_study["wall_seconds"],
         imgclf_study={"commit": imgclf_study["commit"], "date": imgclf_study["date"]},
-        ratio=round(record["keras_wall_seconds_scaled"] / imgclf_study["wall_seconds"], 2),
+        ratio=round(keras_total / imgclf_study["wall_seconds"], 2),
         command=record["command"].split(" (Keras side)")[0]
         + " (Keras side); uv run python benchmarks/peer_keras_study.py --keep-keras",
     )
     for key in ("date", "device", "torch", "commit"):  # write_result fills these in afresh
         record.pop(key, None)
-    print(f"Keras (scaled, {record['keras_measured']['date']}) {record['keras_wall_seconds_scaled'] / 60:.0f} min, "
+    print(f"Keras (scaled, {record['keras_measured']['date']}) {keras_total / 60:.0f} min, "
           f"imgclf {imgclf_study['wall_seconds'] / 60:.1f} min: {record['ratio']}×")  # fmt: skip
     print(write_result("peer_keras_study", record))
 
@@ -157,18 +173,18 @@ def main() -> None:
         return
     from common import RESULTS, command_line, write_result
 
-    imgclf_study = json.loads((RESULTS / "study_reference.json").read_text())
-    if args.keep_keras:
-        compare_again(imgclf_study, RESULTS, write_result)
-        return
-    start = time.perf_counter()
-    rows = study_rows(args.steps, args.transfer_steps, args.predict)
-    from peer_keras import keras_process, save_images
-
     from imgclf.data.cifar import load_cifar10
 
-    arrays = save_images(10_000, REPO / "benchmarks" / "runs" / "peer_keras_study" / "images.npz")
+    imgclf_study = json.loads((RESULTS / "study_reference.json").read_text())
+    start = time.perf_counter()
+    rows = study_rows(args.steps, args.transfer_steps, args.predict)
     split = len(load_cifar10("train", os.environ.get("IMGCLF_DATA_DIR")))  # training images before the validation split
+    if args.keep_keras:
+        compare_again(imgclf_study, rows, split, RESULTS, write_result)
+        return
+    from peer_keras import keras_process, save_images
+
+    arrays = save_images(10_000, REPO / "benchmarks" / "runs" / "peer_keras_study" / "images.npz")
     out, keras_total = {}, 0.0
     for name, row in rows.items():
         worker = ["--keras-worker", str(arrays), "--row", json.dumps(row)]
@@ -181,11 +197,8 @@ def main() -> None:
             "trainable": rounds[0]["trainable"],
             "tensorflow": rounds[0]["tensorflow"],
         }
-        train = round(split * (1 - row["val_fraction"]))
-        val = split - train
         rates = measured["train_images_per_second"]
-        seconds = sum(epochs * train / rates[phase] for phase, epochs in row["epochs"].items())
-        seconds += (sum(row["epochs"].values()) * val + TEST_IMAGES) / measured["predict_images_per_second"]
+        seconds = scaled_seconds(row, rates, measured["predict_images_per_second"], split)
         mine = imgclf_study["runs"][name]["wall_seconds"]
         out[name] = {
             **{k: v for k, v in row.items() if k not in ("predict", "val_fraction", "steps")},

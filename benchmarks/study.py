@@ -46,12 +46,13 @@ def main() -> None:
         "runs": study["runs"],
         "test_accuracy": {name: run["test_accuracy"] for name, run in study["runs"].items()},
     }
+    print(f"study {preset}: {wall / 60:.1f} min wall")
+    # written before the report is copied in: its commit is then the code's, without '+dirty' from the report
+    print("wrote", write_result(f"study_{preset}", record))
     report = RESULTS / f"study_{preset}"
     if report.exists():
         shutil.rmtree(report)
     shutil.copytree(ROOT / output / "comparison", report)
-    print(f"study {preset}: {wall / 60:.1f} min wall")
-    print("wrote", write_result(f"study_{preset}", record))
 
 
 if __name__ == "__main__":
