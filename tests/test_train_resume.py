@@ -41,6 +41,7 @@ def test_training_writes_run_directory(tmp_path, tiny_options):
     history = read_history(run_dir / "history.jsonl")
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"} <= set(history[0])
+    assert history[0]["cpu_threads"] and all(n >= 1 for n in history[0]["cpu_threads"])  # the counts it trained with
     for name in ("config.yaml", "best.safetensors", "summary.json", "metrics.json", "model.json"):
         assert (run_dir / name).is_file(), name
     assert checkpoint_files(run_dir / "checkpoints")["weights"].name == "weights.safetensors"

@@ -213,11 +213,13 @@ def test_cpu_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
             clock["own"] += 2 * own
             share.update()
             assert torch.get_num_threads() == expected, (others, own)
+        assert share.threads_used() == sorted({before, 1, 2, 3, 4})  # recorded in each epoch's history
+        assert share.threads_used() == [1]  # since then: the count it ended with
         fixed = device.CpuShare(threads=2)
         clock["now"] += 5
         clock["busy"] += 20
         fixed.update()
-        assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2 and fixed.threads_used() == [2]
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's one thread per rank
         assert device.CpuShare().fixed == 1 and torch.get_num_threads() == 1
     finally:

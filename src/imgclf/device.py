@@ -147,6 +147,7 @@ class CpuShare:
         if self.fixed:
             torch.set_num_threads(self.fixed)
         self.last = (time.monotonic() - interval + first, start)  # the first look comes soon
+        self.used = {torch.get_num_threads()}
 
     def update(self) -> None:
         """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""
@@ -162,3 +163,10 @@ class CpuShare:
         threads = max(1, min(self.cores, math.floor(self.cores - others + 0.25)))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
+            self.used.add(threads)
+
+    def threads_used(self) -> list[int]:
+        """The thread counts torch ran with since the last call (an epoch's, say), fewest first: each count sums bf16
+        values in its own order, so a run that changed counts may end a little apart from one that did not."""
+        used, self.used = sorted(self.used), {torch.get_num_threads()}
+        return used

@@ -371,6 +371,8 @@ class Trainer:
                 metrics = self.train_epoch(bar)
                 self.epoch += 1
                 metrics = {"epoch": self.epoch, **metrics}
+                if self.cpu_share is not None:
+                    metrics["cpu_threads"] = self.cpu_share.threads_used()
                 if self.val_loader is not None:  # reduced across the ranks: every decision the same everywhere
                     val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
                     metrics.update(val_loss=val["loss"], val_acc=val["acc"])
