@@ -10,7 +10,7 @@ import torch
 
 from imgclf.cli import main
 from imgclf.training.checkpoint import checkpoint_files
-from imgclf.training.history import read_history
+from imgclf.training.history import MACHINE_KEYS, read_history
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,8 @@ def test_a_kill_while_a_checkpoint_is_written_loses_nothing(data_dir, tmp_path):
     assert (cut / "checkpoints" / "epoch-0002" / "weights.safetensors").is_file()  # the unfinished unit
     assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
     whole = tmp_path / "whole"
-    machine = ("epoch_seconds", "cpu_threads")  # what the machine did, not what training computed
-    strip = [{k: v for k, v in r.items() if k not in machine} for r in read_history(whole / "history.jsonl")]
-    assert [{k: v for k, v in r.items() if k not in machine} for r in read_history(cut / "history.jsonl")] == strip
+    strip = [{k: v for k, v in r.items() if k not in MACHINE_KEYS} for r in read_history(whole / "history.jsonl")]
+    assert [{k: v for k, v in r.items() if k not in MACHINE_KEYS} for r in read_history(cut / "history.jsonl")] == strip
     from safetensors.torch import load_file
 
     a = load_file(checkpoint_files(whole / "checkpoints")["weights"])

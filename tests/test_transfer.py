@@ -23,6 +23,7 @@ from imgclf.models.backbones import (
 from imgclf.models.layers import DepthwiseConv2d
 from imgclf.runs import run_splits
 from imgclf.training import transfer
+from imgclf.training.history import MACHINE_KEYS
 from imgclf.training.trainer import Trainer
 from imgclf.training.transfer import TransferTrainer, build_transfer_model
 
@@ -335,9 +336,7 @@ def test_resume_in_phase_2_reproduces_the_run_without_redoing_phase_1(data_dir, 
 
     def rows(run: str) -> list[dict]:
         lines = (tmp_path / run / "history.jsonl").read_text().splitlines()
-        return [
-            {k: v for k, v in eval_json(line).items() if k not in ("epoch_seconds", "cpu_threads")} for line in lines
-        ]
+        return [{k: v for k, v in eval_json(line).items() if k not in MACHINE_KEYS} for line in lines]
 
     assert rows("cut") == rows("whole") and len(rows("whole")) == 3
     whole, cut = (load_file(tmp_path / run / "best.safetensors") for run in ("whole", "cut"))

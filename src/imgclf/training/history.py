@@ -7,6 +7,10 @@ from pathlib import Path
 from imgclf.io import write_text
 from imgclf.runs import HISTORY, TENSORBOARD, read_history
 
+# keys of an epoch record that describe the machine (how long it took, with how many CPU threads), not what training
+# computed: without them a resumed run's history is the uninterrupted run's
+MACHINE_KEYS = ("epoch_seconds", "cpu_threads")
+
 
 class History:
     """Append epoch records to ``history.jsonl`` and TensorBoard; drop records past a resume point."""
