@@ -53,6 +53,25 @@ def test_speed_net_scales_and_shapes():
     assert net.trainable_epochs() == {id(net.whiten.bias): 3}
 
 
+@pytest.mark.parametrize("side", [3, 5])
+def test_global_max_pool_matches_the_adaptive_pool_bit_for_bit(side):
+    from imgclf.models.speed import GlobalMaxPool
+
+    x = torch.randn(64, 32, side, side).bfloat16().float().contiguous(memory_format=torch.channels_last)
+    x[:32, :, 0, 0] = x[:32, :, -1, -1]  # ties: which maximum gets the gradient must agree too
+    weights = torch.randn(64, 32, 1, 1)
+    outputs = []
+    for pool in (GlobalMaxPool(), torch.nn.AdaptiveMaxPool2d(1)):
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16):
+            y = pool(leaf.bfloat16())
+        (y.float() * weights).sum().backward()
+        outputs.append((y, leaf.grad))
+    (y, grad), (y_adaptive, grad_adaptive) = outputs
+    assert y.shape == (64, 32, 1, 1) and torch.equal(y, y_adaptive)
+    assert torch.equal(grad, grad_adaptive) and (grad != 0).sum() == 64 * 32  # one winner per map
+
+
 def test_schedule_starts_and_ends_at_fractions():
     assert lr_multiplier("onecycle", 0, 100, 20, start=0.2, end=0.07) == pytest.approx(0.2 + 0.8 / 20)
     assert lr_multiplier("onecycle", 19, 100, 20, start=0.2, end=0.07) == pytest.approx(1.0)

@@ -10,6 +10,7 @@ built for imgclf's trainer: the ``speed94`` recipe (src/imgclf/configs/speed94.y
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 WIDTHS = (64, 256, 256)
@@ -51,6 +52,16 @@ class ConvGroup(nn.Sequential):
         )
 
 
+class GlobalMaxPool(nn.Module):
+    """The maximum over each channel's whole map, kept (N, C, 1, 1): airbench's MaxPool2d(3) on the 3×3 map of a
+    32-px image, and any side's. A max-pool whose window is the map gives the adaptive pool's values and gradients
+    bit for bit (the first maximum wins ties in both) without the adaptive pool's GPU kernels, whose forward and
+    atomic backward took 7% of a speed94 epoch on an H100 (benchmarks/results/gpu_profile_speed94.txt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, x.shape[-2:])
+
+
 class SpeedNet(nn.Module):
     """Whitening convolution, three conv groups, global max-pool, scaled linear classifier."""
 
@@ -67,7 +78,7 @@ class SpeedNet(nn.Module):
             ConvGroup(whiten_width, widths[0]),
             ConvGroup(widths[0], widths[1]),
             ConvGroup(widths[1], widths[2]),
-            nn.AdaptiveMaxPool2d(1),  # airbench's MaxPool2d(3) on the 3×3 map of a 32-px image
+            GlobalMaxPool(),
             nn.Flatten(),
         )
         self.classifier = nn.Linear(widths[2], num_classes, bias=False)
