@@ -25,13 +25,18 @@ def command_line(runner: str = "uv run python") -> str:
 
 
 def machine() -> str:
-    """CPU model, core count and GPU (if any) of this machine."""
+    """CPU model (with its family and model numbers: a virtual machine's "AMD EPYC" names no generation), core count
+    and GPU (if any) of this machine."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines())
+            if value
+        )
+        cpu = fields.get("model name", cpu)
+        if "cpu family" in fields:
+            cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
