@@ -3,7 +3,6 @@
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from imgclf.device import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
@@ -25,22 +26,9 @@ def command_line(runner: str = "uv run python") -> str:
 
 
 def machine() -> str:
-    """CPU model (with its family and model numbers: a virtual machine's "AMD EPYC" names no generation), core count
-    and GPU (if any) of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        fields = dict(
-            (key.strip(), value.strip())
-            for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines())
-            if value
-        )
-        cpu = fields.get("model name", cpu)
-        if "cpu family" in fields:
-            cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    except OSError:
-        pass
+    """CPU model (family and model numbers included), core count and GPU (if any) of this machine."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+    return f"{cpu_name()}, {os.cpu_count()} cores{gpu}"
 
 
 def git_commit() -> str:

@@ -250,6 +250,18 @@ def test_busy_seconds_counts_only_the_cores_this_process_may_use():
     assert none[0] == 0 and every[0] > 0 and every[1] >= 0
 
 
+def test_cpu_name_gives_the_generation_a_virtual_machine_hides(tmp_path):
+    from imgclf.device import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    processor = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    info.write_text(processor.format(0) + "\n" + processor.format(1).replace("EPYC", "other"))
+    assert cpu_name(info) == "AMD EPYC (family 25, model 17)"  # the first processor's
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")  # no family (not x86)
+    assert cpu_name(info) == "Some CPU"
+    assert cpu_name(tmp_path / "absent")  # a name still, from the platform
+
+
 def test_freed_memory_is_kept_for_reuse_on_linux(monkeypatch):
     """glibc's malloc takes the setting on Linux; IMGCLF_REUSE_MEMORY=0 leaves the allocator's defaults."""
     import sys
