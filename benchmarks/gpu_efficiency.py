@@ -118,12 +118,14 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
     test split's TTA logits, the CUDA queue drained at both ends; data loading before, as airbench's. Each variant's
     first run (seed 100) warms cuDNN and the allocator and is left out; then seeds 0–4, the variants alternated.
     Variants: ``before`` (a checkpoint every epoch, foreach SGD: the trainer before), ``checkpoint_every``
-    (speed94_gpu's --checkpoint-every 60: one checkpoint, at the end) and ``shipped`` (+ fused SGD)."""
+    (speed94_gpu's --checkpoint-every 60: one checkpoint, at the end), ``shipped`` (+ fused SGD) and
+    ``adaptive_pool`` (shipped with the adaptive global max-pool SpeedNet had until commit 510e64e)."""
     import dataclasses
 
     from imgclf.config import build_config, config_path, load_config_file
     from imgclf.data.datasets import ImageSet
     from imgclf.inference.predictor import TorchPredictor
+    from imgclf.models import speed
     from imgclf.runs import model_card, run_splits
     from imgclf.training.trainer import Trainer
 
@@ -132,10 +134,12 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
     tiny = {"train_subset": 2048, "test_subset": 500, "epochs": 2} if options.smoke else {}
     cli = {"device": device.type, "progress": False, "tensorboard": False, **tiny}
     shipped = build_config(load_config_file(config_path("speed94_gpu")), cli | {"data_dir": options.data_dir})
-    variants = {  # name: (config, fused SGD)
-        "before": (dataclasses.replace(shipped, checkpoint_every=0.0), False),
-        "checkpoint_every": (shipped, False),
-        "shipped": (shipped, True),
+    global_max_pool = speed.GlobalMaxPool
+    variants = {  # name: (config, fused SGD, global max-pool)
+        "before": (dataclasses.replace(shipped, checkpoint_every=0.0), False, global_max_pool),
+        "checkpoint_every": (shipped, False, global_max_pool),
+        "shipped": (shipped, True, global_max_pool),
+        "adaptive_pool": (shipped, True, lambda: torch.nn.AdaptiveMaxPool2d(1)),
     }
     if options.only:
         variants = {k: v for k, v in variants.items() if k in options.only.split(",")}
@@ -152,13 +156,15 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
 
     rows = []
     for seed in (100, *range(options.seeds)):
-        for name, (cfg, fused) in variants.items():
+        for name, (cfg, fused, global_pool) in variants.items():
             cfg = dataclasses.replace(cfg, seed=seed)
             run_dir = output / f"inprocess_{name}_seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
             clock: list[float] = []
             lap(clock)
+            speed.GlobalMaxPool = global_pool  # SpeedNet builds its pool by this name
             trainer = Trainer(cfg, run_dir, splits)
+            speed.GlobalMaxPool = global_max_pool
             for group in trainer.optimizer.param_groups:  # build_optimizer fuses SGD on a GPU; earlier variants not
                 group["fused"], group["foreach"] = (True, None) if fused and on_gpu else (None, True)
             lap(clock)
