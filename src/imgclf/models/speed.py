@@ -55,8 +55,9 @@ class ConvGroup(nn.Sequential):
 class GlobalMaxPool(nn.Module):
     """The maximum over each channel's whole map, kept (N, C, 1, 1): airbench's MaxPool2d(3) on the 3×3 map of a
     32-px image, and any side's. A max-pool whose window is the map gives the adaptive pool's values and gradients
-    bit for bit (the first maximum wins ties in both) without the adaptive pool's GPU kernels, whose forward and
-    atomic backward took 7% of a speed94 epoch on an H100 (benchmarks/results/gpu_profile_speed94.txt)."""
+    bit for bit (the first maximum wins ties in both; tested on the CPU) without the adaptive pool's GPU kernels,
+    whose forward and atomic backward took 7% of a speed94 epoch on an H100 (benchmarks/results/
+    gpu_profile_speed94.txt)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x, x.shape[-2:])
