@@ -143,6 +143,7 @@ def test_export_from_scratch_parity_metadata_and_onnx_predict(folder_run, tmp_pa
     assert main(["export", str(run)]) == 0
     out = capsys.readouterr().out
     assert "top-1 agreement 100.00%" in out
+    assert not [f.name for f in run.iterdir() if ".tmp" in f.name or f.suffix == ".data"]  # no stray files
     parity = json.loads((run / "model.parity.json").read_text())
     test_images = len(RunDir(run).read_split()["test"])
     assert parity["parity"]["images"] == test_images and parity["parity"]["passed"]
@@ -232,6 +233,9 @@ def test_export_errors(folder_run, tmp_path, capsys):
     assert "must end in .onnx" in capsys.readouterr().err
     assert main(["export", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    (tmp_path / "dir.onnx").mkdir()
+    assert main(["export", str(folder_run), "--output", str(tmp_path / "dir.onnx")]) == 2
+    assert "is a folder" in capsys.readouterr().err and not list((tmp_path / "dir.onnx").iterdir())
     assert main(["export", str(folder_run), "--format", "tflite"]) == 2
     assert "invalid choice" in capsys.readouterr().err
     assert export_module.parity_path(tmp_path / "m.onnx") == tmp_path / "m.parity.json"

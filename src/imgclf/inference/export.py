@@ -122,6 +122,8 @@ def export_run(
     path = Path(output) if output else run.file(ONNX_MODEL)
     if path.suffix != ".onnx":
         raise ImgclfError(f"the ONNX output must end in .onnx: {path}")
+    if path.is_dir():
+        raise ImgclfError(f"the ONNX output is a folder: {path}")
     if images is None and check_images:
         images = parity_images(run, card, data, data_dir, check_images)
 

@@ -33,7 +33,9 @@ def export_network(
             try:
                 if exporter == "dynamo":
                     batch = torch.export.Dim("batch", min=1, max=65536)
-                    torch.onnx.export(network, (sample,), str(path), dynamo=True, dynamic_shapes=({0: batch},), **names)
+                    # the weights inside the file: no "<file>.data" beside it for a rename to orphan
+                    shapes = {"dynamic_shapes": ({0: batch},), "external_data": False}
+                    torch.onnx.export(network, (sample,), str(path), dynamo=True, **shapes, **names)
                 else:
                     axes = {"images": {0: "batch"}, output_name: {0: "batch"}}
                     torch.onnx.export(network, (sample,), str(path), dynamo=False, dynamic_axes=axes, **names)
