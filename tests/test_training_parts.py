@@ -93,8 +93,11 @@ def test_state_loads_without_executing_code(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"payload": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ImgclfError, match="cannot read checkpoint state"):
-        load_state(tmp_path / "evil.pt")
+    (tmp_path / "damaged.pt").write_text("garbage")
+    for name in ("evil.pt", "damaged.pt"):
+        with pytest.raises(ImgclfError, match="cannot read checkpoint state") as error:
+            load_state(tmp_path / name)
+        assert "never loaded as code" in str(error.value) and "weights_only" not in str(error.value)
 
 
 def test_progressive_resizing_ramps_to_full_size():

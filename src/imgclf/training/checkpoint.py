@@ -80,8 +80,11 @@ def load_state(path: Path) -> dict:
         raise ImgclfError(f"checkpoint state not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ImgclfError(f"cannot read checkpoint state {path}: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # torch's text advises weights_only=False, which would run the file as code: not shown
+        raise ImgclfError(
+            f"cannot read checkpoint state {path}: damaged, or holds more than tensors and plain values "
+            f"({type(exc).__name__}; it is never loaded as code)"
+        ) from None
 
 
 def add_metadata(path: Path, metadata: dict) -> None:
