@@ -90,6 +90,18 @@ def test_resume_from_a_state_of_the_wrong_structure(finished_run, tmp_path, caps
     assert snapshot(run) == before
 
 
+def test_resume_of_a_finished_run_without_its_checkpoints_is_refused(finished_run, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints")
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to resume" in err[0], err
+    assert snapshot(run) == before  # not trained again over its weights, history and summary
+
+
 KILLER = """
 import os, signal, sys
 import imgclf.training.checkpoint as checkpoint

@@ -22,7 +22,7 @@ from imgclf.data.loader import BatchLoader, epoch_seed, inference_batch_size
 from imgclf.device import CpuShare, autocast, describe_device, resolve_precision, select_device
 from imgclf.errors import ImgclfError
 from imgclf.models import count_parameters, create_model
-from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, RunDir
+from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, SUMMARY, RunDir
 from imgclf.training import distributed
 from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from imgclf.training.checkpoint import checkpoint_files, load_state, load_weights, save_checkpoint
@@ -344,6 +344,11 @@ class Trainer:
         cfg = self.cfg
         history = History(self.run_dir, tensorboard=cfg.tensorboard) if self.main else None
         files = checkpoint_files(self.run_dir / CHECKPOINTS) if resume else None
+        if resume and files is None and (self.run_dir / SUMMARY).is_file():  # training again would overwrite it
+            raise ImgclfError(
+                f"nothing to resume in {self.run_dir}: the run has finished ({SUMMARY}) and no checkpoint is left in "
+                f"{CHECKPOINTS}/; train a new run instead"
+            )
         if files is not None:
             self.resume(files)
         if resume and history is not None:
