@@ -1,5 +1,6 @@
 """Damaged run directories and interrupted checkpoints: one-line errors, nothing changed, nothing lost."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from imgclf.cli import main
 from imgclf.training.checkpoint import checkpoint_files
@@ -60,6 +62,33 @@ def test_evaluate_of_a_damaged_run_is_a_one_line_error(finished_run, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("imgclf: error:") and message in err[0], err
     assert snapshot(run) == before
+
+
+CARD_DAMAGE = {  # model.json fields a hand edit can break: (field, value, message)
+    "config-unknown-key": ("config", {"bogus": 1}, "unknown config key 'bogus'"),
+    "config-wrong-type": ("config", {"epochs": "many"}, "'epochs' must be int"),
+    "input-size-zero": ("input_size", 0, "'input_size' must be a side of 1 to"),
+    "input-size-huge": ("input_size", 100_000, "'input_size' must be a side of 1 to"),
+    "std-zero": ("std", [0, 0, 0], "'std' must be three positive numbers"),
+    "resize-unknown": ("resize", "zoom", "'resize' must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(CARD_DAMAGE), ids=list(CARD_DAMAGE))
+def test_a_damaged_model_card_is_a_one_line_error_in_predict_and_evaluate(finished_run, tmp_path, capsys, case):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    field, value, message = CARD_DAMAGE[case]
+    card = json.loads((run / "model.json").read_text())
+    card[field] = {**card["config"], **value} if field == "config" else value
+    (run / "model.json").write_text(json.dumps(card))
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    capsys.readouterr()
+    for command in (["predict", str(run), str(image)], ["evaluate", str(run)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("imgclf: error:") and message in err[0], (command, err)
 
 
 @pytest.mark.parametrize(

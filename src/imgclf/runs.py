@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from imgclf.config import TrainConfig, load_config_file
+from imgclf.config import MAX_IMAGE_SIDE, TrainConfig, coerce, field_types, load_config_file, shown
 from imgclf.data.datasets import Splits, is_builtin, load_splits
+from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
 from imgclf.io import read_json, write_json, write_text
 
@@ -76,6 +77,18 @@ class ModelCard:
         for key in ("mean", "std"):
             if len(data[key]) != 3 or not all(is_number(v) for v in data[key]):
                 raise ImgclfError(f"{source}: '{key}' must be three numbers")
+        if not all(v > 0 for v in data["std"]):
+            raise ImgclfError(f"{source}: 'std' must be three positive numbers")
+        for key in ("input_size", "data_size"):
+            if not 0 < data[key] <= MAX_IMAGE_SIDE:
+                raise ImgclfError(f"{source}: '{key}' must be a side of 1 to {MAX_IMAGE_SIDE} pixels, got {data[key]}")
+        if data["resize"] not in RESIZE_POLICIES:
+            raise ImgclfError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {data['resize']!r}")
+        known = field_types()
+        for key, value in data["config"].items():
+            if key not in known:
+                raise ImgclfError(f"{source}: unknown config key {shown(key)} (not an option of this imgclf)")
+            coerce(key, value, f"{source} config")
         temperature = data.get("temperature")
         if temperature is not None and not (is_number(temperature) and temperature > 0):
             raise ImgclfError(f"{source}: 'temperature' must be a positive number")
