@@ -468,12 +468,18 @@ def load_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
             raise ImgclfError(f"config file {path}: bases nest more than 8 deep")
         where = base if Path(base).is_absolute() or base in bundled_names() else path.parent / base
         values = load_config_file(where, (*_seen, path.resolve()))
+    return values | config_values(data, str(path), also=("base",))
+
+
+def config_values(data: dict, source: str, also: tuple[str, ...] = ()) -> dict:
+    """``data``'s options as config fields ('-' read as '_'), each value coerced to its field's type; an unknown key
+    or a wrong type is a one-line error naming ``source`` (``also``: keys the caller takes besides the fields)."""
     known = field_types()
-    for key in data:
-        norm = str(key).replace("-", "_")
-        if norm not in known:
-            raise ImgclfError(f"unknown config key {shown(key)} in {path} (valid keys: base, {', '.join(known)})")
-    return values | {str(k).replace("-", "_"): coerce(str(k).replace("-", "_"), v, str(path)) for k, v in data.items()}
+    names = {key: str(key).replace("-", "_") for key in data}
+    for key, name in names.items():
+        if name not in known:
+            raise ImgclfError(f"unknown config key {shown(key)} in {source} (valid keys: {', '.join([*also, *known])})")
+    return {name: coerce(name, data[key], source) for key, name in names.items()}
 
 
 def build_config(file_values: dict, cli_values: dict) -> TrainConfig:

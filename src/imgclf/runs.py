@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from imgclf.config import MAX_IMAGE_SIDE, TrainConfig, coerce, field_types, load_config_file, shown
+from imgclf.config import MAX_IMAGE_SIDE, TrainConfig, config_values, load_config_file
 from imgclf.data.datasets import Splits, is_builtin, load_splits
 from imgclf.data.decode import RESIZE_POLICIES
 from imgclf.errors import ImgclfError
@@ -84,11 +84,7 @@ class ModelCard:
                 raise ImgclfError(f"{source}: '{key}' must be a side of 1 to {MAX_IMAGE_SIDE} pixels, got {data[key]}")
         if data["resize"] not in RESIZE_POLICIES:
             raise ImgclfError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {data['resize']!r}")
-        known = field_types()
-        for key, value in data["config"].items():
-            if key not in known:
-                raise ImgclfError(f"{source}: unknown config key {shown(key)} (not an option of this imgclf)")
-            coerce(key, value, f"{source} config")
+        config_values(data["config"], f"{source} config")
         temperature = data.get("temperature")
         if temperature is not None and not (is_number(temperature) and temperature > 0):
             raise ImgclfError(f"{source}: 'temperature' must be a positive number")

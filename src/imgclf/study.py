@@ -23,6 +23,7 @@ from imgclf.config import (
     build_config,
     bundled_or_file,
     coerce,
+    config_values,
     field_types,
     load_config_file,
     parse_yaml,
@@ -86,7 +87,7 @@ def study_configs(
         if name in runs:
             raise ImgclfError(f"--add {recipe}: the study already has a run named '{name}'")
         runs[name], added_names[name] = {"config": recipe, **added_options}, recipe
-    known, configs = field_types(), {}
+    configs = {}
     for name, options in runs.items():
         where = f"--add {added_names[name]}" if name in added_names else f"run {shown(name)} of study preset {path}"
         if not isinstance(name, str):
@@ -103,10 +104,7 @@ def study_configs(
                 if not isinstance(config, str) or not config:
                     raise ImgclfError(f"'config' must name a bundled recipe or a YAML file, got {shown(config)}")
                 file_values = load_config_file(config)
-            for key in options:
-                if key not in known:
-                    raise ImgclfError(f"unknown config key {shown(key)} (valid keys: {', '.join(known)})")
-            values = {k: coerce(k, v, "option") for k, v in options.items()}
+            values = config_values(options, "options")
             # options a run cannot take (e.g. img_size for a from-scratch network) are not forced on it
             applicable = {
                 k: v for k, v in overrides.items() if k not in TRANSFER_ONLY or not _is_scratch(file_values, values)
