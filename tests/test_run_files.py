@@ -30,6 +30,21 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def copy_of(run, tmp_path):
+    """A copy of ``run`` to damage: ``tmp_path/r``."""
+    shutil.copytree(run, tmp_path / "r")
+    return tmp_path / "r"
+
+
+def one_line_error(capsys, args):
+    """Run ``imgclf args``, which must exit with status 2 and one error line on stderr; that line."""
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imgclf: error:"), (args, err)
+    return err[0]
+
+
 def state_of_the_wrong_structure(run):
     torch.save({"epoch": 1, "optimizer": [1, 2]}, checkpoint_files(run / "checkpoints")["state"])
 
@@ -52,15 +67,11 @@ DAMAGE = {
 
 @pytest.mark.parametrize("case", list(DAMAGE), ids=list(DAMAGE))
 def test_evaluate_of_a_damaged_run_is_a_one_line_error(finished_run, tmp_path, capsys, case):
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     name, content, message = DAMAGE[case]
     (run / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     before = snapshot(run)
-    capsys.readouterr()
-    assert main(["evaluate", str(run)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("imgclf: error:") and message in err[0], err
+    assert message in one_line_error(capsys, ["evaluate", str(run)])
     assert snapshot(run) == before
 
 
@@ -76,19 +87,15 @@ CARD_DAMAGE = {  # model.json fields a hand edit can break: (field, value, messa
 
 @pytest.mark.parametrize("case", list(CARD_DAMAGE), ids=list(CARD_DAMAGE))
 def test_a_damaged_model_card_is_a_one_line_error_in_predict_and_evaluate(finished_run, tmp_path, capsys, case):
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     field, value, message = CARD_DAMAGE[case]
     card = json.loads((run / "model.json").read_text())
     card[field] = {**card["config"], **value} if field == "config" else value
     (run / "model.json").write_text(json.dumps(card))
     image = tmp_path / "image.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
-    capsys.readouterr()
     for command in (["predict", str(run), str(image)], ["evaluate", str(run)]):
-        assert main(command) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("imgclf: error:") and message in err[0], (command, err)
+        assert message in one_line_error(capsys, command), command
 
 
 @pytest.mark.parametrize(
@@ -97,37 +104,25 @@ def test_a_damaged_model_card_is_a_one_line_error_in_predict_and_evaluate(finish
     ids=["empty-object", "list", "garbage"],
 )
 def test_compare_of_damaged_metrics_is_a_one_line_error(finished_run, tmp_path, capsys, content, message):
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     (run / "metrics.json").write_text(content)
-    capsys.readouterr()
-    assert main(["compare", str(run), "--output", str(tmp_path / "cmp")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert message in one_line_error(capsys, ["compare", str(run), "--output", str(tmp_path / "cmp")])
     assert not (tmp_path / "cmp" / "report.html").exists()
 
 
 def test_resume_from_a_state_of_the_wrong_structure(finished_run, tmp_path, capsys):
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     state_of_the_wrong_structure(run)
     before = snapshot(run)
-    capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not fit this run" in err[0], err
+    assert "does not fit this run" in one_line_error(capsys, ["train", "--resume", str(run), "--no-progress"])
     assert snapshot(run) == before
 
 
 def test_resume_of_a_finished_run_without_its_checkpoints_is_refused(finished_run, tmp_path, capsys):
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     shutil.rmtree(run / "checkpoints")
     before = snapshot(run)
-    capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nothing to resume" in err[0], err
+    assert "nothing to resume" in one_line_error(capsys, ["train", "--resume", str(run), "--no-progress"])
     assert snapshot(run) == before  # not trained again over its weights, history and summary
 
 
@@ -174,8 +169,7 @@ def test_a_run_of_the_earlier_layout_evaluates_resumes_and_gets_its_card(finishe
     """Before model cards and checkpoint folders: no model.json, checkpoints/last.safetensors + last_state.pt."""
     import json
 
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     (run / "model.json").unlink()
     checkpoint = checkpoint_files(run / "checkpoints")["state"].parent
     shutil.move(checkpoint / "weights.safetensors", run / "checkpoints" / "last.safetensors")
@@ -200,8 +194,7 @@ def test_a_model_that_outputs_nan_is_an_error_not_a_result(finished_run, tmp_pat
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     with safe_open(str(run / "best.safetensors"), "pt") as f:
         metadata = f.metadata()
     weights = {
@@ -210,16 +203,12 @@ def test_a_model_that_outputs_nan_is_an_error_not_a_result(finished_run, tmp_pat
     }
     save_file(weights, str(run / "best.safetensors"), metadata=metadata)
     (run / "metrics.json").unlink()
-    capsys.readouterr()
-    assert main(["evaluate", str(run)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "non-finite outputs" in err[0], err
+    assert "non-finite outputs" in one_line_error(capsys, ["evaluate", str(run)])
     assert not (run / "metrics.json").exists()
 
 
 def test_a_run_in_use_by_another_process_is_a_one_line_error(finished_run, tmp_path, capsys):
-    run = tmp_path / "r"
-    shutil.copytree(finished_run, run)
+    run = copy_of(finished_run, tmp_path)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from imgclf.runs import RunDir\nwith RunDir(sys.argv[1]).lock():\n"
          "    print('held', flush=True); time.sleep(60)", str(run)],
@@ -227,11 +216,8 @@ def test_a_run_in_use_by_another_process_is_a_one_line_error(finished_run, tmp_p
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        capsys.readouterr()
         for args in (["evaluate", str(run)], ["train", "--resume", str(run), "--no-progress"]):
-            assert main(args) == 2
-            err = capsys.readouterr().err.strip().splitlines()
-            assert len(err) == 1 and "in use by another imgclf process" in err[0], err
+            assert "in use by another imgclf process" in one_line_error(capsys, args), args
     finally:
         holder.kill()
         holder.wait()
