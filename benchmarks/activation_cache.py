@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
-from imgclf.config import build_config, load_config_file
+from imgclf.config.files import build_config, load_config_file
+from imgclf.core.device import autocast
 from imgclf.data.cifar import load_cifar10
 from imgclf.data.features import ActivationCache, resize_normalise
-from imgclf.device import autocast
-from imgclf.training.transfer import build_transfer_model
+from imgclf.models.transfer import build_transfer_model
 
 ENGINES = ("onnxruntime", "compiled", "eager")
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
 
 from imgclf.evaluation.evaluate import evaluate_run
+from imgclf.report.run_report import render_evaluation
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     for run_dir in args.run_dirs:
         start = time.perf_counter()
-        metrics = evaluate_run(run_dir)
+        metrics = render_evaluation(evaluate_run(run_dir))
         before, after = metrics["calibration"], metrics["calibration_temperature_scaled"]
         name = run_dir.name.removeprefix("train_").removesuffix("_seed0")
         print(f"{name}: ECE {before['ece']:.2%} → {after['ece']:.2%} (T = {metrics['temperature']:.3f})")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf.device import cpu_name
+from imgclf.core.device import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
@@ -66,7 +66,7 @@ def training_step(
 ) -> Callable[[], None]:
     """One optimizer step on a fixed batch as the trainer takes it (autocast forward, float32 loss, backward, step);
     ``images`` may be a function giving the batch, to time its preparation too."""
-    from imgclf.device import autocast
+    from imgclf.core.device import autocast
 
     device = labels.device
 

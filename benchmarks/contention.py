@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
+from imgclf.artifacts.runs import RunDir
+
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0))
 # case → (threads of the measured run, threads of each competitor); 0: imgclf's policy
@@ -49,7 +51,7 @@ def run_case(threads: int, competitors: list[int], args: argparse.Namespace, fol
         _, error = process.communicate()
         if process.returncode != 0:
             sys.exit(f"a run failed:\n{error[-2000:]}")
-    summary = json.loads((folder / "run0" / "summary.json").read_text())
+    summary = RunDir(folder / "run0").read_summary()
     return summary["num_train"] / summary["train_seconds"]
 
 

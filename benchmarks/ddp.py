@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
+from imgclf.artifacts.runs import RunDir
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,9 +44,9 @@ def train(args: argparse.Namespace, output: Path, name: str, world: int) -> dict
     if result.returncode != 0:
         sys.exit(f"run {name} failed:\n{result.stderr[-3000:]}")
     run = output / name
-    summary = json.loads((run / "summary.json").read_text())
-    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    metrics = json.loads((run / "metrics.json").read_text())
+    summary = RunDir(run).read_summary()
+    history = RunDir(run).read_history()
+    metrics = RunDir(run).read_metrics()
     return {
         "images_per_second": summary["num_train"] * summary["epochs_run"] / summary["train_seconds"],
         "train_loss": [r["train_loss"] for r in history],

@@ -19,8 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
 
-from imgclf.data.datasets import ImageSet, load_splits
+from imgclf.data.images import ImageSet
 from imgclf.data.loader import BatchLoader
+from imgclf.data.sources import load_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 

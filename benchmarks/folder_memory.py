@@ -10,7 +10,6 @@ Writes benchmarks/results/folder_memory.json.
 """
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -25,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
+
+from imgclf.artifacts.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES, PER_CLASS, SIDE = 100, 2000, 64
@@ -76,7 +77,7 @@ def main() -> None:
     print(result.stdout[-2000:], result.stderr[-3000:])
     result.check_returncode()
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    metrics = json.loads((ROOT / output / "folder_memory" / "metrics.json").read_text())
+    metrics = RunDir(ROOT / output / "folder_memory").read_metrics()
     record = {
         "benchmark": "folder_memory",
         "model": args.model,

@@ -54,7 +54,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))  # this tree's imgclf, for reading runs and the in-process parts
-from imgclf.runs import RunDir  # noqa: E402
+from imgclf.artifacts.runs import RunDir  # noqa: E402
 
 LITE2_BASELINE = ["--config", "lite2_224", "--unfreeze", "all", "--head-epochs", "2", "--epochs", "14", "--lr", "2e-4"]
 SMOKE = ["--train-subset", "512", "--test-subset", "500", "--epochs", "1", "--device", "cpu"]
@@ -76,8 +76,8 @@ def run(label: str, args: list[str], src: Path, options: argparse.Namespace, out
         return {"label": label, "command": " ".join(command), "failed": result.stderr[-1000:]}
     row = {"label": label, "command": " ".join(["imgclf", *args]), "wall_seconds": round(wall, 1)}
     if args[0] == "train":
-        summary = json.loads((output / label / "summary.json").read_text())
-        metrics = json.loads((output / label / "metrics.json").read_text())
+        summary = RunDir(output / label).read_summary()
+        metrics = RunDir(output / label).read_metrics()
         row.update(train_seconds=round(summary["train_seconds"], 1), test_accuracy=metrics["test_accuracy"])
         row.update(epochs_run=summary["epochs_run"], train_accuracy=metrics.get("train_accuracy"))
         row.update(seed=int(args[args.index("--seed") + 1]) if "--seed" in args else 0)
@@ -122,12 +122,12 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
     ``adaptive_pool`` (shipped with the adaptive global max-pool SpeedNet had until commit 510e64e)."""
     import dataclasses
 
-    from imgclf.config import build_config, config_path, load_config_file
-    from imgclf.data.datasets import ImageSet
+    from imgclf.artifacts.runs import model_card, run_splits
+    from imgclf.config.files import build_config, config_path, load_config_file
+    from imgclf.data.images import ImageSet
     from imgclf.inference.predictor import TorchPredictor
     from imgclf.models import speed
-    from imgclf.runs import model_card, run_splits
-    from imgclf.training.trainer import Trainer
+    from imgclf.training.run import scratch_trainer
 
     on_gpu = torch.cuda.is_available() and not options.smoke
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -163,14 +163,14 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
             clock: list[float] = []
             lap(clock)
             speed.GlobalMaxPool = global_pool  # SpeedNet builds its pool by this name
-            trainer = Trainer(cfg, run_dir, splits)
+            trainer = scratch_trainer(cfg, run_dir, splits)
             speed.GlobalMaxPool = global_max_pool
             for group in trainer.optimizer.param_groups:  # build_optimizer fuses SGD on a GPU; earlier variants not
                 group["fused"], group["foreach"] = (True, None) if fused and on_gpu else (None, True)
             lap(clock)
             summary = trainer.fit()
             lap(clock)
-            card = model_card(cfg, splits, trainer.input_size, trainer.mean, trainer.std)
+            card = model_card(cfg, splits, splits.side, splits.mean, splits.std)
             predictor = TorchPredictor(trainer.eval_model, card, device, cfg.precision)
             lap(clock)
             tta_logits = predictor.dataset_logits(test, flip_tta=True)
@@ -218,9 +218,9 @@ def count_syncs(options: argparse.Namespace, output: Path) -> dict:
     """Synchronising CUDA calls per training step: the difference between an epoch of 40 steps and one of 20."""
     import warnings
 
-    from imgclf.config import TrainConfig
-    from imgclf.runs import run_splits
-    from imgclf.training.trainer import Trainer
+    from imgclf.artifacts.runs import run_splits
+    from imgclf.config.options import TrainConfig
+    from imgclf.training.run import scratch_trainer
 
     on_gpu = torch.cuda.is_available() and not options.smoke
     counts, start = {}, time.perf_counter()
@@ -230,7 +230,7 @@ def count_syncs(options: argparse.Namespace, output: Path) -> dict:
             mixup=0.2, ema_decay=0.99, val_fraction=0.02, data_dir=options.data_dir, progress=False,
             tensorboard=False, compile=False, device="cuda" if on_gpu else "cpu",
         ).validate()  # fmt: skip
-        trainer = Trainer(cfg, output / f"syncs{steps}", run_splits(cfg))
+        trainer = scratch_trainer(cfg, output / f"syncs{steps}", run_splits(cfg))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if on_gpu:
@@ -255,17 +255,18 @@ def profile_steps(options: argparse.Namespace, output: Path) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from tqdm import tqdm
 
-    from imgclf.config import build_config, config_path, load_config_file
-    from imgclf.device import autocast
-    from imgclf.runs import run_splits
-    from imgclf.training.trainer import Trainer, evaluate_loader
+    from imgclf.artifacts.runs import run_splits
+    from imgclf.config.files import build_config, config_path, load_config_file
+    from imgclf.core.device import autocast
+    from imgclf.training.run import scratch_trainer
+    from imgclf.training.validation import evaluate_loader
 
     on_gpu = torch.cuda.is_available() and not options.smoke
     device = "cuda" if on_gpu else "cpu"
     tiny = {"train_subset": 2048, "test_subset": 200} if options.smoke else {}
     cli = {"device": device, "compile": False, "progress": False, "tensorboard": False, "epochs": 4, **tiny}
     cfg = build_config(load_config_file(config_path("speed94")), cli | {"data_dir": options.data_dir})
-    trainer = Trainer(cfg, output / "profile", run_splits(cfg))
+    trainer = scratch_trainer(cfg, output / "profile", run_splits(cfg))
     bar = tqdm(disable=True)
 
     def timed(work) -> float:

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
-from imgclf.config import TrainConfig
+from imgclf.artifacts.runs import ModelCard
+from imgclf.config.options import TrainConfig
+from imgclf.core.device import cpu_has_native_bf16
+from imgclf.core.onnx import export_network
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
-from imgclf.device import cpu_has_native_bf16
 from imgclf.inference.predictor import OnnxPredictor, TorchPredictor
 from imgclf.models import create_model
 from imgclf.models.backbones import create_backbone, preprocessing
-from imgclf.models.onnx import export_network
-from imgclf.runs import ModelCard
 
 SETUPS = {  # model: (input side, batch sizes)
     "resnet20": (32, (256, 1024, 1)),

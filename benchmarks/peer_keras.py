@@ -79,7 +79,9 @@ def imgclf_run(images: int, epochs: int, output: Path, name: str) -> dict:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"imgclf failed:\n{result.stderr[-2000:]}")
-    history = [json.loads(line) for line in (output / name / "history.jsonl").read_text().splitlines()]
+    from imgclf.artifacts.runs import RunDir
+
+    history = RunDir(output / name).read_history()
     return {"epoch_seconds": [r["epoch_seconds"] for r in history]}
 
 

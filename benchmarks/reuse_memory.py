@@ -27,7 +27,7 @@ def worker(case: str, steps: int) -> float:
     import torch
     from common import seconds_per_step, training_step
 
-    from imgclf.device import reuse_freed_memory
+    from imgclf.core.device import reuse_freed_memory
     from imgclf.models import create_model
     from imgclf.models.backbones import create_backbone, split_backbone
     from imgclf.models.layers import use_fast_depthwise

@@ -30,8 +30,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
 
+from imgclf.artifacts.runs import RunDir
 from imgclf.data.cifar import load_cifar10
-from imgclf.runs import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 

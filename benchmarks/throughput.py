@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, seconds_per_step, training_step, write_result
 
-from imgclf.device import select_device
+from imgclf.core.device import select_device
 from imgclf.models import MODELS, create_model
 from imgclf.training.optim import build_optimizer
 

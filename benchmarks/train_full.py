@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
 
+from imgclf.artifacts.runs import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,9 +69,9 @@ def main() -> None:
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
     run_dir = ROOT / run_dir
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    metrics = RunDir(run_dir).read_metrics()
+    summary = RunDir(run_dir).read_summary()
+    history = RunDir(run_dir).read_history()
     compared = {}
     if args.compare_to:
         native = json.loads((ROOT / "benchmarks" / "results" / f"{args.compare_to}.json").read_text())

@@ -11,7 +11,6 @@ Writes benchmarks/results/variants_RECIPE.json (each variant's flags, saved conf
 """
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
+
+from imgclf.artifacts.runs import SUMMARY, RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,10 +33,10 @@ def run_variant(recipe: str, name: str, flags: str, cache_dir: Path, seed: int) 
         command = ["imgclf", "train", "--config", recipe, *shlex.split(flags), "--seed", str(seed)]
         command += ["--cache-dir", str(cache_dir), "--output", str(run_dir.parent), "--name", run_dir.name]
         command += ["--no-progress", "--no-evaluate"]
-    if not (run_dir / "summary.json").exists():
+    if not RunDir(run_dir).file(SUMMARY).exists():
         subprocess.run(command, cwd=ROOT, check=True)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    summary = RunDir(run_dir).read_summary()
+    history = RunDir(run_dir).read_history()
     phase2 = [row for row in history if row.get("phase") == 2]
     return {
         "flags": flags,

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
+from imgclf.artifacts.runs import BEST_WEIGHTS, RunDir, run_splits
+from imgclf.core.device import autocast, resolve_precision
 from imgclf.data.loader import BatchLoader
-from imgclf.device import autocast, resolve_precision
 from imgclf.inference.predictor import load_network
-from imgclf.runs import BEST_WEIGHTS, RunDir, run_splits
-from imgclf.training.transfer import TransferModel, activation_cache
+from imgclf.models.transfer import TransferModel, activation_cache
 
 SHIFTS = {"up-left": (-1, -1), "down-right": (1, 1), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 VIEW_SETS = {  # name: shifts averaged with the image and its mirror
@@ -49,7 +49,8 @@ def input_batches(run_dir: Path, cache_dir: Path | None) -> tuple[torch.nn.Modul
     """The run's model (its trained part), (input, mirrored input) validation batches, labels and precision."""
     run = RunDir(run_dir)
     cfg = run.read_config()
-    model = load_network(cfg, run.read_card().num_classes, run.file(BEST_WEIGHTS))
+    card = run.read_card()
+    model = load_network(card.architecture, card.num_classes, run.file(BEST_WEIGHTS))
     splits = run_splits(cfg, RunDir(run_dir).read_split())
     val = splits.val
     device = torch.device("cpu")

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from imgclf.config import TrainConfig
+from imgclf.config.options import TrainConfig
+from imgclf.core.errors import ImgclfError
 from imgclf.data.augment import augment_batch, cutout, random_crop
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from imgclf.data.loader import ActivationLoader, BatchLoader
-from imgclf.errors import ImgclfError
 
 
 @pytest.fixture

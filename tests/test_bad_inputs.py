@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgclf import cli
-from imgclf.config import TrainConfig, build_config, load_config_file
-from imgclf.errors import ImgclfError
+from imgclf.config.files import build_config, load_config_file
+from imgclf.config.options import TrainConfig
+from imgclf.core.errors import ImgclfError
 
 # a seconds-long training run, should a case get that far: it must not
 TRAIN = ["train", "--output", "{tmp}/out", "--train-subset", "64", "--epochs", "1", "--batch-size", "32"]

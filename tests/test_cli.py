@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from imgclf.cli import main
-from imgclf.config import build_config, load_config_file
-from imgclf.errors import ImgclfError
+from imgclf.config.files import build_config, load_config_file
+from imgclf.core.errors import ImgclfError
 
 
 def imgclf(*args, cwd=None) -> subprocess.CompletedProcess:

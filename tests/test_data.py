@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from imgclf.core.errors import ImgclfError
 from imgclf.data.cifar import load_cifar10
-from imgclf.data.datasets import stratified_split
-from imgclf.errors import ImgclfError
+from imgclf.data.images import stratified_split
 
 
 def test_cifar10_loads_as_uint8_tensors(cifar_train):
@@ -86,7 +86,7 @@ def test_shared_copy_is_not_modified(data_dir, tmp_path):
 def test_ranks_share_out_each_epoch_like_one_batch_of_the_global_size():
     """Under torchrun, step i of rank 0 and rank 1 (batch 4 each) holds exactly the samples step i of one process
     takes with batch 8, in every epoch; the ranks' samples never overlap; a rank's augmentation is its own."""
-    from imgclf.data.datasets import ImageSet
+    from imgclf.data.images import ImageSet
     from imgclf.data.loader import ActivationLoader, BatchLoader
 
     n = 103

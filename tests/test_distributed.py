@@ -79,7 +79,11 @@ def sync_bn_rank(rank: int, store: str, results) -> None:
     (out * weights).sum().backward()
     grads = torch.stack([synced.weight.grad, synced.bias.grad])
     dist.all_reduce(grads)  # what DDP does with the parameters' gradients (before dividing by the world size)
-    results.put((rank, out.detach(), half.grad, grads, synced.running_mean, synced.running_var))
+    # plain arrays, pickled by value: a tensor would travel as a shared-memory handle that the parent can no longer
+    # open once this process has exited (seen as 'connection reset by peer' or a missing socket under load)
+    tensors = (out.detach(), half.grad, grads, synced.running_mean, synced.running_var)
+    results.put((rank, *(t.detach().numpy().copy() for t in tensors)))
+    dist.barrier()  # neither rank tears the group down while the other still talks to it (a slow peer: reset)
     dist.destroy_process_group()
 
 
@@ -100,7 +104,7 @@ def test_gloo_sync_batchnorm_equals_batchnorm_over_the_global_batch(tmp_path):
     ranks = [context.Process(target=sync_bn_rank, args=(r, str(tmp_path / "store"), results)) for r in range(2)]
     for process in ranks:
         process.start()
-    got = dict((r[0], r[1:]) for r in (results.get(timeout=120) for _ in ranks))
+    got = {r[0]: [torch.from_numpy(a) for a in r[1:]] for r in (results.get(timeout=120) for _ in ranks)}
     for process in ranks:
         process.join(60)
         assert process.exitcode == 0

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import imgclf.data.cifar as cifar
+from imgclf.artifacts.runs import RunDir, run_splits
 from imgclf.cli import main
 from imgclf.evaluation.calibration import fit_temperature
 from imgclf.inference.predictor import load_predictor
-from imgclf.runs import RunDir, run_splits
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import torch
 
 from imgclf.cli import main
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from imgclf.data.datasets import channel_stats
+from imgclf.data.images import channel_stats
 
 
 def test_channel_stats_of_a_known_tensor():

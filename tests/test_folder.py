@@ -11,13 +11,13 @@ from folders import BAD_FILES, make_folder, make_split_folder, write_images
 from PIL import Image
 
 from imgclf.cli import main
-from imgclf.data import datasets
-from imgclf.data.datasets import load_splits
+from imgclf.core.errors import ImgclfError
+from imgclf.data import images as datasets
 from imgclf.data.decode import decode_file
 from imgclf.data.folder import scan_folder
 from imgclf.data.loader import BatchLoader
 from imgclf.data.prepare import prepare
-from imgclf.errors import ImgclfError
+from imgclf.data.sources import load_splits
 
 CLASSES = ["cat", "dog", "zebra"]
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from folders import make_folder, write_bad_files, write_messy_images
 
+from imgclf.artifacts.runs import RunDir, run_splits
 from imgclf.cli import main
+from imgclf.core.errors import ImgclfError
 from imgclf.data.decode import decode_file
-from imgclf.errors import ImgclfError
 from imgclf.evaluation.calibration import softmax
 from imgclf.inference import export as export_module
 from imgclf.inference.predictor import OnnxPredictor, load_predictor
-from imgclf.runs import RunDir, run_splits
 
 
 def run_predict(capsys, *args) -> tuple[int, str, str]:

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from imgclf.core.errors import ImgclfError
 from imgclf.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from imgclf.errors import ImgclfError
 from imgclf.models import MODELS, count_parameters, create_model
 
 # Reference sizes: the study's Keras models (simple_cnn, vgg10), He et al. 2016, Table 6 (ResNets), and airbench94's

@@ -58,3 +58,27 @@ def test_reports_of_a_folder_run_name_its_classes(browser, tmp_path):
     page, _ = open_report(browser, tmp_path / "cmp" / "report.html", tmp_path / "comparison.png")
     assert page.title() == "Model comparison on fungi"
     assert str(tmp_path) not in page.content()
+
+
+def test_a_wide_comparison_fits_a_1280_px_window(browser, tmp_path):
+    """The study's five runs with the reference columns and long model names: every column of the results table is
+    on screen at 1,280 px (nothing scrolls sideways, page or table), and the figures show no raw mathtext."""
+    from test_report_unit import fake_metrics, make_run
+
+    from imgclf.report.compare import compare
+
+    runs = []
+    names = ["simple_cnn", "vgg10", "resnet20", "transfer_96", "transfer_224"]
+    models = ["simple_cnn", "vgg10", "resnet20", "tf_efficientnet_lite2", "tf_efficientnet_lite2"]
+    for i, (name, model) in enumerate(zip(names, models, strict=True)):
+        metrics = fake_metrics(model, accuracy=0.8 + i / 50, dataset="CIFAR-10")
+        metrics.update(parameters=[315_914, 402_770, 269_722, 4_823_882, 4_823_882][i], trainable_parameters=4_469_402)
+        runs.append(make_run(tmp_path, name, metrics))
+    compare(runs, tmp_path / "cmp", names)
+    page, _ = open_report(browser, tmp_path / "cmp" / "report.html", tmp_path / "wide.png")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    widths = page.eval_on_selector_all("div.table", "els => els.map(e => [e.scrollWidth, e.clientWidth])")
+    assert widths and all(scroll <= client for scroll, client in widths), widths
+    assert page.locator("table.results th").last.is_visible()
+    headers = page.locator("table.results th").all_inner_texts()
+    assert "ECE" in headers and "reference accuracy" in headers

@@ -13,8 +13,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from imgclf.evaluation import plots
-from imgclf.report import figures
+from imgclf.report import figures, plots
 from imgclf.report.compare import compare
 from imgclf.report.html import evaluation_report, hide_paths
 
@@ -234,3 +233,28 @@ def test_html_does_not_import_compare():
 
     assert "imgclf.report.compare" not in imported_modules(html)
     assert "imgclf.report.html" in imported_modules(compare_module)  # the one direction
+
+
+def drawn_texts(fig) -> list[str]:
+    """Every text the figure shows once drawn: titles, labels, annotations and the tick labels matplotlib makes."""
+    import matplotlib.text
+
+    fig.canvas.draw()
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+
+
+def test_comparison_figures_show_plain_text_not_raw_mathtext(tmp_path, drawn):
+    """Log-scale axes label their ticks in plain text (100k, 1M): with mathtext off for class names, matplotlib's
+    default log labels came out raw, as '$\\mathdefault{10^{5}}$'."""
+    runs = []
+    for name, model, params, acc in [
+        ("simple_cnn", "simple_cnn", 315_914, 0.7),
+        ("lite2", "tf_efficientnet_lite2", 4_823_882, 0.9),
+    ]:
+        metrics = {**fake_metrics(model, accuracy=acc, dataset="CIFAR-10"), "parameters": params}
+        runs.append(make_run(tmp_path, name, metrics))
+    compare(runs, tmp_path / "cmp")
+    texts = [text for fig in drawn for text in drawn_texts(fig)]
+    assert texts and not [t for t in texts if "$" in t or "mathdefault" in t]
+    ticks = [t.get_text() for fig in drawn if fig.axes for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert any(t.endswith(("k", "M")) for t in ticks), ticks

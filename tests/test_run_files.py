@@ -5,11 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from imgclf.artifacts.runs import INFERENCE_FIELDS, RunDir
 from imgclf.cli import main
 from imgclf.training.checkpoint import checkpoint_files
 from imgclf.training.history import MACHINE_KEYS, read_history
@@ -76,8 +78,9 @@ def test_evaluate_of_a_damaged_run_is_a_one_line_error(finished_run, tmp_path, c
 
 
 CARD_DAMAGE = {  # model.json fields a hand edit can break: (field, value, message)
-    "config-unknown-key": ("config", {"bogus": 1}, "unknown config key 'bogus'"),
-    "config-wrong-type": ("config", {"epochs": "many"}, "'epochs' must be int"),
+    "architecture-nameless": ("architecture", {"dropout": 0.2}, "'architecture' must be an object naming the network"),
+    "precision-unknown": ("precision", "fp16", "'precision' must be auto, bf16 or fp32"),
+    "tta-shift-huge": ("tta_shift", 99, "'tta_shift' must be a whole number of pixels from 0 to 8"),
     "input-size-zero": ("input_size", 0, "'input_size' must be a side of 1 to"),
     "input-size-huge": ("input_size", 100_000, "'input_size' must be a side of 1 to"),
     "std-zero": ("std", [0, 0, 0], "'std' must be three positive numbers"),
@@ -90,7 +93,7 @@ def test_a_damaged_model_card_is_a_one_line_error_in_predict_and_evaluate(finish
     run = copy_of(finished_run, tmp_path)
     field, value, message = CARD_DAMAGE[case]
     card = json.loads((run / "model.json").read_text())
-    card[field] = {**card["config"], **value} if field == "config" else value
+    card[field] = value
     (run / "model.json").write_text(json.dumps(card))
     image = tmp_path / "image.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
@@ -145,7 +148,7 @@ def test_a_kill_while_a_checkpoint_is_written_loses_nothing(data_dir, tmp_path):
     and ends with the uninterrupted run's history and weights."""
     common = ["--model", "resnet20", "--epochs", "3", "--data-dir", str(data_dir), "--output", str(tmp_path)]
     common += ["--train-subset", "256", "--batch-size", "64", "--lr", "0.05", "--no-progress", "--no-tensorboard"]
-    common += ["--no-evaluate"]
+    common += ["--no-evaluate", "--threads", "1"]  # one thread: a count following the load changes bf16 sums
     assert main(["train", "--name", "whole", *common]) == 0
     env = {**os.environ, "KILL_AT_EPOCH": "2"}
     killed = subprocess.run([sys.executable, "-c", KILLER, "train", "--name", "cut", *common], env=env, timeout=300)
@@ -210,7 +213,8 @@ def test_a_model_that_outputs_nan_is_an_error_not_a_result(finished_run, tmp_pat
 def test_a_run_in_use_by_another_process_is_a_one_line_error(finished_run, tmp_path, capsys):
     run = copy_of(finished_run, tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from imgclf.runs import RunDir\nwith RunDir(sys.argv[1]).lock():\n"
+        [sys.executable, "-c", "import sys, time\nfrom imgclf.artifacts.runs import RunDir\n"
+         "with RunDir(sys.argv[1]).lock():\n"
          "    print('held', flush=True); time.sleep(60)", str(run)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -222,3 +226,50 @@ def test_a_run_in_use_by_another_process_is_a_one_line_error(finished_run, tmp_p
         holder.kill()
         holder.wait()
     assert main(["evaluate", str(run)]) == 0  # released with its holder
+
+
+def test_a_card_stands_alone_and_one_of_the_earlier_layout_reads_its_config(finished_run, tmp_path, capsys):
+    """Predicting reads the card's own fields: a renamed training option in its config (kept for the record) changes
+    nothing. A card of the earlier layout (no architecture field) is read from its config, which is then checked."""
+    run = copy_of(finished_run, tmp_path)
+    card = json.loads((run / "model.json").read_text())
+    assert card["architecture"] == {"name": card["model"]} and card["channels_last"] is True
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    renamed = {**card, "config": {**card["config"], "learning_rate": card["config"]["lr"]}}
+    del renamed["config"]["lr"]
+    (run / "model.json").write_text(json.dumps(renamed))
+    assert main(["predict", str(run), str(image), "--format", "jsonl", "--runtime", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["predictions"][0]["class"] in card["classes"]
+    earlier = {k: v for k, v in renamed.items() if k not in INFERENCE_FIELDS}
+    (run / "model.json").write_text(json.dumps(earlier))
+    assert "unknown config key 'learning_rate'" in one_line_error(capsys, ["predict", str(run), str(image)])
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_29b1695"
+
+
+def test_a_run_made_by_29b1695_predicts_evaluates_and_exports(data_dir, tmp_path, capsys):
+    """A tiny ResNet-20 run written by commit 29b1695 (fp32, 512 training images, 100 test images; weights, card,
+    config, history, summary, metrics): its card loads, and evaluating it again gives the test accuracy it stored."""
+    run = Path(shutil.copytree(FIXTURE, tmp_path / "run"))
+    stored = json.loads((FIXTURE / "metrics.json").read_text())
+    card = RunDir(run).read_card()
+    assert (card.architecture, card.precision, card.channels_last, card.tta_shift) == (
+        {"name": "resnet20"},
+        "fp32",
+        True,
+        0,
+    )
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (20, 30, 200)).save(image)
+    assert main(["predict", str(run), str(image), "--format", "jsonl", "--runtime", "torch"]) == 0
+    top = json.loads(capsys.readouterr().out.splitlines()[0])["predictions"]
+    assert top[0]["class"] in card.classes and 0 < top[0]["probability"] <= 1
+    assert main(["evaluate", str(run), "--data-dir", str(data_dir)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_images"] == stored["test_images"] == 100
+    assert metrics["test_accuracy"] == stored["test_accuracy"]
+    assert metrics["test_loss"] == pytest.approx(stored["test_loss"], rel=1e-4)
+    assert main(["export", str(run), "--data-dir", str(data_dir), "--check-images", "20"]) == 0
+    assert (run / "model.onnx").is_file()

@@ -18,14 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from imgclf.artifacts.runs import RunDir
 from imgclf.cli import main
+from imgclf.core.errors import ImgclfError
 from imgclf.data.decode import decode_file
-from imgclf.errors import ImgclfError
 from imgclf.inference import export as export_module
 from imgclf.inference.options import Limits
 from imgclf.inference.predictor import OnnxPredictor, load_predictor
 from imgclf.inference.serve import create_app, serving_predictor
-from imgclf.runs import RunDir
 
 SERVER_LIMITS = ["--timeout", "2", "--max-concurrency", "3", "--max-body-mb", "8", "--max-images", "32"]
 

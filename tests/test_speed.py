@@ -7,17 +7,17 @@ import torch
 from safetensors.torch import load_file
 
 from imgclf.cli import main
-from imgclf.config import TrainConfig
+from imgclf.config.options import TrainConfig
+from imgclf.core.errors import ImgclfError
 from imgclf.data.augment import augment_batch
 from imgclf.data.loader import alternating_flips
-from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.models.speed import BIAS_LR_SCALE, SpeedNet
+from imgclf.training.build import first_images
 from imgclf.training.checkpoint import checkpoint_files
 from imgclf.training.ema import Lookahead
 from imgclf.training.optim import build_optimizer
 from imgclf.training.schedule import lr_multiplier
-from imgclf.training.trainer import first_images
 
 
 def test_whitening_filters_decorrelate_the_training_patches(cifar_train):

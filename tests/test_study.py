@@ -5,7 +5,7 @@ import json
 import pytest
 
 from imgclf.cli import main
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 from imgclf.study import parse_overrides, study_configs
 
 TINY = ["train_subset=64", "test_subset=64", "epochs=1", "head_epochs=1", "batch_size=32", "tensorboard=false"]

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from imgclf.artifacts.weights import read_metadata
 from imgclf.cli import main
 from imgclf.data.loader import BatchLoader
-from imgclf.training.checkpoint import checkpoint_files, read_metadata
+from imgclf.training.checkpoint import checkpoint_files
 from imgclf.training.history import read_history
 
 
@@ -79,7 +80,7 @@ def test_checkpoint_every_writes_fewer_checkpoints_and_a_cut_run_without_one_sta
     last epoch (the best epoch's weights, held until then); cut before any checkpoint, --resume trains from the
     start and ends as the uninterrupted run."""
     options = [*tiny_options, "--model", "simple_cnn", "--epochs", "3", "--val-fraction", val_fraction]
-    options += ["--checkpoint-every", "3600"]
+    options += ["--checkpoint-every", "3600", "--threads", "1"]  # one thread: the cut run repeats the whole one
     writes = {"n": 0}
     import imgclf.training.callbacks as callbacks
 
@@ -113,8 +114,8 @@ def test_resume_steps_with_this_devices_optimizer_kernels(tmp_path, tiny_options
     state comes from the checkpoint, its kernels from the device it runs on."""
     import dataclasses
 
-    from imgclf.runs import RunDir, run_splits
-    from imgclf.training.trainer import Trainer
+    from imgclf.artifacts.runs import RunDir, run_splits
+    from imgclf.training.run import scratch_trainer
 
     run_dir = run(tmp_path, "k", tiny_options, ["--model", "simple_cnn", "--epochs", "1"])
     files = checkpoint_files(run_dir / "checkpoints")
@@ -123,7 +124,7 @@ def test_resume_steps_with_this_devices_optimizer_kernels(tmp_path, tiny_options
         group["fused"], group["foreach"] = True, None
     torch.save(state, files["state"])
     cfg = dataclasses.replace(RunDir(run_dir).read_config(), data_dir=str(data_dir))
-    trainer = Trainer(cfg, run_dir, run_splits(cfg))
+    trainer = scratch_trainer(cfg, run_dir, run_splits(cfg))
     trainer.resume(files)
     assert trainer.epoch == 1 and trainer.optimizer.state  # the momentum buffers came back
     assert not any(group["fused"] for group in trainer.optimizer.param_groups)
@@ -184,3 +185,61 @@ def test_compiled_training_is_used_and_a_failed_compile_falls_back_to_eager(tmp_
     assert calls["failed"] == 1 and read_history(tmp_path / "fallback" / "history.jsonl")[0]["epoch"] == 1
     assert main(["train", "--name", "eager", *options, "--no-compile"]) == 0  # --no-compile: not compiled at all
     assert calls["compiled"] == 3 and calls["failed"] == 1
+
+
+def test_a_weights_file_the_disk_refuses_is_an_os_error_naming_it_and_the_old_file_stays(tmp_path, monkeypatch):
+    """safetensors' own error (not an OSError) becomes one, with the system's error number; nothing half-written."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import imgclf.artifacts.weights as weights
+
+    path = tmp_path / "best.safetensors"
+    weights.save_tensors(path, {"w": torch.ones(3)}, {"epoch": 1})
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(weights, "save_file", full_disk)
+    with pytest.raises(OSError) as error:
+        weights.save_tensors(path, {"w": torch.zeros(3)}, {"epoch": 2})
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
+    assert read_metadata(path) == {"epoch": 1} and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def small_file_system(folder, size: str):
+    """Mount a tmpfs of ``size`` on ``folder`` (or resize it); False where this process may not mount."""
+    import subprocess
+
+    folder.mkdir(exist_ok=True)
+    options = f"size={size}" + (",remount" if folder.is_mount() else "")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    return result.returncode == 0
+
+
+def test_training_onto_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, tiny_options, capsys):
+    """A real full file system (a 600-KB tmpfs: the config fits, the weights do not): one error line, exit 2; the
+    disk made larger, --resume finishes the run as an uninterrupted one would."""
+    import subprocess
+
+    options = [*tiny_options, "--model", "simple_cnn", "--epochs", "2", "--threads", "1"]
+    full = run(tmp_path, "uninterrupted", options)
+    disk = tmp_path / "disk"
+    if not small_file_system(disk, "600k"):
+        pytest.skip("cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN); the unit test above covers the error")
+    try:
+        capsys.readouterr()
+        assert main(["train", "--name", "cut", *options, "--output", str(disk)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("imgclf: error: ") and "no space left on device" in err[0], err
+        assert str(disk / "cut") in err[0]
+        assert small_file_system(disk, "64m")
+        assert main(["train", "--resume", str(disk / "cut"), "--no-progress"]) == 0
+        expected, resumed = read_history(full / "history.jsonl"), read_history(disk / "cut" / "history.jsonl")
+        drop = ("epoch_seconds", "cpu_threads")
+        assert [{k: v for k, v in h.items() if k not in drop} for h in resumed] == [
+            {k: v for k, v in h.items() if k not in drop} for h in expected
+        ]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

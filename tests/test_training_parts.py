@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
-from imgclf.errors import ImgclfError
+from imgclf.artifacts.weights import load_weights, save_weights
+from imgclf.core.errors import ImgclfError
 from imgclf.models import create_model
-from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
-from imgclf.training.checkpoint import load_state, load_weights, save_state, save_weights
+from imgclf.training.callbacks import BestCheckpoint, Decision, EarlyStopping, EpochState, ReduceLROnPlateau
+from imgclf.training.checkpoint import load_state, save_state
 from imgclf.training.optim import build_optimizer
 from imgclf.training.schedule import lr_multiplier
 
@@ -36,35 +37,52 @@ def test_weight_decay_skips_norms_and_biases():
         build_optimizer(model, "lion", 1e-3, 0.0)
 
 
+def epoch_end(metrics: dict, model=None, last: bool = True) -> EpochState:
+    """The loop's state at the end of an epoch, as a callback sees it (a checkpoint closes every epoch)."""
+    return EpochState(metrics, model, last_epoch=last, checkpoint_time=False)
+
+
 def test_early_stopping_waits_for_patience():
     stopper = EarlyStopping(patience=2)
-    for epoch, acc in enumerate([0.5, 0.6, 0.59, 0.6], start=1):
-        stopper.on_epoch_end({"epoch": epoch, "val_acc": acc})
-    assert stopper.stop and stopper.best == 0.6
+    decisions = [
+        stopper.on_epoch_end(epoch_end({"epoch": e, "val_acc": a})) for e, a in enumerate([0.5, 0.6, 0.59, 0.6])
+    ]
+    assert [d.stop for d in decisions] == [False, False, False, True] and stopper.best == 0.6
     loss_stopper = EarlyStopping(monitor="val_loss", mode="min", patience=2)
     for loss in [1.0, 0.9, 0.8]:
-        loss_stopper.on_epoch_end({"val_loss": loss})
+        assert loss_stopper.on_epoch_end(epoch_end({"val_loss": loss})) == Decision()
     assert not loss_stopper.stop
 
 
 def test_reduce_lr_on_plateau_scales_and_resumes():
     plateau = ReduceLROnPlateau(patience=1, factor=0.5)
-    for acc in [0.5, 0.4, 0.4, 0.6]:
-        plateau.on_epoch_end({"val_acc": acc})
-    assert plateau.scale == 0.25
+    scales = [plateau.on_epoch_end(epoch_end({"val_acc": acc})).lr_scale for acc in [0.5, 0.4, 0.4, 0.6]]
+    assert scales == [1.0, 0.5, 0.25, 0.25] and plateau.scale == 0.25
     copy = ReduceLROnPlateau(patience=1, factor=0.5)
     copy.load_state_dict(plateau.state_dict())
     assert copy == plateau
 
 
-def test_best_checkpoint_saves_only_improvements(tmp_path):
+def test_the_loop_folds_decisions_in_order_and_a_stop_makes_a_checkpoint_due():
+    state = epoch_end({"val_acc": 0.5}, last=False)
+    assert not state.checkpoint_due
+    state.apply(Decision(lr_scale=0.5))
+    state.apply(Decision(stop=True, lr_scale=0.5))
+    assert state.stop and state.lr_scale == 0.25 and state.checkpoint_due
+
+
+def test_best_checkpoint_saves_only_improvements_and_holds_them_until_a_checkpoint(tmp_path):
     model = create_model("simple_cnn")
     best = BestCheckpoint(tmp_path / "best.safetensors")
-    best.on_epoch_end({"epoch": 1, "val_acc": 0.5}, model)
+    assert best.on_epoch_end(epoch_end({"epoch": 1, "val_acc": 0.5}, model)) == Decision()
     saved = (tmp_path / "best.safetensors").stat().st_mtime_ns
-    best.on_epoch_end({"epoch": 2, "val_acc": 0.4}, model)
+    best.on_epoch_end(epoch_end({"epoch": 2, "val_acc": 0.4}, model))
     assert (tmp_path / "best.safetensors").stat().st_mtime_ns == saved
     assert load_weights(tmp_path / "best.safetensors", create_model("simple_cnn")) == {"epoch": 1, "val_acc": 0.5}
+    best.on_epoch_end(epoch_end({"epoch": 3, "val_acc": 0.7}, model, last=False))  # no checkpoint: held, not written
+    assert load_weights(tmp_path / "best.safetensors", create_model("simple_cnn"))["epoch"] == 1
+    best.on_epoch_end(epoch_end({"epoch": 4, "val_acc": 0.6}, model))  # the checkpoint writes what was held
+    assert load_weights(tmp_path / "best.safetensors", create_model("simple_cnn")) == {"epoch": 3, "val_acc": 0.7}
 
 
 def test_weights_round_trip_and_incompatible_checkpoint(tmp_path):
@@ -101,11 +119,11 @@ def test_state_loads_without_executing_code(tmp_path):
 
 
 def test_progressive_resizing_ramps_to_full_size():
-    from imgclf.training.trainer import progressive_image_size
+    from imgclf.training.phases import progressive_image_size
 
     sizes = [progressive_image_size(e, 10, 16, 0.5, full=32) for e in range(10)]
-    assert sizes == [16, 16, 20, 24, 28, 0, 0, 0, 0, 0]
-    assert all(progressive_image_size(e, 10, 0, 0.5, full=32) == 0 for e in range(10))
+    assert sizes == [16, 16, 20, 24, 28, 32, 32, 32, 32, 32]
+    assert all(progressive_image_size(e, 10, 0, 0.5, full=32) == 32 for e in range(10))  # no ramp: full side
 
 
 def test_mixup_mixes_inputs_and_labels():
@@ -198,7 +216,7 @@ def test_cpu_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
     """CpuShare re-measures the machine's busy CPU seconds minus its own: others busy on 3 of 4 cores → 1 thread, on
     1.4 → 2 (a core counts when 3/4 of it is free), on 1.2 → 3, none → 4; a fixed count (--threads,
     OMP_NUM_THREADS) is kept whatever the load."""
-    import imgclf.device as device
+    import imgclf.core.device as device
 
     before = torch.get_num_threads()
     clock = {"now": 0.0, "busy": 0.0, "own": 0.0}
@@ -231,9 +249,9 @@ def test_cpu_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
 
 def test_an_empty_validation_shard_gives_zero_sums():
     """A torchrun rank may get no validation image (fewer images than ranks): its sums are zero, not a crash."""
-    from imgclf.data.datasets import ImageSet
+    from imgclf.data.images import ImageSet
     from imgclf.data.loader import BatchLoader
-    from imgclf.training.trainer import evaluate_loader
+    from imgclf.training.validation import evaluate_loader
 
     images = ImageSet(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.arange(3), ["a", "b", "c"])
     loader = BatchLoader(images, 2, mean=(0.5,) * 3, std=(0.5,) * 3, channels_last=False)
@@ -244,7 +262,7 @@ def test_an_empty_validation_shard_gives_zero_sums():
 
 
 def test_busy_seconds_counts_only_the_cores_this_process_may_use():
-    import imgclf.device as device
+    import imgclf.core.device as device
 
     every = device.busy_seconds(device.usable_cores())
     if every is None:
@@ -254,7 +272,7 @@ def test_busy_seconds_counts_only_the_cores_this_process_may_use():
 
 
 def test_cpu_name_gives_the_generation_a_virtual_machine_hides(tmp_path):
-    from imgclf.device import cpu_name
+    from imgclf.core.device import cpu_name
 
     info = tmp_path / "cpuinfo"
     processor = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
@@ -269,7 +287,7 @@ def test_freed_memory_is_kept_for_reuse_on_linux(monkeypatch):
     """glibc's malloc takes the setting on Linux; IMGCLF_REUSE_MEMORY=0 leaves the allocator's defaults."""
     import sys
 
-    import imgclf.device as device
+    import imgclf.core.device as device
 
     monkeypatch.setenv("IMGCLF_REUSE_MEMORY", "0")
     assert device.reuse_freed_memory() is False

@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.layers import DropPath
 
-from imgclf.config import TrainConfig
-from imgclf.data.datasets import ImageSet
+from imgclf.artifacts.runs import run_splits
+from imgclf.config.options import TrainConfig
+from imgclf.core.errors import ImgclfError
 from imgclf.data.features import ActivationCache, module_digest, resize_normalise
-from imgclf.errors import ImgclfError
+from imgclf.data.images import ImageSet
 from imgclf.models import count_parameters
 from imgclf.models.backbones import (
     backbone_units,
@@ -21,11 +22,11 @@ from imgclf.models.backbones import (
     unfrozen_units,
 )
 from imgclf.models.layers import DepthwiseConv2d
-from imgclf.runs import run_splits
+from imgclf.models.transfer import build_transfer_model
 from imgclf.training import transfer
 from imgclf.training.history import MACHINE_KEYS
 from imgclf.training.trainer import Trainer
-from imgclf.training.transfer import TransferTrainer, build_transfer_model
+from imgclf.training.transfer import TransferTrainer
 
 
 def imagenet_top1(model: torch.nn.Module, image: np.ndarray, size: int) -> str:
@@ -270,9 +271,10 @@ def test_onnxruntime_caches_the_same_activations_as_pytorch_and_keys_them_apart(
 
 def test_full_fine_tuning_trains_every_layer_and_evaluates(data_dir, tmp_path):
     from imgclf.evaluation.evaluate import evaluate_run
+    from imgclf.report.run_report import render_evaluation
 
     cfg = tiny_transfer_config(data_dir, tmp_path, unfreeze="all", img_size=32, test_subset=50)
-    from imgclf.training.checkpoint import read_weights
+    from imgclf.artifacts.weights import read_weights
     from imgclf.training.run import train_run
 
     pretrained = create_backbone("tf_efficientnet_lite0", 10, pretrained=True).state_dict()
@@ -281,7 +283,7 @@ def test_full_fine_tuning_trains_every_layer_and_evaluates(data_dir, tmp_path):
     assert summary["phases"]["phase2"]["trainable_parameters"] == summary["parameters"]
     assert not torch.equal(pretrained["conv_stem.weight"], trained["conv_stem.weight"])
     assert torch.equal(pretrained["bn1.running_mean"], trained["bn1.running_mean"])
-    metrics = evaluate_run(tmp_path / "run")
+    metrics = render_evaluation(evaluate_run(tmp_path / "run"))
     assert metrics["test_images"] == 50 and metrics["model"] == "tf_efficientnet_lite0"
     assert metrics["parameters"] == summary["parameters"]
 
@@ -313,12 +315,12 @@ def test_cli_rejects_bad_backbones_in_one_line(tmp_path, data_dir):
 def test_resume_in_phase_2_reproduces_the_run_without_redoing_phase_1(data_dir, tmp_path, monkeypatch):
     """A run interrupted in phase 2 resumes there, keeps phase 1 as it was (its pooled features are not recomputed)
     and ends with the uninterrupted run's history and weights."""
-    cfg = tiny_transfer_config(data_dir, tmp_path, epochs=2)
+    cfg = tiny_transfer_config(data_dir, tmp_path, epochs=2, threads=1)  # one thread: the same sums in both runs
     TransferTrainer(cfg, tmp_path / "whole", run_splits(cfg)).fit()
     train_epoch = Trainer.train_epoch
 
     def interrupted(self, bar):
-        if "phase 2" in self.label and self.epoch == 1:
+        if "phase 2" in self.phase.label and self.epoch == 1:
             raise KeyboardInterrupt
         return train_epoch(self, bar)
 
@@ -341,3 +343,24 @@ def test_resume_in_phase_2_reproduces_the_run_without_redoing_phase_1(data_dir, 
     assert rows("cut") == rows("whole") and len(rows("whole")) == 3
     whole, cut = (load_file(tmp_path / run / "best.safetensors") for run in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+@pytest.mark.parametrize("unfreeze", ["3", "all"])
+def test_progressive_resizing_ramps_to_the_transfer_side_without_the_cache(data_dir, tmp_path, unfreeze):
+    """Uncached transfer (`--no-cache`, `--unfreeze all`) with `--progressive-size`: training ramps from 16 px to
+    `--img-size` as validation sees it, never the stored 32-px images (the loaders' side was once lost: 0, native)."""
+    cfg = tiny_transfer_config(
+        data_dir, tmp_path, cache=False, unfreeze=unfreeze, img_size=48, head_epochs=2, epochs=2, train_subset=64
+    )
+    cfg = dataclasses.replace(cfg, progressive_size=16, progressive_fraction=0.5).validate()
+    sides: list[tuple[bool, int]] = []  # (training?, side) of every forward pass of the network
+    trainer = TransferTrainer(cfg, tmp_path / "run", run_splits(cfg))
+    trainer.tm.network.register_forward_pre_hook(lambda m, args: sides.append((m.training, args[0].shape[-1])))
+    if trainer.tm.tail is not None:
+        trainer.tm.prefix.register_forward_pre_hook(lambda m, args: sides.append((m.training, args[0].shape[-1])))
+    trainer.fit()
+    trained = [side for training, side in sides if training]
+    validated = {side for training, side in sides if not training}
+    assert validated == {48}
+    steps = len(trained) // 4  # two phases of two epochs, the same steps each
+    assert trained == ([16] * steps + [48] * steps) * 2, trained

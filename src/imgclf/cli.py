@@ -21,20 +21,11 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from imgclf.config import (
-    CONFIG_DIR,
-    MAX_IMAGE_SIDE,
-    RUNTIME_OPTIONS,
-    TrainConfig,
-    build_config,
-    check_writable_folder,
-    field_types,
-    load_config_file,
-    one_line,
-    os_reason,
-)
-from imgclf.data.decode import RESIZE_POLICIES
-from imgclf.errors import ImgclfError
+from imgclf.config.files import CONFIG_DIR, build_config, load_config_file
+from imgclf.config.options import GROUPS, MAX_IMAGE_SIDE, RUNTIME_OPTIONS, TrainConfig, field_types
+from imgclf.core.errors import ImgclfError, one_line, os_reason
+from imgclf.core.io import check_writable_folder
+from imgclf.data.policies import RESIZE_POLICIES
 from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAGES, RUNTIMES, Limits
 
 EXPLORE_MAX_PER_CLASS = 64
@@ -99,16 +90,18 @@ def check_explore_args(args: argparse.Namespace) -> None:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field; unset flags stay absent so config files can fill them."""
-    types = field_types()
+    """One flag per :class:`TrainConfig` field, under its group's heading in ``--help``; unset flags stay absent so
+    config files can fill them."""
+    types, groups = field_types(), {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = types[f.name]
         kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        group = groups[f.metadata["group"]]
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            parser.add_argument(flag, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs)
+            group.add_argument(flag, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,11 +229,12 @@ def command_serve(args: argparse.Namespace) -> None:
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from imgclf.device import select_device
+    from imgclf.artifacts.runs import new_run_dir
+    from imgclf.core.device import select_device
     from imgclf.evaluation.evaluate import evaluate_run, load_run_config  # imported now: one code version per run
+    from imgclf.report.run_report import render_evaluation
     from imgclf.training import distributed
     from imgclf.training.run import train_run
-    from imgclf.training.trainer import new_run_dir
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
     if args.resume:
@@ -263,7 +257,7 @@ def command_train(args: argparse.Namespace) -> None:
         return
     print(json.dumps(summary, indent=2))
     if cfg.evaluate:
-        print_metrics(evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta), run_dir)
+        print_metrics(render_evaluation(evaluate_run(run_dir, cfg.data_dir, cfg.device, tta=cfg.tta)), run_dir)
 
 
 def print_metrics(metrics: dict, run_dir: Path) -> None:
@@ -283,8 +277,9 @@ def print_metrics(metrics: dict, run_dir: Path) -> None:
 
 def command_evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluation.evaluate import evaluate_run
+    from imgclf.report.run_report import render_evaluation
 
-    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data)
+    metrics = render_evaluation(evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data))
     print_metrics(metrics, Path(args.run_dir))
 
 
@@ -329,7 +324,7 @@ def command_export(args: argparse.Namespace) -> None:
 
 def command_explore(args: argparse.Namespace) -> None:
     check_explore_args(args)
-    from imgclf.data.explore import explore
+    from imgclf.report.explore import explore
 
     stats = explore(args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize)
     mean = ", ".join(f"{v:.4f}" for v in stats["mean"])
@@ -398,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0), or a usage error already printed as one usage and one error line (2)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     if args.command in ("train", "study", "evaluate"):  # long tensor work: keep freed memory for reuse
-        from imgclf.device import reuse_freed_memory
+        from imgclf.core.device import reuse_freed_memory
 
         reuse_freed_memory()
     previous_handler = signal.getsignal(signal.SIGTERM)

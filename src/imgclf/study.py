@@ -17,34 +17,21 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from imgclf.config import (
-    RUNTIME_OPTIONS,
-    TrainConfig,
-    build_config,
-    bundled_or_file,
-    coerce,
-    config_values,
-    field_types,
-    load_config_file,
-    parse_yaml,
-    read_yaml_file,
-    shown,
-    type_name,
-)
-from imgclf.data.datasets import is_builtin
-from imgclf.device import select_device
-from imgclf.errors import ImgclfError
+from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
+from imgclf.config.files import build_config, coerce, config_values, load_config_file
+from imgclf.config.options import RUNTIME_OPTIONS, TrainConfig, applies_to, field_types
+from imgclf.core.device import select_device
+from imgclf.core.errors import ImgclfError, shown, type_name
+from imgclf.core.io import bundled_or_file, parse_yaml, read_yaml_file, write_json
+from imgclf.data.sources import is_builtin
 from imgclf.evaluation.evaluate import evaluate_run
-from imgclf.io import write_json
 from imgclf.report.compare import compare
 from imgclf.report.reference import dataset_name
-from imgclf.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
+from imgclf.report.run_report import render_evaluation
 from imgclf.training import distributed
 from imgclf.training.run import train_run
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
-# options that only timm models take: study-wide overrides skip the from-scratch runs
-TRANSFER_ONLY = {"pretrained", "weights", "img_size", "head_epochs", "head_lr", "unfreeze", "layer_decay", "drop_path"}
 
 
 def preset_path(name_or_path: str | Path) -> Path:
@@ -105,26 +92,19 @@ def study_configs(
                     raise ImgclfError(f"'config' must name a bundled recipe or a YAML file, got {shown(config)}")
                 file_values = load_config_file(config)
             values = config_values(options, "options")
-            # options a run cannot take (e.g. img_size for a from-scratch network) are not forced on it
-            applicable = {
-                k: v for k, v in overrides.items() if k not in TRANSFER_ONLY or not _is_scratch(file_values, values)
-            }
+            # options a run's model does not take (e.g. img_size for a network from scratch) are not forced on it
+            model = {**file_values, **values}.get("model", TrainConfig.model)
+            applicable = {k: v for k, v in overrides.items() if applies_to(k, model)}
             configs[name] = build_config(file_values, {**values, **applicable, "name": name, "output": str(output)})
         except ImgclfError as exc:
             raise ImgclfError(f"{where}: {exc}") from None
     return configs
 
 
-def _is_scratch(file_values: dict, values: dict) -> bool:
-    from imgclf.models import MODELS
-
-    return {**file_values, **values}.get("model", TrainConfig.model) in MODELS
-
-
 def same_computation(a: TrainConfig, b: TrainConfig) -> bool:
-    """True when two configs train the same run (runtime-only options aside)."""
+    """True when two configs train the same run (runtime-only options, and options its model does not take, aside)."""
     da, db = a.to_dict(), b.to_dict()
-    return all(da[k] == db[k] for k in da if k not in RUNTIME_OPTIONS)
+    return all(da[k] == db[k] for k in da if k not in RUNTIME_OPTIONS and applies_to(k, a.model))
 
 
 def warn_if_data_changed(run: RunDir, cfg: TrainConfig) -> None:
@@ -178,7 +158,7 @@ def run_study(
             continue
         metrics = run.read_metrics() if status == "kept" and run.file(METRICS).is_file() else None
         if metrics is None or (cfg.tta and "tta" not in metrics):
-            metrics = evaluate_run(run.path, cfg.data_dir, cfg.device, tta=cfg.tta)
+            metrics = render_evaluation(evaluate_run(run.path, cfg.data_dir, cfg.device, tta=cfg.tta))
         record["dataset"] = dataset_name(metrics)
         record["runs"][name] = {
             "model": cfg.model,

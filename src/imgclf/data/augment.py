@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from imgclf.config import AUGMENTATIONS
+from imgclf.data.policies import AUGMENTATIONS
 
 TRIVIAL_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color")
 TRIVIAL_OPS += ("contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")

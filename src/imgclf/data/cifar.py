@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 
-from imgclf.data.datasets import ImageSet, Splits, train_val_indices
-from imgclf.errors import ImgclfError
-from imgclf.io import cache_dir
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import cache_dir
+from imgclf.data.images import ImageSet, Splits, train_val_indices
 
 DEFAULT_DATA_DIR = cache_dir("data")
 CIFAR_SIDE = 32

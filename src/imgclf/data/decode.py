@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-RESIZE_POLICIES = ("crop", "pad", "stretch")
 MAX_FILE_BYTES = 512 << 20  # an image file over 512 MiB is skipped, not read
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 

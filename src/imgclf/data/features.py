@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.data.datasets import ImageSet
-from imgclf.device import CpuShare, autocast
-from imgclf.errors import ImgclfError
-from imgclf.io import atomic_write, cache_dir
-from imgclf.models.onnx import export_network, onnx_session
+from imgclf.core.device import CpuShare, autocast
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import atomic_write, cache_dir
+from imgclf.core.onnx import export_network, onnx_session
+from imgclf.data.images import ImageSet
 
 DEFAULT_CACHE_DIR = cache_dir("activations")
 # On a CPU the prefix runs in onnxruntime (fp32) when there are enough images to repay its export (~5 s): Lite2's
@@ -87,6 +87,17 @@ class ActivationCache:
         self._runners: dict[str, object] = {}  # engine → callable on a normalised float batch
         self.onnx_failed = False
         self.hits = self.misses = 0
+        self.computed_with: set[str] = set()  # the engines that computed activations (not read from the cache)
+        self.fallbacks: list[str] = []  # why an engine was given up, in order
+
+    def record(self) -> dict:
+        """How the cache's activations were computed: engines, files read and written, and every fallback."""
+        return {
+            "engines": sorted(self.computed_with),
+            "read": self.hits,
+            "computed": self.misses,
+            "fallbacks": self.fallbacks,
+        }
 
     def engine(self, n_images: int) -> str:
         """What computes the activations of ``n_images`` images: onnxruntime, torch.compile or eager PyTorch."""
@@ -158,6 +169,7 @@ class ActivationCache:
                     warnings.warn(
                         f"ONNX export of the backbone failed ({exc}); caching with torch.compile", stacklevel=3
                     )
+                    self.fallbacks.append(f"onnxruntime → compiled: the ONNX export failed ({type(exc).__name__})")
                     self.onnx_failed = True
                     return self._runner("compiled")
             else:
@@ -196,10 +208,9 @@ class ActivationCache:
                     except Exception as exc:  # compilation needs a C++ toolchain; eager mode always works
                         if runner is self.prefix:
                             raise
-                        warnings.warn(
-                            f"{self.engine(len(data))} failed ({type(exc).__name__}); caching in eager mode",
-                            stacklevel=2,
-                        )
+                        failed = self.engine(len(data))
+                        warnings.warn(f"{failed} failed ({type(exc).__name__}); caching in eager mode", stacklevel=2)
+                        self.fallbacks.append(f"{failed} → eager: it failed ({type(exc).__name__})")
                         self.compile = False  # every later batch and set: eager (and keyed so)
                         runner = self.prefix
                         out = runner(x)
@@ -207,4 +218,5 @@ class ActivationCache:
                 bar.update(n)
         if not chunks:
             raise ImgclfError("no images to compute activations for")
+        self.computed_with.add("eager" if runner is self.prefix else self.engine(len(data)))
         return torch.cat(chunks)

@@ -19,9 +19,9 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
-from imgclf.data.datasets import ImageSet, MappedImages, Splits, channel_stats, stratified_split, val_subset_size
+from imgclf.core.errors import ImgclfError
+from imgclf.data.images import ImageSet, MappedImages, Splits, channel_stats, stratified_split, val_subset_size
 from imgclf.data.prepare import preparation_key, prepare
-from imgclf.errors import ImgclfError
 
 IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 # split folder names (compared in lower case) → split
@@ -184,6 +184,42 @@ def cross_split_duplicates(digests: dict[str, list[str]], files: dict[str, list[
     return [{"sha1": d, "files": s} for d, s in where.items() if len(s) > 1]
 
 
+def check_readable(
+    scan: FolderScan, readable: dict[str, list[str]], label_of: dict[str, int], skipped: list[dict]
+) -> None:
+    """One warning line summing up the files skipped; a one-line error when no image is readable, or a class has too
+    few readable images in a split (2 where validation is held out of it, else 1)."""
+    if not any(readable.values()):
+        raise ImgclfError(f"no readable image in {scan.root} ({len(skipped)} files could not be decoded)")
+    if skipped:
+        reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
+        summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        total = len(scan.all_files)
+        warn(f"skipped {len(skipped)} of {total} files in {scan.root} ({summary}); listed in skipped.json")
+    for split, names in readable.items():
+        counts = Counter(label_of[f] for f in names)
+        needed = 2 if split in ("all", "train") else 1
+        for label, name in enumerate(scan.classes):
+            if counts[label] < needed:
+                where = scan.root / (split if split != "all" else "") / name
+                raise ImgclfError(
+                    f"class '{name}' has {counts[label]} readable images in {where} (at least {needed} needed)"
+                )
+
+
+def warn_of_duplicates(digests: dict[str, list[str]], lists: dict[str, list[str]]) -> list[dict]:
+    """The identical files in more than one split (by content), with one warning line when there are any."""
+    duplicates = cross_split_duplicates(digests, lists)
+    if duplicates:
+        first = duplicates[0]["files"]
+        example = " and ".join(f"{names[0]} ({split})" for split, names in list(first.items())[:2])
+        warn(
+            f"{len(duplicates)} identical files appear in more than one split (e.g. {example}): they inflate "
+            "test accuracy; the run lists them in data.json"
+        )
+    return duplicates
+
+
 def folder_splits(
     source: str,
     *,
@@ -207,22 +243,7 @@ def folder_splits(
     row_of = {f: i for i, f in enumerate(order)}
     skipped = [{"file": f, "reason": r} for f, r in zip(order, prepared.reasons, strict=True) if r]
     readable = {s: [f for f in scan.files[s] if not prepared.reasons[row_of[f]]] for s in scan.files}
-    if not any(readable.values()):
-        raise ImgclfError(f"no readable image in {scan.root} ({len(skipped)} files could not be decoded)")
-    if skipped:
-        reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
-        summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
-        warn(f"skipped {len(skipped)} of {len(order)} files in {scan.root} ({summary}); listed in skipped.json")
-    for split, names in readable.items():
-        counts = Counter(label_of[f] for f in names)
-        needed = 2 if split in ("all", "train") else 1
-        for label, name in enumerate(scan.classes):
-            if counts[label] < needed:
-                where = scan.root / (split if split != "all" else "") / name
-                raise ImgclfError(
-                    f"class '{name}' has {counts[label]} readable images in {where} (at least {needed} needed)"
-                )
-
+    check_readable(scan, readable, label_of, skipped)
     if lists is None:
         lists = split_lists(readable, label_of, seed, val_fraction, test_fraction, train_subset, test_subset)
     for split, names in lists.items():
@@ -239,15 +260,7 @@ def folder_splits(
 
     train = image_set("train")
     mean, std = channel_stats(train.images.take(sample_rows(len(train), STATS_SAMPLE)))
-    digests = {s: [prepared.digests[row_of[f]] for f in lists[s]] for s in lists}
-    duplicates = cross_split_duplicates(digests, lists)
-    if duplicates:
-        first = duplicates[0]["files"]
-        example = " and ".join(f"{names[0]} ({split})" for split, names in list(first.items())[:2])
-        warn(
-            f"{len(duplicates)} identical files appear in more than one split (e.g. {example}): they inflate "
-            "test accuracy; the run lists them in data.json"
-        )
+    duplicates = warn_of_duplicates({s: [prepared.digests[row_of[f]] for f in lists[s]] for s in lists}, lists)
     info = {
         "source": str(scan.root),
         "layout": scan.layout,

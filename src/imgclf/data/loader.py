@@ -6,9 +6,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from imgclf.core.errors import ImgclfError
 from imgclf.data.augment import augment_batch, random_crop
-from imgclf.data.datasets import ImageSet, MappedImages
-from imgclf.errors import ImgclfError
+from imgclf.data.images import ImageSet, MappedImages
 
 
 def inference_batch_size(side: int, device: torch.device | str = "cpu") -> int:

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclf.data.decode import RESIZE_POLICIES, decode_rows
-from imgclf.errors import ImgclfError
-from imgclf.io import cache_dir, read_json, write_json
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import cache_dir, read_json, write_json
+from imgclf.data.decode import decode_rows
+from imgclf.data.policies import RESIZE_POLICIES
 
 DEFAULT_PREPARE_DIR = cache_dir("prepared")
 PREPARE_VERSION = 1  # bump when decoding changes what a prepared array holds

@@ -6,13 +6,12 @@ Temperature scaling (Guo et al. 2017) divides logits by one scalar T fitted by m
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import special
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of a (N, C) array, computed stably in float64."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of a (N, C) array, computed stably in float64 (SciPy's, as inference computes it)."""
+    return special.softmax(logits.astype(np.float64), axis=1)
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:

@@ -21,8 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.config import TrainConfig
-from imgclf.errors import ImgclfError
+from imgclf.artifacts.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
+from imgclf.config.options import TrainConfig
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import atomic_write, write_json
+from imgclf.core.onnx import OPSET, export_network
 from imgclf.inference.options import PARITY_IMAGES
 from imgclf.inference.predictor import (
     CARD_KEY,
@@ -33,10 +36,7 @@ from imgclf.inference.predictor import (
     run_card,
     weights_digest,
 )
-from imgclf.io import atomic_write, write_json
-from imgclf.models.onnx import OPSET, export_network
-from imgclf.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
-from imgclf.training.transfer import TransferModel
+from imgclf.models.transfer import TransferModel
 
 TOLERANCE = 1e-3  # max |Δlogit| / max |logit|, fp32
 PARITY_BATCHES = (1, 7, 256)  # batch sizes the dynamic axis is checked at, in turn
@@ -92,9 +92,10 @@ def check_parity(reference: TorchPredictor, exported: OnnxPredictor, images: tor
     }
 
 
-def parity_images(run: RunDir, card: ModelCard, data: str | None, data_dir: str | None, count: int) -> torch.Tensor:
+def parity_images(
+    run: RunDir, cfg: TrainConfig, card: ModelCard, data: str | None, data_dir: str | None, count: int
+) -> torch.Tensor:
     """``count`` images spread evenly over the run's test split (all of them if fewer), at the stored side."""
-    cfg = TrainConfig(**card.config)
     if data:
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
     if data_dir:
@@ -125,9 +126,9 @@ def export_run(
     if path.is_dir():
         raise ImgclfError(f"the ONNX output is a folder: {path}")
     if images is None and check_images:
-        images = parity_images(run, card, data, data_dir, check_images)
+        images = parity_images(run, cfg, card, data, data_dir, check_images)
 
-    model = load_network(cfg, card.num_classes, weights)
+    model = load_network(card.architecture, card.num_classes, weights)
     result = {"model": card.model, "format": "onnx", "opset": opset, "file": path.name}
 
     def export_and_check(tmp: Path) -> None:

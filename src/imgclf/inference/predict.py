@@ -23,11 +23,11 @@ from typing import TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
+from imgclf.core.io import atomic_write
 from imgclf.data.decode import decode_file
 from imgclf.data.folder import image_files
 from imgclf.data.loader import inference_batch_size
 from imgclf.inference.predictor import Predictor
-from imgclf.io import atomic_write
 
 GLOB_CHARACTERS = "*?["
 

@@ -19,22 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import special
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.config import TrainConfig
-from imgclf.data.datasets import ImageSet
-from imgclf.data.features import resize_normalise, tensor_digest
+from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, ModelCard, RunDir
+from imgclf.artifacts.weights import load_weights, read_metadata, read_weights
+from imgclf.core.device import autocast, describe_device, resolve_precision, select_device
+from imgclf.core.errors import ImgclfError
+from imgclf.core.onnx import onnx_session
+from imgclf.data.features import ActivationCache, resize_normalise, tensor_digest
+from imgclf.data.images import ImageSet
 from imgclf.data.loader import inference_batch_size
-from imgclf.device import autocast, resolve_precision, select_device
-from imgclf.errors import ImgclfError
-from imgclf.evaluation.calibration import softmax
 from imgclf.inference.options import RUNTIMES
-from imgclf.models import create_model
-from imgclf.models.onnx import onnx_session
-from imgclf.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, ModelCard, RunDir
-from imgclf.training.checkpoint import load_weights, read_metadata, read_weights
-from imgclf.training.transfer import TransferModel, activation_cache, build_transfer_model, uses_cache
+from imgclf.models.transfer import TransferModel, build_network
 
 CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
 WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the weights_digest of the weights it was exported from
@@ -87,7 +85,7 @@ class Predictor:
     @property
     def tta_shift(self) -> int:
         """Pixels of the diagonal shifts test-time augmentation adds to the flips (0: flips only)."""
-        return self.card.config.get("tta_shift", 0)
+        return self.card.tta_shift
 
     @property
     def tta_views(self) -> str:
@@ -113,7 +111,7 @@ class Predictor:
     def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
         """Softmax of ``logits``, divided first by the fitted temperature when ``calibrated`` and one exists."""
         scale = self.temperature if calibrated and self.temperature else 1.0
-        return softmax(np.asarray(logits) / scale).astype(np.float32)
+        return special.softmax((np.asarray(logits) / scale).astype(np.float64), axis=1).astype(np.float32)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable (class, probability) pairs of each row, most probable first."""
@@ -123,8 +121,8 @@ class Predictor:
 
 
 class TorchPredictor(Predictor):
-    """A PyTorch network (from scratch or a timm backbone); a transfer run's images of a dataset may go through its
-    activation cache, as in training."""
+    """A PyTorch network (from scratch or a timm backbone); a transfer run's images of a dataset may go through an
+    activation cache of its frozen prefix, as in training (evaluation hands one in)."""
 
     runtime = "torch"
 
@@ -134,10 +132,9 @@ class TorchPredictor(Predictor):
         card: ModelCard,
         device: torch.device,
         precision: str = "auto",
-        use_cache: bool = False,
+        cache: ActivationCache | None = None,
     ) -> None:
         super().__init__(card)
-        self.cfg = TrainConfig(**card.config)
         self.device = device
         self.precision = resolve_precision(precision, device)
         self.transfer = model if isinstance(model, TransferModel) else None
@@ -146,13 +143,21 @@ class TorchPredictor(Predictor):
         # reproduce the logits to the check's tolerance)
         self.runner = fold_batchnorm(self.network.cpu(), card.input_size).to(device)
         self.network.to(device)
-        self.channels_last = self.cfg.channels_last
+        self.channels_last = card.channels_last
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
             self.runner.to(memory_format=torch.channels_last)
-        self.cache = None
-        if use_cache and self.transfer is not None and uses_cache(self.cfg, self.transfer):
-            self.cache = activation_cache(self.cfg, self.transfer, device, self.precision)
+        self.folded = self.runner is not self.network
+        self.cache = cache if self.transfer is not None else None
+
+    def engine(self) -> dict:
+        """How this predictor computes logits: runtime, device, precision, layout, BatchNorm folding, and the
+        activation cache's engines where a dataset went through it."""
+        record = {"runtime": self.runtime, "device": describe_device(self.device), "precision": self.precision}
+        record.update(channels_last=self.channels_last, batchnorm_folded=self.folded)
+        if self.cache is not None:
+            record["activation_cache"] = self.cache.record()
+        return record
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> np.ndarray:
@@ -231,16 +236,12 @@ def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:
     return folded
 
 
-def load_network(cfg: TrainConfig, num_classes: int, weights: Path) -> nn.Module | TransferModel:
-    """The network of a run trained with ``cfg``, with the weights of ``weights`` (in eval mode, on the CPU)."""
-    if cfg.is_transfer:
-        tm = build_transfer_model(cfg, num_classes, pretrained=False)
-        load_weights(weights, tm.network)
-        tm.network.eval()
-        return tm
-    model = create_model(cfg.model, num_classes=num_classes)
-    load_weights(weights, model)
-    return model.eval()
+def load_network(arch: dict, num_classes: int, weights: Path) -> nn.Module | TransferModel:
+    """The network a card's ``arch`` names, with the weights of ``weights`` (in eval mode, on the CPU)."""
+    model = build_network(arch, num_classes)
+    load_weights(weights, model.network if isinstance(model, TransferModel) else model)
+    (model.network if isinstance(model, TransferModel) else model).eval()
+    return model
 
 
 def weights_digest(path: Path) -> str:
@@ -335,9 +336,8 @@ def load_predictor(
     if onnx_path is not None:
         candidates.append(OnnxPredictor(onnx_path, card))
     if runtime != "onnxruntime":
-        model = load_network(TrainConfig(**card.config), card.num_classes, weights)
-        dev = select_device(device)
-        candidates.append(TorchPredictor(model, card, dev, precision or card.config.get("precision", "auto")))
+        model = load_network(card.architecture, card.num_classes, weights)
+        candidates.append(TorchPredictor(model, card, select_device(device), precision or card.precision))
     if len(candidates) == 1:
         return candidates[0]
     return fastest(candidates, batch_size or inference_batch_size(card.input_size, candidates[0].device))

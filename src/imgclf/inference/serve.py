@@ -22,238 +22,22 @@ import dataclasses
 import io
 import json
 import sys
-import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.datastructures import Headers, UploadFile
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
-from imgclf.data.decode import BadImage, decode
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import cache_dir
 from imgclf.inference.options import Limits
 from imgclf.inference.predictor import Predictor, runtime_note
-from imgclf.io import cache_dir
-
-RAW_TYPES = ("image/", "application/octet-stream")
-LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-PATHS = ("/", "/predict", "/health", "/ready", "/metrics", "/info", "/docs", "/openapi.json")
-
-
-class ServeError(Exception):
-    """A request the server refuses: an HTTP status, a one-line message and a reason label for the metrics."""
-
-    def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
-
-
-class Metrics:
-    """The server's Prometheus metrics, in a registry of its own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("imgclf_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
-        self.latency = Histogram(
-            "imgclf_request_seconds", "Request latency by path", ["path"], buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.errors = Counter("imgclf_errors", "Refused or failed requests by reason", ["reason"], registry=r)
-        self.images = Counter("imgclf_images", "Images predicted", registry=r)
-        self.in_flight = Gauge("imgclf_in_flight_requests", "Prediction requests being handled", registry=r)
-        self.batch = Histogram(
-            "imgclf_batch_images", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
-        )
-
-
-class MetricsMiddleware:
-    """Counts every HTTP request by path and status and times it (a plain ASGI middleware: no per-request task)."""
-
-    def __init__(self, app, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), [500]
-
-        async def send_status(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = scope["path"] if scope["path"] in PATHS else "other"
-            self.metrics.requests.labels(path, str(status[0])).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
-
-
-class Inference:
-    """One inference thread fed by a queue. Whenever it is free it takes every request waiting (up to ``max_batch``
-    images; with a batch window it first waits that long for more), decodes their uploads and predicts them as one
-    batch: one hand-over between the event loop and the thread per batch, not per request, and under load the
-    network sees batches instead of single images."""
-
-    def __init__(self, predictor: Predictor, limits: Limits, metrics: Metrics) -> None:
-        self.predictor, self.limits, self.metrics = predictor, limits, metrics
-        self.executor: ThreadPoolExecutor | None = None
-        self.queue: asyncio.Queue | None = None
-        self.worker: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        """A fresh thread, queue and worker task for this run of the application (it may start again)."""
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-inference")
-        self.queue = asyncio.Queue()
-        self.worker = asyncio.create_task(self.run())
-
-    async def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.worker
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def __call__(self, uploads: list[tuple[str | None, bytes]]) -> np.ndarray:
-        """The logits of the images ``uploads`` carry; :class:`ServeError` if one of them is not a usable image."""
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((uploads, future))
-        return await future
-
-    async def take(self) -> list[tuple[list, asyncio.Future]]:
-        """The next batch of waiting requests."""
-        loop = asyncio.get_running_loop()
-        items = [await self.queue.get()]
-        count, deadline = len(items[0][0]), loop.time() + self.limits.batch_window_ms / 1000
-        while count < self.limits.max_batch:
-            try:
-                item = (
-                    self.queue.get_nowait()
-                    if self.limits.batch_window_ms <= 0
-                    else await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                )
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
-            items.append(item)
-            count += len(item[0])
-        return [(uploads, future) for uploads, future in items if not future.done()]  # not the timed-out ones
-
-    def predict(self, batch: list[list[tuple[str | None, bytes]]]) -> list[np.ndarray | ServeError]:
-        """On the inference thread: each request's logits, or the error that refuses it."""
-        card, decoded = self.predictor.card, []
-        for uploads in batch:
-            try:
-                decoded.append(decode_all(uploads, card.data_size, card.resize, self.limits.max_pixels))
-            except ServeError as exc:
-                decoded.append(exc)
-        images = [d for d in decoded if not isinstance(d, ServeError)]
-        if not images:
-            return decoded
-        self.metrics.batch.observe(sum(len(i) for i in images))
-        logits = self.predictor.logits(np.concatenate(images))
-        parts = iter(np.split(logits, np.cumsum([len(i) for i in images])[:-1]))  # each request's rows, in order
-        return [d if isinstance(d, ServeError) else next(parts) for d in decoded]
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self.take()
-            if not items:
-                continue
-            try:
-                results = await loop.run_in_executor(self.executor, self.predict, [u for u, _ in items])
-            except Exception as exc:  # a failure of the model itself: each waiting request gets it
-                results = [exc] * len(items)
-            for (_, future), result in zip(items, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ServeError(400, "invalid Content-Length header", "bad_request")
-        if int(declared) > limit:
-            raise ServeError(
-                413, f"request body of {int(declared):,} bytes is over the limit of {limit:,}", "too_large"
-            )
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ServeError(413, f"request body is over the limit of {limit:,} bytes", "too_large")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ServeError(400, "the client disconnected before sending the whole body", "disconnect") from None
-    return b"".join(chunks)
-
-
-async def uploaded_images(request: Request, body: bytes, limits: Limits) -> list[tuple[str | None, bytes]]:
-    """(file name, bytes) of each image of the request: the raw body, or each file field of a multipart form."""
-    content_type = request.headers.get("content-type", "application/octet-stream").lower()
-    if content_type.startswith("multipart/form-data"):
-
-        async def stream() -> AsyncIterator[bytes]:
-            yield body
-
-        parser = MultiPartParser(
-            Headers(raw=request.headers.raw),
-            stream(),
-            max_files=limits.max_images,
-            max_part_size=limits.max_body_bytes,
-        )
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            status = 413 if "Too many files" in str(exc) else 400
-            raise ServeError(status, f"bad multipart form: {exc}", "bad_form") from None
-        try:
-            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-            if not uploads:
-                raise ServeError(400, "the form holds no file: send images as file fields", "no_image")
-            return [(u.filename, await u.read()) for u in uploads]
-        finally:
-            await form.close()  # the parts' temporary files
-    if not content_type.startswith(RAW_TYPES):
-        raise ServeError(
-            415, f"unsupported Content-Type {content_type.split(';')[0]!r}: send image/* or a multipart form", "type"
-        )
-    if not body:
-        raise ServeError(400, "empty request body: send an image", "empty")
-    return [(None, body)]
-
-
-def decode_all(uploads: list[tuple[str | None, bytes]], side: int, policy: str, max_pixels: int) -> np.ndarray:
-    """The uploaded images as one uint8 batch; the first unusable one refuses the request."""
-    images = []
-    for name, data in uploads:
-        try:
-            images.append(decode(data, side, policy, max_pixels))
-        except BadImage as exc:
-            what = f"{name!r}" if name else "the upload"
-            raise ServeError(
-                413 if exc.too_large else 422, f"{what} is not a usable image: {exc}", "bad_image"
-            ) from None
-    return np.stack(images)
+from imgclf.inference.requests import Inference, Metrics, MetricsMiddleware, ServeError, read_body, uploaded_images
 
 
 def blank_png(side: int) -> bytes:
@@ -270,29 +54,98 @@ def page_html(predictor: Predictor) -> str:
     return template.replace("{{INFO}}", json.dumps(info).replace("</", "<\\/"))
 
 
-def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: bool = True) -> FastAPI:
-    """The FastAPI application serving ``predictor`` under ``limits``."""
-    limits = limits or Limits()
-    metrics = Metrics()
-    inference = Inference(predictor, limits, metrics)
-    state = {"ready": False, "in_flight": 0}
-    page = page_html(predictor)
+class Service:
+    """What the routes of :func:`create_app` answer with: the predictor, its inference thread, the limits, readiness
+    and the requests in flight."""
+
+    def __init__(self, predictor: Predictor, limits: Limits, calibrated: bool) -> None:
+        self.predictor, self.limits, self.calibrated = predictor, limits, calibrated
+        self.metrics = Metrics()
+        self.inference = Inference(predictor, limits, self.metrics)
+        self.ready, self.in_flight = False, 0
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await inference.start()
-        await inference([(None, blank_png(predictor.card.data_size))])  # warm-up: the first batch pays one-off costs
-        state["ready"] = True
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Start the inference thread and warm it up (the first batch pays one-off costs) before listening."""
+        await self.inference.start()
+        await self.inference([(None, blank_png(self.predictor.card.data_size))])
+        self.ready = True
         yield
-        state["ready"] = False
-        await inference.stop()
+        self.ready = False
+        await self.inference.stop()
 
-    app = FastAPI(
-        title="imgclf",
-        description=f"{predictor.card.model} trained on {predictor.card.dataset}: top-k classes of images.",
-        lifespan=lifespan,
-    )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    def readiness(self) -> JSONResponse:
+        """200 when the model is loaded and warmed up (the server listens only then), 503 once it shuts down."""
+        body = {"ready": self.ready, "model": self.predictor.card.model, "runtime": self.predictor.runtime}
+        return JSONResponse(body, 200 if self.ready else 503)
+
+    def info(self) -> dict:
+        """The model card (classes, input side, preprocessing, temperature), the runtime and the limits."""
+        predictor = self.predictor
+        info = {**predictor.card.to_dict(), "runtime": predictor.runtime, "calibrated": self.calibrated}
+        if predictor.measured:  # auto chose the runtime: the images/second it measured for each
+            info["measured_images_per_second"] = predictor.measured
+        info["runtime_note"] = runtime_note(predictor)
+        return {**info, "limits": dataclasses.asdict(self.limits)}
+
+    async def predict(self, request: Request) -> JSONResponse:
+        """A request's predictions, refused with 503 beyond ``max_concurrency`` requests in flight."""
+        limits = self.limits
+        if self.in_flight >= limits.max_concurrency:
+            raise ServeError(503, f"busy: {limits.max_concurrency} requests in progress, retry shortly", "busy")
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            return JSONResponse(await self.answer(request))  # a dict of plain values: no response model to validate
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    async def answer(self, request: Request) -> dict:
+        """The top-k classes of each image of ``request``, within the time limit (408 for the body, 504 for work)."""
+        limits, predictor = self.limits, self.predictor
+        deadline = asyncio.get_running_loop().time() + limits.timeout_seconds
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await read_body(request, limits.max_body_bytes)
+        except TimeoutError:
+            late = f"the request body did not arrive within {limits.timeout_seconds:g} s"
+            raise ServeError(408, late, "timeout") from None
+        uploads = await uploaded_images(request, body, limits)
+        try:
+            async with asyncio.timeout_at(deadline):
+                logits = await self.inference(uploads)
+        except TimeoutError:
+            late = f"the prediction took longer than {limits.timeout_seconds:g} s"
+            raise ServeError(504, late, "timeout") from None
+        self.metrics.images.inc(len(logits))
+        tops = predictor.top_k(predictor.probabilities(logits, self.calibrated), limits.top_k)
+        predictions = [
+            {"filename": name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+            for (name, _), top in zip(uploads, tops, strict=True)
+        ]
+        calibrated_now = self.calibrated and predictor.temperature is not None
+        return {"model": predictor.card.model, "calibrated": calibrated_now, "predictions": predictions}
+
+
+PREDICT_BODY = {  # /predict's request body in the OpenAPI page: one raw image, or a form of files
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+        },
+    }
+}
+
+
+def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every refusal and failure as a one-line JSON error ``{"error": …}`` with its status, counted by reason."""
 
     @app.exception_handler(ServeError)
     async def refused(request: Request, exc: ServeError) -> JSONResponse:
@@ -309,6 +162,16 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
         metrics.errors.labels("internal").inc()
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
+
+def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: bool = True) -> FastAPI:
+    """The FastAPI application serving ``predictor`` under ``limits``."""
+    service = Service(predictor, limits or Limits(), calibrated)
+    page = page_html(predictor)
+    description = f"{predictor.card.model} trained on {predictor.card.dataset}: top-k classes of images."
+    app = FastAPI(title="imgclf", description=description, lifespan=service.lifespan)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    add_error_handlers(app, service.metrics)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
@@ -321,74 +184,21 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
     @app.get("/ready")
     async def ready() -> JSONResponse:
         """200 when the model is loaded and warmed up (the server listens only then), 503 once it shuts down."""
-        body = {"ready": state["ready"], "model": predictor.card.model, "runtime": predictor.runtime}
-        return JSONResponse(body, 200 if state["ready"] else 503)
+        return service.readiness()
 
     @app.get("/info")
     async def info() -> dict:
         """The model card (classes, input side, preprocessing, temperature), the runtime and the limits."""
-        info = {**predictor.card.to_dict(), "runtime": predictor.runtime, "calibrated": calibrated}
-        if predictor.measured:  # auto chose the runtime: the images/second it measured for each
-            info["measured_images_per_second"] = predictor.measured
-        return {**info, "limits": dataclasses.asdict(limits)}
+        return service.info()
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    predict_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    }
-                },
-            },
-        }
-    }
-
-    @app.post("/predict", openapi_extra=predict_body)
+    @app.post("/predict", openapi_extra=PREDICT_BODY)
     async def predict(request: Request) -> JSONResponse:
         """Top-k classes with probabilities (calibrated by the run's temperature) of each uploaded image."""
-        if state["in_flight"] >= limits.max_concurrency:
-            raise ServeError(503, f"busy: {limits.max_concurrency} requests in progress, retry shortly", "busy")
-        state["in_flight"] += 1
-        metrics.in_flight.inc()
-        try:
-            return JSONResponse(await answer(request))  # a dict of plain values: no response model to validate
-        finally:
-            state["in_flight"] -= 1
-            metrics.in_flight.dec()
-
-    async def answer(request: Request) -> dict:
-        deadline = asyncio.get_running_loop().time() + limits.timeout_seconds
-        try:
-            async with asyncio.timeout_at(deadline):
-                body = await read_body(request, limits.max_body_bytes)
-        except TimeoutError:
-            late = f"the request body did not arrive within {limits.timeout_seconds:g} s"
-            raise ServeError(408, late, "timeout") from None
-        uploads = await uploaded_images(request, body, limits)
-        card = predictor.card
-        try:
-            async with asyncio.timeout_at(deadline):
-                logits = await inference(uploads)
-        except TimeoutError:
-            late = f"the prediction took longer than {limits.timeout_seconds:g} s"
-            raise ServeError(504, late, "timeout") from None
-        metrics.images.inc(len(logits))
-        probs = predictor.probabilities(logits, calibrated)
-        tops = predictor.top_k(probs, limits.top_k)
-        predictions = [
-            {"filename": name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-            for (name, _), top in zip(uploads, tops, strict=True)
-        ]
-        calibrated_now = calibrated and predictor.temperature is not None
-        return {"model": card.model, "calibrated": calibrated_now, "predictions": predictions}
+        return await service.predict(request)
 
     return app
 
@@ -397,9 +207,9 @@ def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "a
     """The predictor ``imgclf serve`` runs. On a CPU, ``auto`` serves a run through PyTorch or onnxruntime, whichever
     answers single images faster here (measured at start-up); a run without a current export of its own is exported
     to the ONNX cache first and checked against PyTorch. Where that export fails, PyTorch serves, with a warning."""
-    from imgclf.device import select_device
+    from imgclf.artifacts.runs import RunDir
+    from imgclf.core.device import select_device
     from imgclf.inference.predictor import load_predictor, run_onnx
-    from imgclf.runs import RunDir
 
     path = Path(source).expanduser()
     cpu = select_device(device).type == "cpu"
@@ -420,9 +230,9 @@ def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "a
 def cached_export(run) -> Path:
     """An ONNX export of ``run``'s weights in the user's cache (keyed by the weights), made now if missing and checked
     against PyTorch on random images (the run's test split stays unread)."""
+    from imgclf.artifacts.runs import BEST_WEIGHTS
     from imgclf.inference.export import export_run
     from imgclf.inference.predictor import weights_digest
-    from imgclf.runs import BEST_WEIGHTS
 
     path = cache_dir("onnx") / f"{weights_digest(run.file(BEST_WEIGHTS))[:24]}.onnx"
     if not path.is_file():

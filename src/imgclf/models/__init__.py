@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 from imgclf.models.resnet import CifarResNet
 from imgclf.models.simple_cnn import SimpleCNN
 from imgclf.models.speed import SpeedNet

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 # (package module, class exposing get_model_file_path) for the weights that install from the package index.
 LITE_PACKAGES = {

@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf.models.batchnorm_relu import ConvBatchNormReLU, batchnorm_relu
-
 
 class BasicBlock(nn.Module):
     """Two 3×3 conv-BN layers with a parameter-free shortcut (stride-2 subsampling and zero-padded channels)."""
@@ -22,12 +20,12 @@ class BasicBlock(nn.Module):
         self.stride, self.pad = stride, c_out - c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = batchnorm_relu(self.bn1, self.conv1(x))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         shortcut = x
         if self.stride != 1 or self.pad:
             shortcut = x[:, :, :: self.stride, :: self.stride]
             shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return batchnorm_relu(self.bn2, self.conv2(out), shortcut)
+        return F.relu(self.bn2(self.conv2(out)) + shortcut, inplace=True)
 
 
 class CifarResNet(nn.Module):
@@ -38,7 +36,8 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.stem = ConvBatchNormReLU(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False))
+        stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.stem = nn.Sequential(stem, nn.BatchNorm2d(16), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         c = 16
         for stage, width in enumerate((16, 32, 64)):

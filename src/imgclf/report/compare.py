@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from imgclf.errors import ImgclfError
-from imgclf.io import atomic_write
+from imgclf.artifacts.runs import RunDir
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import atomic_write
 from imgclf.report import figures
 from imgclf.report.html import comparison_report, table
 from imgclf.report.reference import add_reference, dataset_name
-from imgclf.report.table import headers, markdown_table, rows, write_csv
-from imgclf.runs import RunDir
+from imgclf.report.table import engine_text, headers, markdown_table, rows, write_csv
 
 
 def load_run(run_dir: Path) -> dict:
@@ -30,6 +30,7 @@ def load_run(run_dir: Path) -> dict:
         "ece": metrics["calibration"]["ece"],
         "per_class_accuracy": {name: v["accuracy"] for name, v in metrics["per_class"].items()},
         "reliability": metrics.get("reliability"),
+        "engine": engine_text(summary.get("engine")),
         "history": run.read_history(),
         "config": config,
     }

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import numpy as np
+from matplotlib import ticker
 
-from imgclf.evaluation.plots import ANNOTATE_UP_TO, class_ticks, plt, save
+from imgclf.report.plots import ANNOTATE_UP_TO, class_ticks, plt, save
 
 
 def plot_curves(runs: list[dict], path: Path) -> Path:
@@ -34,8 +35,10 @@ def plot_scatter(runs: list[dict], x_key: str, x_label: str, path: Path, log_x: 
         ax.annotate(
             run["run"], (run[x_key], run["test_accuracy"] * 100), fontsize=8, xytext=(4, 4), textcoords="offset points"
         )
-    if log_x:
+    if log_x:  # plain tick labels (100k, 1M): text.parse_math is off, so the default's mathtext would show raw
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set(xlabel=x_label, ylabel="test accuracy (%)", title=f"accuracy vs {x_label}")
     ax.grid(alpha=0.3)
     return save(fig, path)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import yaml
 
-from imgclf.io import atomic_write
+from imgclf.artifacts.runs import CONFIG, REPORT
+from imgclf.core.io import atomic_write
 from imgclf.report.reference import dataset_name
-from imgclf.runs import CONFIG, REPORT
 
 SORT_ABOVE = 20  # classes: above this, the per-class table lists the worst classes first
 
 STYLE = """
 body { font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; margin: 0;
        background: #f6f8fa; }
-main { max-width: 1100px; margin: 0 auto; padding: 2rem 1.5rem 4rem; background: #fff; }
+main { max-width: 1220px; margin: 0 auto; padding: 2rem 1.5rem 4rem; background: #fff; }
 h1 { font-size: 1.9rem; margin: 0 0 .3rem; } h2 { font-size: 1.3rem; margin-top: 2.2rem;
      border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
 .subtitle { color: #59636e; margin-bottom: 1.5rem; }
@@ -26,6 +26,9 @@ h1 { font-size: 1.9rem; margin: 0 0 .3rem; } h2 { font-size: 1.3rem; margin-top:
 table { border-collapse: collapse; width: 100%; font-size: .9rem; margin: .5rem 0; }
 th, td { border: 1px solid #d0d7de; padding: .35rem .6rem; text-align: right; }
 th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
+.table { overflow-x: auto; }  /* a table never widens the page: at worst it scrolls inside it */
+.results { font-size: .8rem; } .results th { font-weight: 600; vertical-align: bottom; }
+.results td, .results th { padding: .3rem .4rem; }
 .results td:nth-child(2), .results th:nth-child(2), .results td:last-child { text-align: left; }
 figure { margin: 1.2rem 0; } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #59636e; font-size: .9rem; }
@@ -58,7 +61,8 @@ def table(headers: list[str], rows: list[list[str]], css_class: str = "") -> str
     """An HTML table of already formatted cells."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    rows_html = f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+    return f'<div class="table"><table class="{css_class}">{rows_html}</table></div>'
 
 
 def hide_paths(value: object) -> object:

@@ -3,7 +3,7 @@
 import csv
 from pathlib import Path
 
-from imgclf.io import atomic_write
+from imgclf.core.io import atomic_write
 
 Column = tuple[str, str, str]  # (run key, header, format of the value)
 
@@ -28,12 +28,35 @@ REFERENCE_COLUMNS: list[Column] = [
 ]
 
 
+# last, when the runs were computed differently (their summaries' engine records, in words)
+ENGINE_COLUMN: Column = ("engine", "engine (where runs differ)", "{}")
+
+
 def columns(runs: list[dict]) -> list[Column]:
-    """The table's columns: with the reference ones only when some run has a reference accuracy."""
-    if all(r.get("reference_accuracy") is None for r in runs):
-        return COLUMNS
-    at = [key for key, _, _ in COLUMNS].index("test_accuracy") + 1
-    return COLUMNS[:at] + REFERENCE_COLUMNS + COLUMNS[at:]
+    """The table's columns: the reference ones only when some run has a reference accuracy, the engine only when the
+    runs' engines differ."""
+    cols = COLUMNS
+    if any(r.get("reference_accuracy") is not None for r in runs):
+        at = [key for key, _, _ in COLUMNS].index("test_accuracy") + 1
+        cols = COLUMNS[:at] + REFERENCE_COLUMNS + COLUMNS[at:]
+    if len({r.get("engine") for r in runs}) > 1:
+        cols = [*cols, ENGINE_COLUMN]
+    return cols
+
+
+def engine_text(engine: dict | None) -> str:
+    """A run's engine record in a few words: precision, CPU threads, compilation, the activation cache's engines."""
+    if not engine:
+        return "not recorded"
+    parts = [engine.get("precision", "?")]
+    if "threads" in engine:
+        parts.append("threads " + "/".join(str(n) for n in engine["threads"]["counts"]))
+    if str(engine.get("compile", "")).startswith("torch.compile"):
+        parts.append("compiled")
+    cache = engine.get("activation_cache")
+    if isinstance(cache, dict) and cache.get("engines"):
+        parts.append("cache " + "/".join(cache["engines"]))
+    return " · ".join(parts)
 
 
 def cell(run: dict, key: str, fmt: str) -> str:

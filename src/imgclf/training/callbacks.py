@@ -1,16 +1,60 @@
 """The Keras callbacks users know: early stopping, reduce-LR-on-plateau, keep-best checkpoint.
 
-Each one watches a validation metric at the end of every epoch and keeps its state in a plain dict
-so that a resumed run continues exactly where the interrupted one stopped.
+Each one has one signature: ``on_epoch_end(state) -> Decision``. It watches the epoch's metrics, may act (write the
+best weights), and says what the loop should do (stop, scale the learning rate); the loop calls them in a list, in
+order, and folds each decision into the state before the next one sees it. Each keeps its state in a plain dict so
+that a resumed run continues exactly where the interrupted one stopped.
 """
 
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from torch import nn
 
-from imgclf.training.checkpoint import save_tensors, save_weights
+from imgclf.artifacts.weights import save_tensors, save_weights
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a callback asks of the loop after an epoch."""
+
+    stop: bool = False  # no further epoch
+    lr_scale: float = 1.0  # multiplies the scheduled learning rate from the next step on
+
+
+@dataclass
+class EpochState:
+    """The loop at the end of an epoch, as every callback sees it."""
+
+    metrics: dict  # this epoch's record: epoch, train and validation loss and accuracy, lr
+    model: nn.Module  # the evaluated model (the weight average, where one is kept)
+    last_epoch: bool  # the phase's last epoch
+    checkpoint_time: bool  # --checkpoint-every seconds have passed since the last checkpoint
+    writes: bool = True  # this process writes the run's files (under torchrun, rank 0 alone)
+    stop: bool = False  # a callback before asked to stop
+    lr_scale: float = 1.0  # the callbacks' learning-rate scale, so far
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """A checkpoint closes this epoch: the phase ends (last epoch, or stopped) or its time has come."""
+        return self.last_epoch or self.stop or self.checkpoint_time
+
+    def apply(self, decision: "Decision") -> None:
+        """Fold one callback's ``decision`` into the state."""
+        self.stop = self.stop or decision.stop
+        self.lr_scale *= decision.lr_scale
+
+
+class Callback(Protocol):
+    """Anything the loop calls at the end of every epoch, with state it can save and restore."""
+
+    def on_epoch_end(self, state: EpochState) -> Decision: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -58,8 +102,9 @@ class EarlyStopping(PatienceCallback):
 
     stop: bool = False
 
-    def on_epoch_end(self, metrics: dict) -> None:
-        self.stop = self.stop or self.out_of_patience(metrics)
+    def on_epoch_end(self, state: EpochState) -> Decision:
+        self.stop = self.stop or self.out_of_patience(state.metrics)
+        return Decision(stop=self.stop)
 
 
 @dataclass
@@ -70,9 +115,10 @@ class ReduceLROnPlateau(PatienceCallback):
     min_scale: float = 1e-3
     scale: float = 1.0
 
-    def on_epoch_end(self, metrics: dict) -> None:
-        if self.out_of_patience(metrics):
+    def on_epoch_end(self, state: EpochState) -> Decision:
+        if self.out_of_patience(state.metrics):
             self.scale, self.wait = max(self.min_scale, self.scale * self.factor), 0
+        return Decision(lr_scale=self.scale)
 
 
 @dataclass
@@ -86,17 +132,21 @@ class BestCheckpoint:
     best_epoch: int = 0
     held: tuple[dict, dict] | None = field(default=None, repr=False)  # best weights not yet written, and metadata
 
-    def on_epoch_end(self, metrics: dict, model: nn.Module, write: bool = True, hold: bool = False) -> None:
-        """Track the best epoch; save its weights when ``write`` (under torchrun, rank 0 alone writes) — or with
-        ``hold`` keep a copy for :meth:`flush`, so the file never runs ahead of the last checkpoint."""
+    def on_epoch_end(self, state: EpochState) -> Decision:
+        """Track the best epoch; write its weights when a checkpoint closes the epoch (and the process writes), else
+        keep a copy until one does: the file never runs ahead of the last checkpoint."""
+        metrics, model = state.metrics, state.model
         if improved(metrics[self.monitor], self.best, self.mode):
             self.best, self.best_epoch = metrics[self.monitor], metrics["epoch"]
             meta = {"epoch": metrics["epoch"], self.monitor: metrics[self.monitor]}
-            if write and hold:
+            if state.writes and not state.checkpoint_due:
                 self.held = ({k: v.detach().clone() for k, v in model.state_dict().items()}, meta)
-            elif write:
+            elif state.writes:
                 save_weights(self.path, model, meta)
                 self.held = None
+        if state.checkpoint_due:
+            self.flush()
+        return Decision()
 
     def flush(self) -> None:
         """Write the best weights held since the last checkpoint, if any."""

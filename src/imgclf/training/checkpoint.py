@@ -1,72 +1,23 @@
-"""Checkpoints: weights as safetensors, optimizer and loop state loaded with ``weights_only``.
+"""Checkpoints: weights as safetensors (artifacts/weights.py), optimizer and loop state loaded with ``weights_only``.
 
 An epoch's checkpoint is one unit: its files go into a new folder ``checkpoints/epoch-NNNN/`` and are flushed to disk,
 then ``last.json`` is pointed at it (the commit), then folders older than the previous one are removed. A run killed
 anywhere in between resumes from the previous complete checkpoint.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from imgclf.errors import ImgclfError
-from imgclf.io import atomic_write, read_json, write_json
+from imgclf.artifacts.weights import save_weights
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import atomic_write, read_json, write_json
 
 POINTER = "last.json"
 LEGACY_FILES = {"weights": "last.safetensors", "ema": "last_ema.safetensors", "state": "last_state.pt"}
-
-
-def save_weights(path: Path, model: nn.Module, metadata: dict | None = None) -> None:
-    """Write ``model``'s state dict to a safetensors file (metadata values stored as JSON)."""
-    save_tensors(path, model.state_dict(), metadata)
-
-
-def save_tensors(path: Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Write a state dict to a safetensors file (metadata values stored as JSON)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def read_metadata(path: Path) -> dict:
-    """The metadata of a safetensors file (its header only; no tensor is read), with a one-line error when it is
-    missing or damaged."""
-    if not path.is_file():
-        raise ImgclfError(f"weights file not found: {path}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ImgclfError(f"cannot read weights file {path}: {exc}") from None
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a safetensors file, with a one-line error when it is missing or damaged."""
-    meta = read_metadata(path)
-    try:
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ImgclfError(f"cannot read weights file {path}: {exc}") from None
-
-
-def load_weights(path: Path, model: nn.Module) -> dict:
-    """Load a safetensors file into ``model`` (strict) and return its metadata."""
-    tensors, meta = read_weights(path)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ImgclfError(f"incompatible checkpoint {path} for this model: {detail[:300]}") from None
-    return meta
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -85,13 +36,6 @@ def load_state(path: Path) -> dict:
             f"cannot read checkpoint state {path}: damaged, or holds more than tensors and plain values "
             f"({type(exc).__name__}; it is never loaded as code)"
         ) from None
-
-
-def add_metadata(path: Path, metadata: dict) -> None:
-    """Rewrite the safetensors file at ``path`` with ``metadata`` added to its own."""
-    tensors, meta = read_weights(path)
-    meta.update(metadata)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
 def sync(path: Path) -> None:

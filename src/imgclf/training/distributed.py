@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 # how long a rank waits for the others at a collective: long enough for rank 0 alone to prepare a folder, build the
 # activation cache or evaluate a run on a CPU while the others wait (gloo's own default is 30 minutes)

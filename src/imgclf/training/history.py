@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from imgclf.io import write_text
-from imgclf.runs import HISTORY, TENSORBOARD, read_history
+from imgclf.artifacts.runs import HISTORY, TENSORBOARD, read_history
+from imgclf.core.io import write_text
 
 # keys of an epoch record that describe the machine (how long it took, with how many CPU threads), not what training
 # computed: without them a resumed run's history is the uninterrupted run's

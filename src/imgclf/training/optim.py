@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 OPTIMIZERS = ("sgd", "adamw")
 

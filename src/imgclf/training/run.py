@@ -8,17 +8,30 @@ and checks that the data still has the classes its model was trained on.
 
 from pathlib import Path
 
-from imgclf.config import TrainConfig
-from imgclf.device import select_device
-from imgclf.runs import RunDir, check_card, model_card, run_splits
+import torch
+
+from imgclf.artifacts.runs import RunDir, check_card, model_card, run_splits
+from imgclf.config.options import TrainConfig
+from imgclf.core.device import select_device
+from imgclf.data.images import Splits
 from imgclf.training import distributed
+from imgclf.training.build import image_loaders, scratch_model
+from imgclf.training.phases import scratch_phase
+from imgclf.training.trainer import Trainer
+from imgclf.training.transfer import TransferTrainer
+
+
+def scratch_trainer(cfg: TrainConfig, run_dir: Path, splits: Splits) -> Trainer:
+    """The one phase of a network from scratch on ``splits``, ready to fit into ``run_dir``."""
+    device = distributed.setup(select_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    loaders = image_loaders(cfg, splits.train, splits.val, splits.mean, splits.std, device)
+    model = scratch_model(cfg, splits, device)
+    return Trainer(cfg, scratch_phase(cfg, run_dir, splits.side), model, loaders)
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (continuing its last checkpoint when ``resume``); returns the run summary."""
-    from imgclf.training.trainer import Trainer
-    from imgclf.training.transfer import TransferTrainer
-
     run = RunDir(run_dir)
     distributed.setup(select_device(cfg.device))
     main = distributed.is_main()
@@ -26,8 +39,12 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         splits = run_splits(cfg, run.read_data_split(cfg) if resume else None)
     if resume:
         check_card(run.read_card(), splits, run)
-    trainer = TransferTrainer(cfg, run.path, splits) if cfg.is_transfer else Trainer(cfg, run.path, splits)
-    card = model_card(cfg, splits, trainer.input_size, trainer.mean, trainer.std)
+    if cfg.is_transfer:
+        trainer = TransferTrainer(cfg, run.path, splits)
+        card = model_card(cfg, splits, trainer.tm.image_size, trainer.tm.mean, trainer.tm.std)
+    else:
+        trainer = scratch_trainer(cfg, run.path, splits)
+        card = model_card(cfg, splits, splits.side, splits.mean, splits.std)
     if not main:  # rank 0 alone writes the run
         return trainer.fit(resume=resume)
     with run.lock():  # one process at a time writes a run
@@ -36,5 +53,6 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             run.write_card(card)
             run.write_config(cfg)
         summary = trainer.fit(resume=resume)
-        run.write_card(card)  # again, now into the best weights' metadata too
+        card.engine = summary.get("engine")
+        run.write_card(card)  # again, with how it was computed, now into the best weights' metadata too
     return summary

@@ -1,4 +1,8 @@
-"""The training loop: model, data and callbacks are built from a :class:`TrainConfig` and run epoch by epoch.
+"""The training loop: one :class:`Phase` of a model on its loaders, epoch by epoch, with callbacks in a list.
+
+The loop never asks what kind of run it is in: the model and loaders come built (``run.py`` for a network from
+scratch, ``transfer.py`` for each phase of transfer learning), the phase says how long, how fast and at what image
+side to train, and the config the optimizer, schedule, regularisation and callbacks.
 
 Every epoch's randomness (shuffling, augmentation, dropout) derives from (seed, epoch), and a checkpoint is written
 atomically after each epoch (or every ``--checkpoint-every`` seconds and at the end), so ``--resume`` continues an
@@ -15,76 +19,29 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.config import TrainConfig
-from imgclf.data.datasets import ImageSet, Splits
-from imgclf.data.features import resize_normalise
-from imgclf.data.loader import BatchLoader, epoch_seed, inference_batch_size
-from imgclf.device import CpuShare, autocast, describe_device, resolve_precision, select_device
-from imgclf.errors import ImgclfError
-from imgclf.models import count_parameters, create_model
-from imgclf.runs import BEST_WEIGHTS, CHECKPOINTS, CONFIG, SUMMARY, RunDir
+from imgclf.artifacts.runs import BEST_WEIGHTS, CHECKPOINTS, SUMMARY, RunDir
+from imgclf.artifacts.weights import load_weights
+from imgclf.config.options import TrainConfig
+from imgclf.core.device import CpuShare, autocast, describe_device, resolve_precision, select_device
+from imgclf.core.errors import ImgclfError
+from imgclf.data.loader import epoch_seed
+from imgclf.models import count_parameters
 from imgclf.training import distributed
-from imgclf.training.callbacks import BestCheckpoint, EarlyStopping, ReduceLROnPlateau
-from imgclf.training.checkpoint import checkpoint_files, load_state, load_weights, save_checkpoint
+from imgclf.training.callbacks import BestCheckpoint, Callback, EarlyStopping, EpochState, ReduceLROnPlateau
+from imgclf.training.checkpoint import checkpoint_files, load_state, save_checkpoint
 from imgclf.training.ema import Lookahead, WeightEMA
 from imgclf.training.history import History
 from imgclf.training.mixup import mix_batch, mixed_cross_entropy
 from imgclf.training.optim import build_optimizer
+from imgclf.training.phases import Phase
 from imgclf.training.schedule import lr_multiplier
-
-
-@torch.inference_mode()
-def predict(
-    model: nn.Module, loader: BatchLoader, device: torch.device, precision: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and labels of every batch of ``loader`` (validation during training; a finished model predicts
-    through inference/predictor.py)."""
-    model.eval()
-    outputs, labels = [], []
-    for images, batch_labels in loader:
-        with autocast(device, precision):
-            logits = model(images).float()
-        outputs.append(logits)
-        labels.append(batch_labels)
-    if not outputs:  # a torchrun rank whose validation shard is empty (fewer images than ranks)
-        return torch.empty(0, 0, device=device), torch.empty(0, dtype=torch.long, device=device)
-    return torch.cat(outputs), torch.cat(labels)
-
-
-def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> dict:
-    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (under torchrun: each rank's shard of it,
-    the sums reduced across the ranks, so every rank gets the whole split's figures)."""
-    logits, labels = predict(model, loader, device, precision)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count: zero for an empty shard
-    if len(labels):
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        sums = torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(), sums.new_tensor(len(labels))])
-    loss, correct, n = distributed.all_reduce_sum(sums).tolist()
-    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1)}
-
-
-def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float, full: int) -> int:
-    """Training image side of ``epoch``: a linear ramp from ``start`` to ``full`` (multiples of 4) over the first
-    ``fraction`` of the epochs, then ``full``; 0 (native size) when progressive resizing is off."""
-    ramp = round(fraction * epochs)
-    if not start or start >= full or epoch >= ramp:
-        return 0
-    return int(start + (full - start) * epoch / ramp) // 4 * 4
+from imgclf.training.validation import evaluate_loader
 
 
 def compiles_training(cfg: TrainConfig, device: torch.device) -> bool:
     """True when the network being trained runs through torch.compile: ``--compile`` on a GPU (training shapes are
     few — a fixed batch, ``drop_last``, progressive sides in steps of 4 — so it compiles once per side)."""
     return cfg.compile and device.type == "cuda"
-
-
-def check_input_size(model: nn.Module, name: str, size: int, device: torch.device) -> None:
-    """Raise a one-line error when ``model`` cannot take ``size``×``size`` inputs (e.g. a Flatten head)."""
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, 3, size, size, device=device))
-    except RuntimeError:
-        raise ImgclfError(f"model '{name}' cannot take {size}×{size} inputs (progressive resizing)") from None
 
 
 def set_train_mode(model: nn.Module, freeze_batchnorm: bool = False) -> None:
@@ -96,72 +53,16 @@ def set_train_mode(model: nn.Module, freeze_batchnorm: bool = False) -> None:
                 module.eval()
 
 
-def image_loaders(
-    cfg: TrainConfig,
-    train: ImageSet,
-    val: ImageSet,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    device: torch.device,
-    image_size: int = 0,
-) -> tuple[BatchLoader, BatchLoader | None]:
-    """Shuffled, augmented training batches and plain validation batches (resized to ``image_size`` if set)."""
-    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last, image_size=image_size)
-    train_loader = BatchLoader(
-        train,
-        cfg.batch_size,
-        augment=cfg.augment,
-        cutout=cfg.cutout,
-        shuffle=True,
-        drop_last=len(train) >= 2 * cfg.batch_size,
-        seed=cfg.seed,
-        **common,
-    )
-    side = image_size or val.images.shape[-1]
-    return train_loader, BatchLoader(val, inference_batch_size(side, device), **common) if len(val) else None
-
-
-def first_images(data: ImageSet, mean: tuple[float, ...], std: tuple[float, ...], count: int) -> torch.Tensor:
-    """The first ``count`` images of ``data``, normalised as training normalises them (float32, unaugmented)."""
-    return resize_normalise(data.images[torch.arange(min(count, len(data)))], 0, mean, std)
-
-
-def new_run_dir(cfg: TrainConfig) -> Path:
-    """The path of a new run under ``cfg.output`` (created later, once set-up succeeded); never an existing run."""
-    name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.output) / name
-    if (run_dir / CONFIG).exists():
-        raise ImgclfError(f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)")
-    return run_dir
-
-
 class Trainer:
-    """Trains ``cfg.model`` on the ``splits`` it is handed (or on given loaders) into ``run_dir``."""
+    """Trains ``model`` on the (train, val) ``loaders`` for one ``phase`` of ``cfg`` into ``phase.folder``."""
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        run_dir: Path,
-        splits: Splits | None = None,
-        model: nn.Module | None = None,
-        loaders: tuple | None = None,
-        lr_scales: dict[int, float] | None = None,
-        freeze_batchnorm: bool = False,
-        label: str | None = None,
-    ) -> None:
-        """Build loaders from ``splits`` and the model from ``cfg``, or train the given ``model`` on the given
-        (train, val) ``loaders``."""
-        self.cfg, self.run_dir, self.label = cfg, Path(run_dir), label or cfg.model
+    def __init__(self, cfg: TrainConfig, phase: Phase, model: nn.Module, loaders: tuple) -> None:
+        self.cfg, self.phase, self.run_dir = cfg, phase, Path(phase.folder)
         self.device = distributed.setup(select_device(cfg.device))
         self.main = distributed.is_main()  # the rank that writes and prints
         self.precision = resolve_precision(cfg.precision, self.device)
         self.cpu_share = CpuShare(cfg.threads) if self.device.type == "cpu" else None
-        self.freeze_batchnorm = freeze_batchnorm
         torch.manual_seed(cfg.seed)
-        self.input_size = 0  # side of the network's input (for progressive resizing); 0: as the loaders give it
-        if splits is not None:
-            self.input_size, self.mean, self.std = splits.side, splits.mean, splits.std
-            loaders = image_loaders(cfg, splits.train, splits.val, splits.mean, splits.std, self.device)
         self.train_loader, self.val_loader = loaders
         if distributed.world_size() > 1:
             self.train_loader.set_shard(distributed.rank(), distributed.world_size())
@@ -169,19 +70,33 @@ class Trainer:
                 self.val_loader.set_shard(distributed.rank(), distributed.world_size(), even=False)
         self.num_train = len(self.train_loader.labels)
         self.num_val = len(self.val_loader.labels) if self.val_loader is not None else 0
+        self.model = self.wrap(model)
+        # a network may set its own parameters' learning-rate and weight-decay scales, and train some for a few
+        # epochs only (SpeedNet)
+        lr_scales = {**phase.lr_scales, **(model.lr_scales() if hasattr(model, "lr_scales") else {})}
+        decay_scales = model.decay_scales() if hasattr(model, "decay_scales") else None
+        self.trainable_epochs = model.trainable_epochs() if hasattr(model, "trainable_epochs") else {}
+        self.optimizer = build_optimizer(
+            self.model, cfg.optimizer, phase.lr, cfg.weight_decay, cfg.momentum, lr_scales, decay_scales
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = phase.epochs * self.steps_per_epoch
+        self.ema: WeightEMA | None = None  # averaged weights: an EMA, or Lookahead's slow weights
+        if cfg.ema_decay:
+            self.ema = WeightEMA(self.model, cfg.ema_decay)
+        elif cfg.lookahead:
+            self.ema = Lookahead(self.model, self.total_steps)
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.callbacks = self.build_callbacks()
+        self.epoch, self.step, self.train_seconds = 0, 0, 0.0
+        self.stop, self.lr_scale = False, 1.0  # the callbacks' decisions so far
 
-        if model is None:
-            model = create_model(cfg.model, num_classes=len(splits.classes)).to(self.device)
-            if cfg.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            if cfg.progressive_size:
-                check_input_size(model, cfg.model, cfg.progressive_size, self.device)
-            if hasattr(model, "init_from_data"):  # e.g. whitening filters from the training images' patches
-                images = first_images(splits.train, splits.mean, splits.std, model.init_images)
-                model.init_from_data(images.to(self.device))
-        if cfg.sync_bn and distributed.active() and not freeze_batchnorm:
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` as this process trains it: BatchNorm synchronised and DDP under torchrun, compiled on a GPU with
+        ``--compile``; returns the model itself (what is evaluated and saved), its wrapper in ``forward_model``."""
+        cfg = self.cfg
+        if cfg.sync_bn and distributed.active() and not self.phase.freeze_batchnorm:
             model = distributed.sync_batchnorm(model, self.device)
-        self.model = model
         self.forward_model = model  # what training calls: under torchrun, the model wrapped in DDP
         if distributed.active():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -189,28 +104,26 @@ class Trainer:
         self.eager_forward = self.forward_model
         if compiles_training(cfg, self.device):  # fused kernels: a GPU is launch-bound on these small networks
             self.forward_model = torch.compile(self.forward_model, mode=cfg.compile_mode)
-        # a network may set its own parameters' learning-rate and weight-decay scales, and train some for a few
-        # epochs only (SpeedNet)
-        lr_scales = {**(lr_scales or {}), **(model.lr_scales() if hasattr(model, "lr_scales") else {})}
-        decay_scales = model.decay_scales() if hasattr(model, "decay_scales") else None
-        self.trainable_epochs = model.trainable_epochs() if hasattr(model, "trainable_epochs") else {}
-        self.optimizer = build_optimizer(
-            self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, lr_scales, decay_scales
-        )
-        self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.ema: WeightEMA | None = None  # averaged weights: an EMA, or Lookahead's slow weights
-        if cfg.ema_decay:
-            self.ema = WeightEMA(self.model, cfg.ema_decay)
-        elif cfg.lookahead:
-            self.ema = Lookahead(self.model, self.total_steps)
-        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+            self.compiled = f"torch.compile ({cfg.compile_mode})"
+        else:
+            self.compiled = "off: " + ("--no-compile" if not cfg.compile else "eager on a CPU (compiles on a GPU)")
+        return model
+
+    def build_callbacks(self) -> dict[str, Callback]:
+        """The callbacks, by the name their state has in a checkpoint, in the order they are called."""
+        cfg = self.cfg
         monitor = dict(monitor=cfg.monitor, mode="max" if cfg.monitor == "val_acc" else "min")
-        self.early_stopping = EarlyStopping(patience=cfg.early_stopping, **monitor)
-        self.plateau = ReduceLROnPlateau(patience=cfg.reduce_lr_patience, factor=cfg.reduce_lr_factor, **monitor)
+        callbacks: dict[str, Callback] = {}
+        if self.val_loader is not None:
+            callbacks["early_stopping"] = EarlyStopping(patience=cfg.early_stopping, **monitor)
+            callbacks["plateau"] = ReduceLROnPlateau(
+                patience=cfg.reduce_lr_patience, factor=cfg.reduce_lr_factor, **monitor
+            )
         # without a validation split the last epoch is the selected model
-        self.best = BestCheckpoint(run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"}))
-        self.epoch, self.step, self.train_seconds = 0, 0, 0.0
+        callbacks["best"] = BestCheckpoint(
+            self.run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"})
+        )
+        return callbacks
 
     @property
     def eval_model(self) -> nn.Module:
@@ -227,6 +140,7 @@ class Trainer:
                 raise
             if self.main:
                 warnings.warn(f"torch.compile failed ({type(exc).__name__}); training in eager mode", stacklevel=2)
+            self.compiled = f"off: torch.compile failed ({type(exc).__name__}) in epoch {self.epoch + 1}"
             self.forward_model = self.eager_forward
             return self.forward_model(images)
 
@@ -236,20 +150,41 @@ class Trainer:
         multiplier = lr_multiplier(
             cfg.schedule, self.step, self.total_steps, self.warmup_steps, cfg.lr_start, cfg.lr_end
         )
-        lr = cfg.lr * multiplier * self.plateau.scale
+        lr = self.phase.lr * multiplier * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, frozen: list) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on a batch; (loss, logits, learning rate) of it."""
+        cfg = self.cfg
+        lr = self.set_lr()
+        mixing = cfg.mixup or cfg.cutmix
+        if mixing:
+            images, partners, lam = mix_batch(images, labels, cfg.mixup, cfg.cutmix)
+        with autocast(self.device, self.precision):
+            logits = self.train_forward(images)
+        if mixing:
+            loss = mixed_cross_entropy(logits.float(), labels, partners, lam, cfg.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in frozen:  # done training: no gradient, so the optimizer leaves it (and its momentum) alone
+            p.grad = None
+        self.optimizer.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        return loss, logits, lr
+
     def train_epoch(self, bar: tqdm) -> dict:
         """One pass over the training split; returns mean loss and accuracy on the augmented batches."""
-        set_train_mode(self.model, self.freeze_batchnorm)  # transfer learning freezes BatchNorm
+        set_train_mode(self.model, self.phase.freeze_batchnorm)  # transfer learning freezes BatchNorm
         torch.manual_seed(epoch_seed(self.cfg.seed, self.epoch))  # dropout randomness of this epoch
         self.train_loader.set_epoch(self.epoch)
-        if self.cfg.progressive_size:
-            self.train_loader.image_size = progressive_image_size(
-                self.epoch, self.cfg.epochs, self.cfg.progressive_size, self.cfg.progressive_fraction, self.input_size
-            )
+        if self.phase.progressive_size:
+            self.train_loader.image_size = self.phase.image_side(self.epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         n = 0
@@ -257,24 +192,7 @@ class Trainer:
         for images, labels in self.train_loader:
             if self.cpu_share is not None:
                 self.cpu_share.update()  # fewer threads while other processes keep cores busy
-            lr = self.set_lr()
-            mixing = self.cfg.mixup or self.cfg.cutmix
-            if mixing:
-                images, partners, lam = mix_batch(images, labels, self.cfg.mixup, self.cfg.cutmix)
-            with autocast(self.device, self.precision):
-                logits = self.train_forward(images)
-            if mixing:
-                loss = mixed_cross_entropy(logits.float(), labels, partners, lam, self.cfg.label_smoothing)
-            else:
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in frozen:  # done training: no gradient, so the optimizer leaves it (and its momentum) alone
-                p.grad = None
-            self.optimizer.step()
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model, self.step)
+            loss, logits, lr = self.train_step(images, labels, frozen)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             n += len(labels)
@@ -299,9 +217,8 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "optimizer": self.optimizer.state_dict(),
             "ema_n_averaged": self.ema.updates if self.ema is not None else None,
-            "early_stopping": self.early_stopping.state_dict(),
-            "plateau": self.plateau.state_dict(),
-            "best": self.best.state_dict(),
+            **{name: callback.state_dict() for name, callback in self.callbacks.items()},
+            "decision": {"stop": self.stop, "lr_scale": self.lr_scale},
         }
 
     def save_checkpoint(self) -> None:
@@ -327,22 +244,26 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             for group, chosen in zip(self.optimizer.param_groups, kernels, strict=True):
                 group.update(chosen)  # this device's optimizer kernels, not those of the one that saved the state
-            self.early_stopping.load_state_dict(state["early_stopping"])
-            self.plateau.load_state_dict(state["plateau"])
-            self.best.load_state_dict(state["best"])
-            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            for name, callback in self.callbacks.items():
+                callback.load_state_dict(state[name])
+            # the callbacks' standing decision (a checkpoint of an earlier version: read off their own state)
+            decision = state.get("decision") or {
+                "stop": state["early_stopping"]["stop"],
+                "lr_scale": state["plateau"]["scale"] if self.val_loader is not None else 1.0,
+            }
+            self.stop, self.lr_scale = bool(decision["stop"]), float(decision["lr_scale"])
             # checkpoints end epochs: the step is the epoch's, counted in this world's steps per epoch (another
             # world size gives another count; the schedule goes on from the same fraction of training)
+            self.epoch = int(state["epoch"])
             self.step = self.epoch * self.steps_per_epoch
             self.train_seconds = float(state["train_seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ImgclfError(f"checkpoint state {files['state']} does not fit this run ({detail[:200]})") from None
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train until the last epoch or early stopping; returns the run summary."""
-        cfg = self.cfg
-        history = History(self.run_dir, tensorboard=cfg.tensorboard) if self.main else None
+    def start(self, resume: bool) -> History | None:
+        """Resume from the last checkpoint when asked (a finished run is refused); the history, opened."""
+        history = History(self.run_dir, tensorboard=self.cfg.tensorboard) if self.main else None
         files = checkpoint_files(self.run_dir / CHECKPOINTS) if resume else None
         if resume and files is None and (self.run_dir / SUMMARY).is_file():  # training again would overwrite it
             raise ImgclfError(
@@ -353,14 +274,49 @@ class Trainer:
             self.resume(files)
         if resume and history is not None:
             history.truncate(self.epoch)
-        params, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
+        return history
+
+    def end_epoch(self, metrics: dict, next_checkpoint: float) -> bool:
+        """Let the callbacks see the epoch just trained and fold in their decisions; True when a checkpoint is due."""
+        state = EpochState(
+            metrics,
+            self.eval_model,
+            last_epoch=self.epoch >= self.phase.epochs,
+            checkpoint_time=self.train_seconds >= next_checkpoint,
+            writes=self.main,
+        )
+        for callback in self.callbacks.values():
+            state.apply(callback.on_epoch_end(state))
+        self.stop, self.lr_scale = state.stop, state.lr_scale
+        return state.checkpoint_due
+
+    def run_epoch(self, bar: tqdm) -> dict:
+        """Train one epoch and validate it: the epoch's record."""
+        start = time.perf_counter()
+        metrics = self.train_epoch(bar)
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, **metrics}
+        if self.cpu_share is not None:
+            metrics["cpu_threads"] = self.cpu_share.threads_used()
+        if self.val_loader is not None:  # reduced across the ranks: every decision the same everywhere
+            val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
+            metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+        metrics["epoch_seconds"] = time.perf_counter() - start
+        self.train_seconds += metrics["epoch_seconds"]
+        return metrics
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until the phase's last epoch or until a callback stops it; returns the phase's summary."""
+        cfg, phase = self.cfg, self.phase
+        history = self.start(resume)
+        params = count_parameters(self.model)
         distributed.say(
-            f"{self.label}: {params:,} parameters ({trainable:,} trainable) | "
-            f"{self.num_train:,} train / {self.num_val:,} val images | "
+            f"{phase.label}: {params:,} parameters ({count_parameters(self.model, trainable_only=True):,} trainable) "
+            f"| {self.num_train:,} train / {self.num_val:,} val images | "
             f"{describe_device(self.device)}, {self.precision} | run dir {self.run_dir}"
         )
         bar = tqdm(
-            total=cfg.epochs * self.steps_per_epoch * cfg.batch_size,
+            total=phase.epochs * self.steps_per_epoch * cfg.batch_size,
             initial=self.step * cfg.batch_size,
             unit="img",
             unit_scale=True,
@@ -370,62 +326,59 @@ class Trainer:
         )
         next_checkpoint = self.train_seconds + cfg.checkpoint_every
         try:
-            while self.epoch < cfg.epochs and not self.early_stopping.stop:
-                bar.set_description(f"epoch {self.epoch + 1}/{cfg.epochs}")
-                start = time.perf_counter()
-                metrics = self.train_epoch(bar)
-                self.epoch += 1
-                metrics = {"epoch": self.epoch, **metrics}
-                if self.cpu_share is not None:
-                    metrics["cpu_threads"] = self.cpu_share.threads_used()
-                if self.val_loader is not None:  # reduced across the ranks: every decision the same everywhere
-                    val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
-                    metrics.update(val_loss=val["loss"], val_acc=val["acc"])
-                seconds = time.perf_counter() - start
-                self.train_seconds += seconds
-                metrics["epoch_seconds"] = seconds
-                if self.val_loader is not None:
-                    self.early_stopping.on_epoch_end(metrics)
-                    self.plateau.on_epoch_end(metrics)
-                # a checkpoint every --checkpoint-every seconds and at the end; the best weights are written with it
-                due = self.epoch >= cfg.epochs or self.early_stopping.stop or self.train_seconds >= next_checkpoint
-                self.best.on_epoch_end(metrics, self.eval_model, write=self.main, hold=not due)
+            while self.epoch < phase.epochs and not self.stop:
+                bar.set_description(f"epoch {self.epoch + 1}/{phase.epochs}")
+                metrics = self.run_epoch(bar)
+                due = self.end_epoch(metrics, next_checkpoint)
                 if history is not None:
                     history.log(metrics)
                 if due:
-                    self.best.flush()
                     self.save_checkpoint()
                     next_checkpoint = self.train_seconds + cfg.checkpoint_every
-                distributed.say(
-                    f"epoch {self.epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} "
-                    f"acc {metrics['train_acc']:.4f}"
-                    + (
-                        f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}"
-                        if "val_acc" in metrics
-                        else ""
-                    )
-                    + f"  lr {metrics['lr']:.4g}  {seconds:.1f}s"
-                )
+                distributed.say(epoch_line(metrics, phase.epochs))
         finally:
             bar.close()
             if history is not None:
                 history.close()
+        return self.finish(params)
+
+    def engine(self) -> dict:
+        """How the phase was computed, beyond its options: what can change its numbers on another machine."""
+        record = {"device": describe_device(self.device), "precision": self.precision}
+        record.update(channels_last=self.cfg.channels_last, compile=self.compiled, torch=torch.__version__)
+        if self.cpu_share is not None:
+            record["threads"] = self.cpu_share.record()
+        return record
+
+    def finish(self, params: int) -> dict:
+        """The phase's summary, written into its folder (rank 0 alone); the other ranks wait for it."""
+        best = self.callbacks["best"]
         summary = {
-            "model": self.label,
+            "model": self.phase.label,
             "parameters": params,
             "trainable_parameters": count_parameters(self.model, trainable_only=True),
             "epochs_run": self.epoch,
-            "stopped_early": self.early_stopping.stop,
-            "best_epoch": self.best.best_epoch,
-            f"best_{cfg.monitor}": self.best.best if self.val_loader is not None else None,
+            "stopped_early": self.stop,
+            "best_epoch": best.best_epoch,
+            f"best_{self.cfg.monitor}": best.best if self.val_loader is not None else None,
             "num_train": self.num_train,
             "num_val": self.num_val,
             "train_seconds": self.train_seconds,
             "device": describe_device(self.device),
             "precision": self.precision,
             "torch": torch.__version__,
+            "engine": self.engine(),
         }
         if self.main:
             RunDir(self.run_dir).write_summary(summary)
         distributed.barrier()  # the others wait until rank 0 has written the run
         return summary
+
+
+def epoch_line(metrics: dict, epochs: int) -> str:
+    """The log line of one epoch."""
+    val = f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}" if "val_acc" in metrics else ""
+    return (
+        f"epoch {metrics['epoch']:3d}/{epochs}  train loss {metrics['train_loss']:.4f} "
+        f"acc {metrics['train_acc']:.4f}{val}  lr {metrics['lr']:.4g}  {metrics['epoch_seconds']:.1f}s"
+    )

@@ -12,7 +12,6 @@ activations, touching only the few layers it trains. Without the cache (or with 
 the whole network on augmented, resized images: the path for GPUs.
 """
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -20,74 +19,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.config import TrainConfig
-from imgclf.data.datasets import Splits
-from imgclf.data.features import ActivationCache
+from imgclf.artifacts.runs import BEST_WEIGHTS, HISTORY, SUMMARY, RunDir
+from imgclf.artifacts.weights import load_weights, save_weights
+from imgclf.config.options import TrainConfig
+from imgclf.core.device import autocast, resolve_precision, select_device
+from imgclf.data.images import Splits
 from imgclf.data.loader import ActivationLoader, BatchLoader
-from imgclf.device import autocast, resolve_precision, select_device
 from imgclf.models import count_parameters
-from imgclf.models.backbones import FeatureTail, backbone_units, create_backbone, preprocessing, split_backbone
+from imgclf.models.backbones import FeatureTail
 from imgclf.models.layers import use_fast_depthwise
-from imgclf.runs import BEST_WEIGHTS, HISTORY, SUMMARY, RunDir
+from imgclf.models.transfer import activation_cache, build_transfer_model, uses_cache
 from imgclf.training import distributed
-from imgclf.training.checkpoint import load_weights, save_weights
+from imgclf.training.build import image_loaders
 from imgclf.training.history import History, read_history
-from imgclf.training.optim import layer_lr_scales
-from imgclf.training.trainer import Trainer, image_loaders
-
-
-@dataclasses.dataclass
-class TransferModel:
-    """A timm network and its split into a frozen prefix and a trainable tail (sharing the network's modules)."""
-
-    network: nn.Module
-    prefix: nn.Sequential
-    tail: FeatureTail
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def build_transfer_model(cfg: TrainConfig, num_classes: int, pretrained: bool = True) -> TransferModel:
-    """The backbone of ``cfg`` with a new head, split where ``cfg.unfreeze`` says."""
-    network = create_backbone(
-        cfg.model,
-        num_classes,
-        pretrained=pretrained and cfg.pretrained,
-        weights=cfg.weights if pretrained else None,
-        dropout=cfg.dropout,
-        drop_path=cfg.drop_path,
-    )
-    prep = preprocessing(network)
-    if cfg.unfreeze == "all":
-        prefix, tail = nn.Sequential(), None
-    else:
-        prefix, tail = split_backbone(network, cfg.unfreeze)
-        for block in prefix.modules():  # the frozen prefix computes fixed features: no stochastic depth there,
-            if isinstance(getattr(block, "drop_path", None), nn.Module):  # so its cached activations stay valid
-                block.drop_path = nn.Identity()
-    return TransferModel(network, prefix, tail, cfg.img_size or prep.native_size, prep.mean, prep.std)
-
-
-def uses_cache(cfg: TrainConfig, tm: TransferModel) -> bool:
-    """True when a run trains and predicts through cached prefix activations (there is a frozen prefix to cache)."""
-    return cfg.cache and tm.tail is not None and len(tm.prefix) > 0
-
-
-def activation_cache(cfg: TrainConfig, tm: TransferModel, device: torch.device, precision: str) -> ActivationCache:
-    """The on-disk cache of ``tm.prefix`` activations for ``cfg``."""
-    return ActivationCache(
-        cfg.cache_dir,
-        tm.prefix,
-        tm.image_size,
-        tm.mean,
-        tm.std,
-        device,
-        precision,
-        compile=cfg.compile,
-        progress=cfg.progress,
-        threads=cfg.threads,
-    )
+from imgclf.training.phases import transfer_phases
+from imgclf.training.trainer import Trainer
 
 
 def set_trainable(model: nn.Module, trainable: list[nn.Module]) -> None:
@@ -138,11 +84,13 @@ class TransferTrainer:
         self.train, self.val = splits.train, splits.val
         self.classes = splits.classes
         self.tm = build_transfer_model(cfg, len(self.classes))
-        self.input_size, self.mean, self.std = self.tm.image_size, self.tm.mean, self.tm.std
         self.tm.network.to(self.device)
         if cfg.channels_last:
             self.tm.network.to(memory_format=torch.channels_last)
         self.use_cache = uses_cache(cfg, self.tm)
+        self.phases = transfer_phases(cfg, self.run_dir, self.tm, cached=self.use_cache)
+        self.cache_record: dict | None = None  # how the activation cache computed (None: read or built elsewhere)
+        self.fast_depthwise = 0  # depthwise convolutions of phase 2 whose backward runs in fp32
 
     def uncached(self) -> tuple[nn.Module, tuple[BatchLoader, BatchLoader | None]]:
         """The whole network and augmented, resized image batches (uncached path)."""
@@ -158,6 +106,7 @@ class TransferTrainer:
             cache.get(self.train, flip=True, desc="train activations") if self.cfg.augment != "none" else None
         )
         acts["val"] = cache.get(self.val, desc="val activations") if len(self.val) else None
+        self.cache_record = cache.record()
         return acts
 
     def activation_loaders(self, acts: dict, batch_size: int) -> tuple[ActivationLoader, ActivationLoader | None]:
@@ -179,25 +128,16 @@ class TransferTrainer:
         val = ActivationLoader(acts["val"], self.val.labels, 1024, **common) if acts["val"] is not None else None
         return train, val
 
-    def phase(self, number: int, model: nn.Module, loaders: tuple, trainable: list[nn.Module], resume: bool) -> dict:
-        """Train ``model`` (only ``trainable`` modules) as phase ``number``; load its best weights into it."""
-        cfg = self.cfg
-        phase_cfg = dataclasses.replace(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr) if number == 1 else cfg
-        set_trainable(self.tm.network, trainable)
+    def phase(self, number: int, model: nn.Module, loaders: tuple, resume: bool) -> dict:
+        """Train ``model`` as phase ``number`` (only its trainable modules); load its best weights into it."""
+        phase = self.phases[number - 1]
+        set_trainable(self.tm.network, list(phase.trainable))
         if number == 2:  # what phase 2 trains: fast bf16 CPU backward for its depthwise convolutions
-            for module in trainable:
-                use_fast_depthwise(module)
-        scales = None
-        if number == 2 and cfg.layer_decay != 1.0:
-            layers = [*self.tm.tail.units] if self.tm.tail is not None else backbone_units(self.tm.network)
-            scales = layer_lr_scales([*layers, self.tm.network.get_classifier()], cfg.layer_decay)
-        phase_dir = self.run_dir / f"phase{number}"
-        label = f"{cfg.model} phase {number} ({'head' if number == 1 else f'unfreeze {cfg.unfreeze}'})"
-        trainer = Trainer(phase_cfg, phase_dir, None, model, loaders, scales, freeze_batchnorm=True, label=label)
-        summary = trainer.fit(resume=resume and phase_dir.exists())
-        load_weights(phase_dir / BEST_WEIGHTS, model)
+            self.fast_depthwise = sum(use_fast_depthwise(module) for module in phase.trainable)
+        summary = Trainer(self.cfg, phase, model, loaders).fit(resume=resume and phase.folder.exists())
+        load_weights(phase.folder / BEST_WEIGHTS, model)
         summary["total_parameters"] = count_parameters(self.tm.network)
-        summary["trainable_parameters"] = sum(p.numel() for m in trainable for p in m.parameters())
+        summary["trainable_parameters"] = sum(p.numel() for m in phase.trainable for p in m.parameters())
         return summary
 
     def finished_phase(self, number: int, model: nn.Module) -> dict | None:
@@ -234,14 +174,13 @@ class TransferTrainer:
                 loaders = self.activation_loaders(feats, cfg.batch_size)
             else:
                 model, loaders = self.uncached()
-            summaries["phase1"] = self.phase(1, model, loaders, [head], resume)
+            summaries["phase1"] = self.phase(1, model, loaders, resume)
         if cfg.epochs and (tm.tail is None or len(tm.tail.units)):
             if self.use_cache:
                 model, loaders = tm.tail, self.activation_loaders(acts, cfg.batch_size)
             else:
                 model, loaders = self.uncached()
-            trainable = [tm.network] if tm.tail is None else [tm.tail]
-            summaries["phase2"] = self.phase(2, model, loaders, trainable, resume)
+            summaries["phase2"] = self.phase(2, model, loaders, resume)
         tm.network.requires_grad_(True)
         last = summaries.get("phase2") or summaries["phase1"]
         summary = {
@@ -253,12 +192,30 @@ class TransferTrainer:
             "train_seconds": cache_seconds + sum(s["train_seconds"] for s in summaries.values()),
             "image_size": tm.image_size,
             "phases": summaries,
+            "engine": self.engine(summaries),
         }
         if distributed.is_main():  # rank 0 alone writes the run
             save_weights(self.run_dir / BEST_WEIGHTS, tm.network, {"model": cfg.model})
             self.join_history([n for n in (1, 2) if f"phase{n}" in summaries])
             RunDir(self.run_dir).write_summary(summary)
         return summary
+
+    def engine(self, summaries: dict[str, dict]) -> dict:
+        """How the run was computed: the last phase's engine with every phase's thread counts, the activation
+        cache's engines and fallbacks, and the layers whose depthwise backward ran in fp32."""
+        engines = [s["engine"] for s in summaries.values() if "engine" in s]  # a phase of an earlier version: none
+        engine = dict(engines[-1]) if engines else {}
+        counts = sorted({n for e in engines for n in e.get("threads", {}).get("counts", [])})
+        if counts:
+            engine["threads"] = {**engine["threads"], "counts": counts}
+        cached = (
+            self.cache_record
+            if self.use_cache
+            else "off: " + ("--no-cache" if not self.cfg.cache else "no frozen prefix")
+        )
+        engine["activation_cache"] = cached
+        engine["fp32_depthwise_backward_layers"] = self.fast_depthwise
+        return engine
 
     def join_history(self, phases: list[int]) -> None:
         """One history for the run: phase 1's epochs, then phase 2's, numbered on, each marked with its phase."""

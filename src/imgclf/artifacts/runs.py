@@ -13,17 +13,23 @@ import contextlib
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from imgclf.config import MAX_IMAGE_SIDE, TrainConfig, config_values, load_config_file
-from imgclf.data.datasets import Splits, is_builtin, load_splits
-from imgclf.data.decode import RESIZE_POLICIES
-from imgclf.errors import ImgclfError
-from imgclf.io import read_json, write_json, write_text
+from imgclf.config.files import config_values, load_config_file
+from imgclf.config.options import MAX_IMAGE_SIDE, TrainConfig
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import read_json, write_json, write_text
+from imgclf.data.images import Splits
+from imgclf.data.policies import RESIZE_POLICIES
+from imgclf.data.sources import is_builtin, load_splits
+from imgclf.models import MODELS
+from imgclf.models.backbones import native_input_size
+from imgclf.models.transfer import BUILD_OPTIONS, architecture
 
 CONFIG = "config.yaml"
 HISTORY = "history.jsonl"
@@ -58,6 +64,11 @@ class ModelCard:
     data_fingerprint: str
     config: dict
     temperature: float | None = None  # fitted on the validation split by evaluation; None until then
+    engine: dict | None = None  # how training computed the weights (summary.json's record); None before it ends
+    architecture: dict = field(default_factory=dict)  # the network and its build options: what predicting rebuilds
+    precision: str = "auto"  # the precision it trained in, which predicting uses unless told otherwise
+    channels_last: bool = True  # the memory layout it trained in
+    tta_shift: int = 0  # test-time augmentation: the diagonal shifts (px) averaged with the flips (0: flips only)
 
     @property
     def num_classes(self) -> int:
@@ -84,14 +95,48 @@ class ModelCard:
                 raise ImgclfError(f"{source}: '{key}' must be a side of 1 to {MAX_IMAGE_SIDE} pixels, got {data[key]}")
         if data["resize"] not in RESIZE_POLICIES:
             raise ImgclfError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {data['resize']!r}")
-        config_values(data["config"], f"{source} config")
-        temperature = data.get("temperature")
+        if "architecture" not in data:  # a card of an earlier version: its config is where the network is read from
+            config_values(data["config"], f"{source} config")
+        temperature, engine = data.get("temperature"), data.get("engine")
         if temperature is not None and not (is_number(temperature) and temperature > 0):
             raise ImgclfError(f"{source}: 'temperature' must be a positive number")
-        return cls(
-            **{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name != "temperature"},
-            temperature=temperature,
-        )
+        if engine is not None and not isinstance(engine, dict):
+            raise ImgclfError(f"{source}: 'engine' must be a JSON object")
+        optional = {"temperature", "engine", *INFERENCE_FIELDS}
+        required = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name not in optional}
+        return cls(**required, temperature=temperature, engine=engine, **inference_fields(data, source))
+
+
+INFERENCE_FIELDS = ("architecture", "precision", "channels_last", "tta_shift")  # the card's own since issue 27
+
+
+def inference_fields(data: dict, source: str) -> dict:
+    """A card's architecture, precision, layout and TTA shift, checked; a card of an earlier version (29b1695 and
+    before) had them only inside its training config, where they are read from."""
+    config = data["config"]
+    fields = {
+        "architecture": data.get("architecture")
+        or architecture(TrainConfig(**config_values(config, f"{source} config"))),
+        "precision": data.get("precision", config.get("precision", "auto")),
+        "channels_last": data.get("channels_last", config.get("channels_last", True)),
+        "tta_shift": data.get("tta_shift", config.get("tta_shift", 0)),
+    }
+    arch = fields["architecture"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise ImgclfError(f"{source}: 'architecture' must be an object naming the network ('name')")
+    if missing := [key for key in BUILD_OPTIONS if arch["name"] not in MODELS and key not in arch]:
+        raise ImgclfError(f"{source}: 'architecture' of a timm network needs '{missing[0]}'")
+    if fields["precision"] not in ("auto", "bf16", "fp32"):
+        raise ImgclfError(f"{source}: 'precision' must be auto, bf16 or fp32, got {fields['precision']!r}")
+    if not isinstance(fields["channels_last"], bool):
+        raise ImgclfError(f"{source}: 'channels_last' must be true or false")
+    if (
+        not isinstance(fields["tta_shift"], int)
+        or isinstance(fields["tta_shift"], bool)
+        or not 0 <= fields["tta_shift"] <= 8
+    ):
+        raise ImgclfError(f"{source}: 'tta_shift' must be a whole number of pixels from 0 to 8")
+    return fields
 
 
 def is_number(value: object) -> bool:
@@ -205,7 +250,7 @@ class RunDir:
 
     def write_card(self, card: ModelCard) -> None:
         """``model.json``, and the same card in the best weights' safetensors metadata."""
-        from imgclf.training.checkpoint import add_metadata
+        from imgclf.artifacts.weights import add_metadata
 
         write_json(self.file(MODEL_CARD), card.to_dict())
         if self.file(BEST_WEIGHTS).is_file():
@@ -272,8 +317,6 @@ def data_side(cfg: TrainConfig) -> int:
     0 leaves the source's own default (CIFAR's 32 px, a folder's 32 px for networks from scratch)."""
     if cfg.data_size or not cfg.is_transfer or is_builtin(cfg.data):
         return cfg.data_size
-    from imgclf.models.backbones import native_input_size
-
     return cfg.img_size or native_input_size(cfg.model)
 
 
@@ -312,6 +355,10 @@ def model_card(cfg: TrainConfig, splits: Splits, input_size: int, mean, std) -> 
         data=cfg.data,
         data_fingerprint=splits.fingerprint,
         config=cfg.to_dict(),
+        architecture=architecture(cfg),
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        tta_shift=cfg.tta_shift,
     )
 
 
@@ -321,3 +368,12 @@ def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
         differ = sorted(set(card.classes) ^ set(splits.classes))
         detail = f"class '{differ[0]}' differs" if differ else "the class order differs"
         raise ImgclfError(f"the data of {run.path} has changed since training ({detail}): the model needs its classes")
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """The path of a new run under ``cfg.output`` (created later, once set-up succeeded); never an existing run."""
+    name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.output) / name
+    if (run_dir / CONFIG).exists():
+        raise ImgclfError(f"run directory already exists: {run_dir} (use --resume {run_dir} or another --name)")
+    return run_dir

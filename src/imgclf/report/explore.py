@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.data.datasets import ImageSet, MappedImages, channel_stats, is_builtin
-from imgclf.io import write_json
+from imgclf.core.io import write_json
+from imgclf.data.images import ImageSet, MappedImages, channel_stats
+from imgclf.data.sources import is_builtin
 
 GALLERY_CLASSES = 20  # the sample grid shows the first classes only; stats.json covers all
 RAW_SAMPLE = 5000  # raw-file headers read for the size and mode statistics of a large folder
@@ -75,7 +76,7 @@ def explore(
     progress: bool = True,
 ) -> dict:
     """Write samples.png, class_distribution.png (and image_sizes.png for a folder) and stats.json into ``output``."""
-    from imgclf.evaluation import plots
+    from imgclf.report import plots
 
     output = Path(output)
     raw = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
@@ -166,6 +166,7 @@ class CpuShare:
             torch.set_num_threads(self.fixed)
         self.last = (time.monotonic() - interval + first, start)  # the first look comes soon
         self.used = {torch.get_num_threads()}
+        self.ever_used = set(self.used)  # every count of the whole run, for its engine record
 
     def update(self) -> None:
         """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""
@@ -182,6 +183,12 @@ class CpuShare:
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
             self.used.add(threads)
+            self.ever_used.add(threads)
+
+    def record(self) -> dict:
+        """The thread policy and every count used so far: bf16 sums follow the count, so runs say which they had."""
+        policy = f"fixed at {self.fixed}" if self.fixed else "the cores other processes leave free"
+        return {"policy": policy, "counts": sorted(self.ever_used)}
 
     def threads_used(self) -> list[int]:
         """The thread counts torch ran with since the last call (an epoch's, say), fewest first: each count sums bf16

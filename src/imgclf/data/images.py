@@ -1,8 +1,9 @@
-"""Every data source yields the same :class:`Splits`: train, validation and (read once, later) test images.
+"""Images as every layer sees them: an :class:`ImageSet` of uint8 images and labels, and the :class:`Splits` that every
+data source yields (train, validation and, read once later, test), with the split helpers the sources share.
 
 ``cifar10`` and ``cifar100`` load into memory (``data/cifar.py``); a folder of images is decoded once into a
 memory-mapped array (``data/folder.py``), so a dataset larger than RAM trains with bounded memory. The trainer,
-evaluation and report receive a ``Splits`` and never ask where the images came from.
+evaluation and report receive a ``Splits`` and never ask where the images came from (``data/sources.py`` asks).
 """
 
 import hashlib
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 
 class MappedImages:
@@ -179,51 +180,3 @@ def train_val_indices(
 def val_subset_size(train_subset: int) -> int:
     """Validation images kept when training on only ``train_subset`` images (a quarter, at least one)."""
     return max(train_subset // 4, 1)
-
-
-def is_builtin(source: str) -> bool:
-    """True for the datasets imgclf loads by name (CIFAR) rather than from a folder."""
-    from imgclf.data.cifar import CIFAR_SOURCES
-
-    return source in CIFAR_SOURCES
-
-
-def load_splits(
-    source: str,
-    *,
-    seed: int,
-    val_fraction: float,
-    test_fraction: float = 0.1,
-    train_subset: int = 0,
-    test_subset: int = 0,
-    side: int = 0,
-    resize: str = "crop",
-    data_dir: str | None = None,
-    download: bool | None = None,
-    prepare_dir: str | None = None,
-    workers: int = 0,
-    progress: bool = True,
-    lists: dict[str, list[str]] | None = None,
-) -> Splits:
-    """The splits of ``source`` (``cifar10``, ``cifar100`` or a folder), split as a run with these options splits it;
-    ``lists`` (a run's saved file lists) fixes a folder's split exactly."""
-    if is_builtin(source):
-        from imgclf.data.cifar import cifar_splits
-
-        return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side)
-    from imgclf.data.folder import folder_splits
-
-    return folder_splits(
-        source,
-        seed=seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        train_subset=train_subset,
-        test_subset=test_subset,
-        side=side or 32,
-        resize=resize,
-        prepare_dir=prepare_dir,
-        workers=workers,
-        progress=progress,
-        lists=lists,
-    )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf.errors import ImgclfError
+from imgclf.core.errors import ImgclfError
 
 OPSET = 18
 

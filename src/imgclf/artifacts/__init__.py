@@ -1,0 +1,1 @@
+"""What a run leaves behind: the run directory and its files, the model card, weights files."""

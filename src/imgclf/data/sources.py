@@ -1,0 +1,47 @@
+"""Where a run's images come from: CIFAR by name or a folder of images, each loaded into the same :class:`Splits`."""
+
+from imgclf.data.cifar import CIFAR_SOURCES, cifar_splits
+from imgclf.data.folder import folder_splits
+from imgclf.data.images import Splits
+
+
+def is_builtin(source: str) -> bool:
+    """True for the datasets imgclf loads by name (CIFAR) rather than from a folder."""
+    return source in CIFAR_SOURCES
+
+
+def load_splits(
+    source: str,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float = 0.1,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    side: int = 0,
+    resize: str = "crop",
+    data_dir: str | None = None,
+    download: bool | None = None,
+    prepare_dir: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    lists: dict[str, list[str]] | None = None,
+) -> Splits:
+    """The splits of ``source`` (``cifar10``, ``cifar100`` or a folder), split as a run with these options splits it;
+    ``lists`` (a run's saved file lists) fixes a folder's split exactly."""
+    if is_builtin(source):
+        return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side)
+    return folder_splits(
+        source,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        train_subset=train_subset,
+        test_subset=test_subset,
+        side=side or 32,
+        resize=resize,
+        prepare_dir=prepare_dir,
+        workers=workers,
+        progress=progress,
+        lists=lists,
+    )
