@@ -76,14 +76,17 @@ def architecture(options: TransferOptions) -> dict:
     return {"name": options.model, **{key: getattr(options, key) for key in BUILD_OPTIONS}}
 
 
-def build_network(arch: Mapping, num_classes: int) -> nn.Module | TransferModel:
-    """The network ``arch`` names (see :func:`architecture`), with ``num_classes`` outputs and fresh weights: a
-    network from scratch, or a timm backbone split for transfer (no ImageNet weights: a run's own go into it)."""
+def build_network(
+    arch: Mapping, num_classes: int, pretrained: bool = False, weights: str | None = None
+) -> nn.Module | TransferModel:
+    """The one factory of networks: the one ``arch`` names (see :func:`architecture`) with ``num_classes`` outputs —
+    a network from scratch, or a timm backbone split for transfer, starting from ImageNet weights when ``pretrained``
+    (or from a ``weights`` file) and otherwise from random ones, for a run's own weights to go into."""
     if arch["name"] in MODELS:
         return create_model(arch["name"], num_classes=num_classes)
     built = {key: arch[key] for key in BUILD_OPTIONS}
-    options = SimpleNamespace(model=arch["name"], pretrained=False, weights=None, **built)
-    return build_transfer_model(options, num_classes, pretrained=False)
+    options = SimpleNamespace(model=arch["name"], pretrained=pretrained, weights=weights, **built)
+    return build_transfer_model(options, num_classes)
 
 
 def uses_cache(options: TransferOptions, tm: TransferModel) -> bool:

@@ -8,13 +8,13 @@ from imgclf.core.errors import ImgclfError
 from imgclf.data.features import resize_normalise
 from imgclf.data.images import ImageSet, Splits
 from imgclf.data.loader import BatchLoader, inference_batch_size
-from imgclf.models import create_model
+from imgclf.models.transfer import architecture, build_network
 
 
 def scratch_model(cfg: TrainConfig, splits: Splits, device: torch.device) -> nn.Module:
     """``cfg.model`` for ``splits``' classes on ``device``: checked against its smallest progressive side, and
     initialised from the training images where the network asks (e.g. SpeedNet's whitening filters)."""
-    model = create_model(cfg.model, num_classes=len(splits.classes)).to(device)
+    model = build_network(architecture(cfg), len(splits.classes)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.progressive_size:

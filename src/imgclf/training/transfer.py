@@ -28,7 +28,7 @@ from imgclf.data.loader import ActivationLoader, BatchLoader
 from imgclf.models import count_parameters
 from imgclf.models.backbones import FeatureTail
 from imgclf.models.layers import use_fast_depthwise
-from imgclf.models.transfer import activation_cache, build_transfer_model, uses_cache
+from imgclf.models.transfer import activation_cache, architecture, build_network, uses_cache
 from imgclf.training import distributed
 from imgclf.training.build import image_loaders
 from imgclf.training.history import History, read_history
@@ -83,7 +83,7 @@ class TransferTrainer:
         torch.manual_seed(cfg.seed)
         self.train, self.val = splits.train, splits.val
         self.classes = splits.classes
-        self.tm = build_transfer_model(cfg, len(self.classes))
+        self.tm = build_network(architecture(cfg), len(self.classes), pretrained=cfg.pretrained, weights=cfg.weights)
         self.tm.network.to(self.device)
         if cfg.channels_last:
             self.tm.network.to(memory_format=torch.channels_last)
