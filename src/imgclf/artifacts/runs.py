@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from imgclf.artifacts.weights import add_metadata
 from imgclf.config.files import config_values, load_config_file
 from imgclf.config.options import MAX_IMAGE_SIDE, TrainConfig
 from imgclf.core.errors import ImgclfError
@@ -95,8 +96,6 @@ class ModelCard:
                 raise ImgclfError(f"{source}: '{key}' must be a side of 1 to {MAX_IMAGE_SIDE} pixels, got {data[key]}")
         if data["resize"] not in RESIZE_POLICIES:
             raise ImgclfError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {data['resize']!r}")
-        if "architecture" not in data:  # a card of an earlier version: its config is where the network is read from
-            config_values(data["config"], f"{source} config")
         temperature, engine = data.get("temperature"), data.get("engine")
         if temperature is not None and not (is_number(temperature) and temperature > 0):
             raise ImgclfError(f"{source}: 'temperature' must be a positive number")
@@ -250,8 +249,6 @@ class RunDir:
 
     def write_card(self, card: ModelCard) -> None:
         """``model.json``, and the same card in the best weights' safetensors metadata."""
-        from imgclf.artifacts.weights import add_metadata
-
         write_json(self.file(MODEL_CARD), card.to_dict())
         if self.file(BEST_WEIGHTS).is_file():
             add_metadata(self.file(BEST_WEIGHTS), {"model_card": card.to_dict()})

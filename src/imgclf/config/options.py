@@ -295,11 +295,14 @@ FRACTIONS = ("lr_start", "lr_end", "progressive_fraction")  # in [0, 1]
 BELOW_ONE = ("momentum", "label_smoothing", "val_fraction", "test_fraction", "ema_decay")  # in [0, 1)
 
 
+APPLIES = {f.name: f.metadata["applies"] for f in dataclasses.fields(TrainConfig)}  # option → ALL, SCRATCH or TIMM
+
+
 def applies_to(name: str, model: str) -> bool:
     """True when config option ``name`` applies to ``model`` (an imgclf network from scratch or a timm backbone)."""
     from imgclf.models import MODELS
 
-    applies = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata["applies"]
+    applies = APPLIES[name]
     return applies == ALL or (applies == SCRATCH) == (model in MODELS)
 
 
@@ -307,7 +310,7 @@ def check_applies(cfg: TrainConfig) -> None:
     """A one-line error for an option set (away from its default) on a model it does not apply to."""
     for f in dataclasses.fields(cfg):
         if getattr(cfg, f.name) != f.default and not applies_to(f.name, cfg.model):
-            if f.metadata["applies"] == TIMM:
+            if APPLIES[f.name] == TIMM:
                 raise ImgclfError(f"{flag(f.name)} applies to timm models, not '{cfg.model}'")
             raise ImgclfError(f"{flag(f.name)} applies to networks trained from scratch, not timm models")
 

@@ -166,7 +166,7 @@ class CpuShare:
             torch.set_num_threads(self.fixed)
         self.last = (time.monotonic() - interval + first, start)  # the first look comes soon
         self.used = {torch.get_num_threads()}
-        self.ever_used = set(self.used)  # every count of the whole run, for its engine record
+        self.earlier: set[int] = set()  # the counts of the periods :meth:`threads_used` closed
 
     def update(self) -> None:
         """Re-measure the other processes' load when ``interval`` has passed, and set the thread count to fit."""
@@ -183,15 +183,15 @@ class CpuShare:
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
             self.used.add(threads)
-            self.ever_used.add(threads)
 
     def record(self) -> dict:
         """The thread policy and every count used so far: bf16 sums follow the count, so runs say which they had."""
         policy = f"fixed at {self.fixed}" if self.fixed else "the cores other processes leave free"
-        return {"policy": policy, "counts": sorted(self.ever_used)}
+        return {"policy": policy, "counts": sorted(self.earlier | self.used)}
 
     def threads_used(self) -> list[int]:
         """The thread counts torch ran with since the last call (an epoch's, say), fewest first: each count sums bf16
         values in its own order, so a run that changed counts may end a little apart from one that did not."""
+        self.earlier |= self.used
         used, self.used = sorted(self.used), {torch.get_num_threads()}
         return used

@@ -239,8 +239,9 @@ def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:
 def load_network(arch: dict, num_classes: int, weights: Path) -> nn.Module | TransferModel:
     """The network a card's ``arch`` names, with the weights of ``weights`` (in eval mode, on the CPU)."""
     model = build_network(arch, num_classes)
-    load_weights(weights, model.network if isinstance(model, TransferModel) else model)
-    (model.network if isinstance(model, TransferModel) else model).eval()
+    network = model.network if isinstance(model, TransferModel) else model
+    load_weights(weights, network)
+    network.eval()
     return model
 
 

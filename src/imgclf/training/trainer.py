@@ -70,7 +70,7 @@ class Trainer:
                 self.val_loader.set_shard(distributed.rank(), distributed.world_size(), even=False)
         self.num_train = len(self.train_loader.labels)
         self.num_val = len(self.val_loader.labels) if self.val_loader is not None else 0
-        self.model = self.wrap(model)
+        model = self.model = self.wrap(model)  # the model trained: BatchNorm synchronised under --sync-bn
         # a network may set its own parameters' learning-rate and weight-decay scales, and train some for a few
         # epochs only (SpeedNet)
         lr_scales = {**phase.lr_scales, **(model.lr_scales() if hasattr(model, "lr_scales") else {})}
