@@ -41,8 +41,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_result(name: str, record: dict) -> Path:
-    """Write one benchmark record (with machine, torch version, date and commit added) to benchmarks/results/."""
+def write_result(name: str, record: dict, folder: Path = RESULTS) -> Path:
+    """Write one benchmark record (with machine, torch version, date and commit added) to ``folder``
+    (benchmarks/results/ unless told)."""
     record = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": machine(),
@@ -50,8 +51,8 @@ def write_result(name: str, record: dict) -> Path:
         "commit": git_commit(),
         **record,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 

@@ -40,7 +40,6 @@ summary gives train_seconds. Writes OUT/gpu_efficiency_PART.json ($OUT on the de
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -54,6 +53,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))  # this tree's imgclf, for reading runs and the in-process parts
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import RESULTS, command_line, write_result  # noqa: E402
+
 from imgclf.artifacts.runs import RunDir  # noqa: E402
 
 LITE2_BASELINE = ["--config", "lite2_224", "--unfreeze", "all", "--head-epochs", "2", "--epochs", "14", "--lr", "2e-4"]
@@ -330,12 +332,9 @@ def save(rows: list[dict], options: argparse.Namespace) -> Path:
     for row in rows:
         row.update(benchmark="gpu_efficiency", model=row["label"], device=device, torch=torch.__version__)
         row.setdefault("seed", 0)
-        row.setdefault("date", datetime.datetime.now().isoformat(timespec="seconds"))
-    folder = Path(options.output) if options.smoke else Path(os.environ.get("OUT") or REPO / "benchmarks" / "results")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"gpu_efficiency_{options.part}.json"
-    path.write_text(json.dumps({"benchmark": "gpu_efficiency", "part": options.part, "rows": rows}, indent=2) + "\n")
-    return path
+    folder = Path(options.output) if options.smoke else Path(os.environ.get("OUT") or RESULTS)
+    record = {"benchmark": "gpu_efficiency", "part": options.part, "command": command_line(), "rows": rows}
+    return write_result(f"gpu_efficiency_{options.part}", record, folder)
 
 
 def main() -> None:

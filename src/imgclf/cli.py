@@ -20,8 +20,9 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
+from imgclf.config.checks import MAX_IMAGE_SIDE, flag
 from imgclf.config.files import CONFIG_DIR, build_config, load_config_file
-from imgclf.config.options import GROUPS, MAX_IMAGE_SIDE, RUNTIME_OPTIONS, TrainConfig, field_types
+from imgclf.config.options import GROUPS, RUNTIME_OPTIONS, TrainConfig, field_types
 from imgclf.core.cli import OneLineErrorParser, describe_os_error
 from imgclf.core.errors import ImgclfError, one_line
 from imgclf.core.io import check_writable_folder
@@ -54,14 +55,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     config files can fill them."""
     types, groups = field_types(), {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        name = flag(f.name)
         kind = types[f.name]
         kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
         group = groups[f.metadata["group"]]
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            group.add_argument(flag, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs)
+            group.add_argument(name, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,22 +161,22 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
     serve.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
     defaults = Limits()
-    for flag, (field, kind, text) in SERVE_LIMITS.items():
+    for option, (field, kind, text) in SERVE_LIMITS.items():
         default = getattr(defaults, field)
-        default = default / MEGABYTE if flag == "--max-body-mb" else default
+        default = default / MEGABYTE if option == "--max-body-mb" else default
         shown = f"{default:,}" if isinstance(default, int) else f"{default:g}"
-        serve.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
+        serve.add_argument(option, type=kind, default=default, help=f"{text} (default: {shown})")
 
 
 def serve_limits(args: argparse.Namespace) -> Limits:
     """The server's limits from `imgclf serve`'s options, each checked."""
     values = {}
-    for flag, (field, _, _) in SERVE_LIMITS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        window = flag == "--batch-window-ms"  # may be 0 (off); every other limit must be positive
+    for option, (field, _, _) in SERVE_LIMITS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        window = option == "--batch-window-ms"  # may be 0 (off); every other limit must be positive
         if not (math.isfinite(value) and (0 <= value <= 1000 if window else value > 0)):
-            raise ImgclfError(f"{flag} must be {'in 0..1000' if window else 'a positive number'}, got {value}")
-        values[field] = round(value * MEGABYTE) if flag == "--max-body-mb" else value
+            raise ImgclfError(f"{option} must be {'in 0..1000' if window else 'a positive number'}, got {value}")
+        values[field] = round(value * MEGABYTE) if option == "--max-body-mb" else value
     if not 0 <= args.port <= 65535:
         raise ImgclfError(f"--port must be in 0..65535, got {args.port}")
     return Limits(**values)

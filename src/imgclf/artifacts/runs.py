@@ -21,8 +21,9 @@ from pathlib import Path
 import yaml
 
 from imgclf.artifacts.weights import add_metadata
+from imgclf.config.checks import MAX_IMAGE_SIDE
 from imgclf.config.files import config_values, load_config_file
-from imgclf.config.options import MAX_IMAGE_SIDE, TrainConfig
+from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import read_json, write_json, write_text
 from imgclf.data.images import Splits

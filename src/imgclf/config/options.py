@@ -2,11 +2,10 @@
 each option carries its help, group, the models it applies to, and whether it changes what a run computes."""
 
 import dataclasses
-import math
-import os
 import typing
 from dataclasses import dataclass, field
 
+from imgclf.config.checks import check_ranges, check_run_name, check_unfreeze, check_value, flag
 from imgclf.core.errors import ImgclfError, shown
 from imgclf.data.policies import AUGMENTATIONS, RESIZE_POLICIES
 
@@ -255,8 +254,9 @@ class TrainConfig:
         from imgclf.models import MODELS
         from imgclf.models.backbones import is_timm_model, unfrozen_units
 
+        types, optional = field_types(), optional_fields()
         for f in dataclasses.fields(self):
-            check_value(f.name, getattr(self, f.name))
+            check_value(f.name, getattr(self, f.name), types[f.name], f.name in optional)
         if self.model not in MODELS and not is_timm_model(self.model):
             raise ImgclfError(
                 f"unknown model {shown(self.model)} (imgclf models: {', '.join(MODELS)}; or any timm model name)"
@@ -287,14 +287,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-NON_NEGATIVE = ("lr", "head_lr", "head_epochs", "img_size", "data_size", "dropout", "drop_path", "layer_decay")
-NON_NEGATIVE += ("weight_decay", "warmup_epochs", "mixup", "cutmix", "cutout", "feature_shift", "progressive_size")
-NON_NEGATIVE += ("train_subset", "test_subset", "early_stopping", "reduce_lr_patience", "workers", "threads")
-NON_NEGATIVE += ("tta_shift", "checkpoint_every")
-FRACTIONS = ("lr_start", "lr_end", "progressive_fraction")  # in [0, 1]
-BELOW_ONE = ("momentum", "label_smoothing", "val_fraction", "test_fraction", "ema_decay")  # in [0, 1)
-
-
 APPLIES = {f.name: f.metadata["applies"] for f in dataclasses.fields(TrainConfig)}  # option → ALL, SCRATCH or TIMM
 
 
@@ -315,51 +307,6 @@ def check_applies(cfg: TrainConfig) -> None:
             raise ImgclfError(f"{flag(f.name)} applies to networks trained from scratch, not timm models")
 
 
-def check_ranges(cfg: TrainConfig) -> None:
-    """A one-line error for the first value outside its range, or options that cannot go together."""
-    from imgclf.data.sources import is_builtin
-
-    if not 1 <= cfg.batch_size <= MAX_BATCH_SIZE:
-        raise ImgclfError(f"--batch-size must be a positive integer up to {MAX_BATCH_SIZE}, got {cfg.batch_size}")
-    if cfg.epochs < 0 or (cfg.epochs == 0 and not cfg.head_epochs):
-        raise ImgclfError(f"--epochs must be a positive integer, got {cfg.epochs}")
-    if not 0 <= cfg.seed < 2**32:
-        raise ImgclfError(f"--seed must be in [0, 2**32), got {cfg.seed}")
-    for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise ImgclfError(f"{flag(name)} must not be negative, got {getattr(cfg, name)}")
-    for name in FRACTIONS:
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise ImgclfError(f"{flag(name)} must be in [0, 1], got {getattr(cfg, name)}")
-    if cfg.lookahead and cfg.ema_decay:
-        raise ImgclfError("--lookahead and --ema-decay each average the weights; choose one")
-    if cfg.tta_shift > 8:
-        raise ImgclfError(f"--tta-shift must be at most 8 pixels, got {cfg.tta_shift}")
-    for name in ("dropout", "drop_path"):
-        if getattr(cfg, name) >= 1:
-            raise ImgclfError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")  # tests match this spelling
-    for name in BELOW_ONE:
-        if not 0 <= getattr(cfg, name) < 1:
-            raise ImgclfError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
-    for name in ("img_size", "data_size"):
-        if getattr(cfg, name) > MAX_IMAGE_SIDE:
-            raise ImgclfError(
-                f"{flag(name)} must be at most {MAX_IMAGE_SIDE}, got {getattr(cfg, name)}: "
-                "images of that side cannot fit in memory"
-            )
-    if 0 < cfg.data_size < 32:
-        raise ImgclfError(f"--data-size must be at least 32 (or 0: the default), got {cfg.data_size}")
-    if not is_builtin(cfg.data) and cfg.val_fraction + cfg.test_fraction >= 1:
-        raise ImgclfError(
-            f"--val-fraction + --test-fraction must be below 1 (no training images would be left), "
-            f"got {cfg.val_fraction} + {cfg.test_fraction}"
-        )
-    if not 0 < cfg.reduce_lr_factor <= 1:
-        raise ImgclfError(f"--reduce-lr-factor must be in (0, 1], got {cfg.reduce_lr_factor}")
-    if cfg.val_fraction == 0 and (cfg.early_stopping or cfg.reduce_lr_patience):
-        raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (--val-fraction > 0)")
-
-
 def field_types() -> dict[str, type]:
     """The Python type of each config field (the Optional part removed)."""
 
@@ -370,70 +317,9 @@ def field_types() -> dict[str, type]:
     return {f.name: base(f.type) for f in dataclasses.fields(TrainConfig)}
 
 
-MAX_BATCH_SIZE = 65536
-MAX_IMAGE_SIDE = 1024  # a larger side does not fit in memory for a dataset of images (or in a GPU for a batch)
-MAX_RUN_NAME_BYTES = 200
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of config field ``name``, e.g. ``--label-smoothing``."""
-    return "--" + name.replace("_", "-")
-
-
 def optional_fields() -> frozenset[str]:
     """The config fields that may be null (their type is ``X | None``)."""
     return frozenset(f.name for f in dataclasses.fields(TrainConfig) if type(None) in typing.get_args(f.type))
-
-
-def check_value(name: str, value) -> None:
-    """A one-line error when config field ``name`` holds a value of the wrong type, nan/inf or a NUL character."""
-    kind = field_types()[name]
-    if value is None:
-        if name in optional_fields():
-            return
-        raise ImgclfError(f"{flag(name)} must be {kind.__name__}, got null")
-    if kind is str and isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if kind is bool:
-        fits = isinstance(value, bool)
-    elif kind is float:
-        fits = isinstance(value, int | float) and not isinstance(value, bool)
-    else:
-        fits = isinstance(value, kind) and not isinstance(value, bool)
-    if not fits:
-        raise ImgclfError(f"{flag(name)} must be {kind.__name__}, got {shown(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ImgclfError(f"{flag(name)} must be a finite number, got {value}")
-    if isinstance(value, str) and "\0" in value:
-        raise ImgclfError(f"{flag(name)} must not contain a NUL character, got {shown(value)}")
-
-
-def check_unfreeze(spec: str) -> None:
-    """A one-line error for an ``--unfreeze`` that parses as nan or infinity (the rest: ``unfrozen_units``)."""
-    try:
-        value = float(spec)
-    except ValueError:
-        return
-    if not math.isfinite(value):
-        raise ImgclfError(f"--unfreeze must be 'all', a number of layers or a fraction in [0, 1], got '{spec}'")
-
-
-def check_run_name(name: str) -> None:
-    """A one-line error unless ``name`` can be a run directory's name: one path component, not '.' or '..'."""
-    if not isinstance(name, str) or not name:
-        raise ImgclfError(f"--name must be a non-empty folder name, got {shown(name)}")
-    if name in (".", ".."):
-        raise ImgclfError(f"--name must be a folder name, not '{name}'")
-    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
-        raise ImgclfError(f"--name must be a folder name without path separators, got {shown(name)}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ImgclfError(f"--name must not contain NUL or other control characters, got {shown(name)}")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ImgclfError(f"--name must be valid UTF-8 text, got {shown(name)}") from None
-    if size > MAX_RUN_NAME_BYTES:
-        raise ImgclfError(f"--name must be at most {MAX_RUN_NAME_BYTES} bytes long, got {size} bytes")
 
 
 RUNTIME_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
