@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
-from imgclf.config.files import build_config, load_config_file
+from imgclf.config.build import build_config
+from imgclf.config.files import load_config_file
 from imgclf.core.device import autocast
 from imgclf.data.cifar import load_cifar10
 from imgclf.data.features import ActivationCache, resize_normalise

@@ -125,7 +125,8 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
     import dataclasses
 
     from imgclf.artifacts.runs import model_card, run_splits
-    from imgclf.config.files import build_config, config_path, load_config_file
+    from imgclf.config.build import build_config
+    from imgclf.config.files import config_path, load_config_file
     from imgclf.data.images import ImageSet
     from imgclf.inference.predictor import TorchPredictor
     from imgclf.models import speed
@@ -258,7 +259,8 @@ def profile_steps(options: argparse.Namespace, output: Path) -> dict:
     from tqdm import tqdm
 
     from imgclf.artifacts.runs import run_splits
-    from imgclf.config.files import build_config, config_path, load_config_file
+    from imgclf.config.build import build_config
+    from imgclf.config.files import config_path, load_config_file
     from imgclf.core.device import autocast
     from imgclf.training.run import scratch_trainer
     from imgclf.training.validation import evaluate_loader

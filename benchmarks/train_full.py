@@ -6,6 +6,8 @@
     uv run python benchmarks/train_full.py lite2_224           # transfer: activation cache starts empty
     uv run python benchmarks/train_full.py resnet20 --tag folder --benchmark train_folder \
         --compare-to train_resnet20 -- --data benchmarks/data/cifar10-jpeg   # the same recipe on a JPEG folder
+    uv run python benchmarks/train_full.py no-flag --tag before --benchmark no_flag \
+        -- --data benchmarks/data/cifar10-jpeg     # `imgclf train --data DIR`: no model, no recipe
 
 Targets (2-core CPU): simple_cnn ≥ 0.75, vgg10 ≥ 0.88, resnet20 ≥ 0.9125 test accuracy, ResNet-20 ≤ 20 min;
 lite2_224 ≥ 0.960 and lite2_96 ≥ 0.930, each ≤ 60 min.
@@ -14,6 +16,7 @@ Writes benchmarks/results/train_MODEL[_TAG].json; paths in its command are relat
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="bundled recipe (src/imgclf/configs/NAME.yaml)")
+    parser.add_argument("model", help="bundled recipe (src/imgclf/configs/NAME.yaml), or no-flag: none at all")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--benchmark", default="train_full", help="the result's benchmark name")
@@ -40,7 +43,8 @@ def main() -> None:
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # everything after -- goes to `imgclf train` as it is
     args.extra = argv[split + 1 :]
-    name = f"train_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    no_flag = args.model == "no-flag"
+    name = ("no_flag" if no_flag else f"train_{args.model}") + (f"_{args.tag}" if args.tag else "")
     run_dir = Path("benchmarks") / "runs" / f"{name}_seed{args.seed}"  # relative to the repository
     cache_dir = run_dir.parent / f"cache_{run_dir.name}"
     prepare_dir = run_dir.parent / f"prepared_{run_dir.name}"
@@ -50,23 +54,22 @@ def main() -> None:
     command = [
         "imgclf",
         "train",
-        "--config",
-        args.model,
+        *([] if no_flag else ["--config", args.model]),
         "--seed",
         str(args.seed),
         "--output",
         str(run_dir.parent),
         "--name",
         run_dir.name,
-        "--cache-dir",
-        str(cache_dir),
+        *([] if no_flag else ["--cache-dir", str(cache_dir)]),  # no-flag: no option a from-scratch run refuses
         "--prepare-dir",
         str(prepare_dir),
         "--no-progress",
         *args.extra,
     ]
+    env = dict(os.environ, HOME=str(ROOT / cache_dir)) if no_flag else None  # no-flag: its caches start empty too
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True)
+    subprocess.run(command, cwd=ROOT, check=True, env=env)
     wall = time.perf_counter() - start
     run_dir = ROOT / run_dir
     metrics = RunDir(run_dir).read_metrics()
@@ -82,7 +85,7 @@ def main() -> None:
         }
     record = {
         "benchmark": args.benchmark,
-        "model": args.model,
+        "model": summary["model"] if no_flag else args.model,
         "command": "uv run " + shlex.join(command),
         "seed": args.seed,
         "wall_seconds": round(wall, 1),

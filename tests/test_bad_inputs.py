@@ -20,12 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgclf import cli
-from imgclf.config.files import build_config, load_config_file
+from imgclf.config.build import build_config
+from imgclf.config.files import load_config_file
 from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 
 # a seconds-long training run, should a case get that far: it must not
-TRAIN = ["train", "--output", "{tmp}/out", "--train-subset", "64", "--epochs", "1", "--batch-size", "32"]
+TRAIN = ["train", "--model", "resnet20", "--output", "{tmp}/out", "--train-subset", "64", "--epochs", "1"]
+TRAIN += ["--batch-size", "32"]
 TRAIN += ["--no-progress", "--no-tensorboard", "--no-evaluate"]
 TIMM = ["--model", "tf_efficientnet_lite0"]
 STUDY = ["study", "--preset", "{tmp}/p.yaml", "--output", "{tmp}/out", "--no-progress"]

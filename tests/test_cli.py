@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from imgclf.cli import main
-from imgclf.config.files import build_config, load_config_file
+from imgclf.config.build import build_config
+from imgclf.config.files import load_config_file
 from imgclf.core.errors import ImgclfError
 
 

@@ -284,3 +284,33 @@ def test_odd_entries_neither_hang_nor_crash(tmp_path):
     (folder / "zebra").rename(os.fsdecode(bytes(folder) + b"/zebr\xe9"))
     with pytest.raises(ImgclfError, match="not valid UTF-8"):
         splits_of(folder, tmp_path / "p")
+
+
+def test_links_that_would_relabel_images_are_skipped_and_a_link_farm_is_read(tmp_path, capsys):
+    """cat/loop → .. would pull every class into cat; cat/stray.png → dog/… would label a dog 'cat': both skipped
+    with a reason. Links to images outside the dataset (a farm of links to a central store) are read."""
+    folder = make_folder(tmp_path / "d", CLASSES, 6)
+    (folder / "cat" / "loop").symlink_to("..")
+    (folder / "cat" / "up").symlink_to(tmp_path)
+    dog = sorted((folder / "dog").iterdir())[0]
+    (folder / "cat" / "stray.png").symlink_to(dog)
+    store = write_images(tmp_path / "store", 2, 2, np.random.default_rng(1))
+    for path in store:
+        (folder / "zebra" / f"farm-{path.name}").symlink_to(path)
+    splits = splits_of(folder, tmp_path / "p")
+    files = [f for names in splits.lists.values() for f in names]
+    assert len(files) == 3 * 6 + 2 and sum(f.startswith("zebra/farm-") for f in files) == 2
+    skipped = {s["file"]: s["reason"] for s in splits.info["skipped"]}
+    assert skipped == {
+        "cat/loop": f"link leads back up (to {folder.resolve()})",
+        "cat/up": f"link leads back up (to {tmp_path.resolve()})",
+        "cat/stray.png": f"link leads outside its class folder (to dog/{dog.name})",
+    }
+    assert "(2 link leads back up, 1 link leads outside its class folder)" in capsys.readouterr().err
+
+
+def test_a_class_missing_from_a_split_folder_is_named(tmp_path):
+    folder = make_split_folder(tmp_path / "d", CLASSES[:2], {"train": 4, "test": 2})
+    shutil.rmtree(folder / "test" / "dog")
+    with pytest.raises(ImgclfError, match="class 'dog' of train/ is missing from test/"):
+        scan_folder(folder)

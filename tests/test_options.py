@@ -13,7 +13,7 @@ from imgclf.study import study_configs
 FIELDS = dataclasses.fields(TrainConfig)
 # a valid value, other than the default, for every option that applies to one kind of model only
 ONE_KIND = {
-    "pretrained": True,
+    "pretrained": False,
     "weights": "v2b0.safetensors",
     "img_size": 64,
     "dropout": 0.3,

@@ -129,7 +129,8 @@ def test_progressive_resizing_ramps_to_full_size():
 def test_mixup_mixes_inputs_and_labels():
     import torch.nn.functional as F
 
-    from imgclf.training.mixup import mix_batch, mixed_cross_entropy
+    from imgclf.training.balance import ClassBalance
+    from imgclf.training.mixup import mix_batch
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 8, 8), torch.arange(16)  # distinct labels name each input
@@ -138,10 +139,10 @@ def test_mixup_mixes_inputs_and_labels():
     assert sorted(partners.tolist()) == list(range(16)) and not torch.equal(partners, y)
     # every mixed input is lam × itself + (1 − lam) × the input its partner label names
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[partners])
-    logits = torch.randn(16, 16)
-    torch.testing.assert_close(mixed_cross_entropy(logits, y, partners, 1.0), F.cross_entropy(logits, y))
+    logits, plain = torch.randn(16, 16), ClassBalance(counts=(1,) * 16)  # the loss of a mixed batch: both labels
+    torch.testing.assert_close(plain.loss(logits, y, 0.0, partners, 1.0), F.cross_entropy(logits, y))
     expected = 0.3 * F.cross_entropy(logits, y) + 0.7 * F.cross_entropy(logits, partners)
-    torch.testing.assert_close(mixed_cross_entropy(logits, y, partners, 0.3), expected)
+    torch.testing.assert_close(plain.loss(logits, y, 0.0, partners, 0.3), expected)
 
 
 def test_cutmix_pastes_a_box_of_the_partner_and_weighs_labels_by_area():
@@ -258,7 +259,8 @@ def test_an_empty_validation_shard_gives_zero_sums():
     loader.set_shard(3, 4, even=False)
     assert len(loader) == 0
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
-    assert evaluate_loader(model, loader, torch.device("cpu"), "fp32") == {"loss": 0.0, "acc": 0.0}
+    zeros = {"loss": 0.0, "acc": 0.0, "balanced_acc": 0.0}
+    assert evaluate_loader(model, loader, torch.device("cpu"), "fp32", 3) == zeros
 
 
 def test_busy_seconds_counts_only_the_cores_this_process_may_use():

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from imgclf.config.checks import MAX_IMAGE_SIDE, flag
-from imgclf.config.files import CONFIG_DIR, build_config, load_config_file
+from imgclf.config.files import CONFIG_DIR, FINETUNE, load_config_file
 from imgclf.config.options import GROUPS, RUNTIME_OPTIONS, TrainConfig, field_types
 from imgclf.core.cli import OneLineErrorParser, describe_os_error
 from imgclf.core.errors import ImgclfError, one_line
 from imgclf.core.io import check_writable_folder
-from imgclf.data.policies import RESIZE_POLICIES
+from imgclf.data.policies import IMBALANCED, RESIZE_POLICIES
 from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAGES, RUNTIMES, Limits
 
 EXPLORE_MAX_PER_CLASS = 64
+DATA_HELP = "cifar10, cifar100, a folder of images or a label file (.csv, .tsv, .jsonl)"
+MOVED_HELP = "runs on a folder or label file: where it is now, if it moved"
 RESUME_HINT = "resume a training run with `imgclf train --resume RUN_DIR` (also under another world size)"
 
 
@@ -54,10 +56,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field, under its group's heading in ``--help``; unset flags stay absent so
     config files can fill them."""
     types, groups = field_types(), {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
+    finetune = load_config_file(FINETUNE)
     for f in dataclasses.fields(TrainConfig):
         name = flag(f.name)
         kind = types[f.name]
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        default = f.metadata["cli_default"]
+        if f.name in finetune and finetune[f.name] != default:
+            default = f"{default}; timm models: {finetune[f.name]}"
+        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
         group = groups[f.metadata["group"]]
         if kind is bool:
             group.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
     evaluate.add_argument("run_dir", help="run directory written by `imgclf train`")
     evaluate.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files (default: the run's)")
-    evaluate.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
+    evaluate.add_argument("--data", help=MOVED_HELP)
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
     add_predict_parser(sub)
@@ -86,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--check-images", type=int, default=PARITY_IMAGES, help=f"test images of the parity check ({PARITY_IMAGES:,})"
     )
-    export.add_argument("--data", help="folder runs: where the run's folder of images is now, if it moved")
+    export.add_argument("--data", help=MOVED_HELP)
     export.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files")
     add_serve_parser(sub)
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
-    explore.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a folder of images")
+    explore.add_argument("--data", default="cifar10", help=DATA_HELP)
+    explore.add_argument("--file-column", help="label file: the column naming the image files")
+    explore.add_argument("--label-column", help="label file: the column naming the classes")
     explore.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
     explore.add_argument(
         "--data-size", type=int, default=0, help="side the sample images are prepared at (0: 64 for a folder)"
@@ -106,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--preset", default="reference", help="bundled preset name or YAML file (default: reference)")
     study.add_argument("--quick", action="store_true", help="the quick preset: a first look in minutes")
     study.add_argument("--output", default="runs/study", help="folder of the study's runs and comparison")
-    study.add_argument("--data", help="cifar10 (default), cifar100 or a folder of images: every run trains on it")
+    study.add_argument("--data", help=f"{DATA_HELP}: every run trains on it (default: cifar10)")
     study.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
     study.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an option of every run"
@@ -191,8 +199,10 @@ def command_serve(args: argparse.Namespace) -> None:
 
 def command_train(args: argparse.Namespace) -> None:
     from imgclf.artifacts.runs import new_run_dir
+    from imgclf.config.build import build_config
     from imgclf.core.device import select_device
     from imgclf.evaluation.evaluate import evaluate_run, load_run_config  # imported now: one code version per run
+    from imgclf.models.backbones import check_weights_available
     from imgclf.report.run_report import render_evaluation
     from imgclf.training import distributed
     from imgclf.training.run import train_run
@@ -208,6 +218,8 @@ def command_train(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, **options).validate()
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, options)
+        if cfg.is_transfer and cfg.pretrained and not cfg.weights:
+            check_weights_available(cfg.model)  # before the data is prepared
     distributed.setup(select_device(cfg.device))
     if not args.resume:
         run_dir = distributed.broadcast(new_run_dir(cfg))  # under torchrun: rank 0's name (its clock) for all
@@ -225,7 +237,8 @@ def print_metrics(metrics: dict, run_dir: Path) -> None:
     """The headline numbers of an evaluation."""
     cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
     print(
-        f"{metrics['model']}: test accuracy {metrics['test_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
+        f"{metrics['model']}: test accuracy {metrics['test_accuracy']:.4f}  "
+        f"balanced {metrics['balanced_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
         f"train accuracy {metrics['train_accuracy']:.4f}  gap {metrics['overfitting_gap']:+.4f}  "
         f"macro F1 {metrics['macro']['f1']:.4f}  ECE {cal['ece']:.4f} → {scaled['ece']:.4f} "
         f"(T={metrics['temperature']:.2f})"
@@ -287,12 +300,21 @@ def command_explore(args: argparse.Namespace) -> None:
     check_explore_args(args)
     from imgclf.report.explore import explore
 
-    stats = explore(args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize)
+    columns = (args.file_column, args.label_column)
+    stats = explore(
+        args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize, columns=columns
+    )
     mean = ", ".join(f"{v:.4f}" for v in stats["mean"])
     std = ", ".join(f"{v:.4f}" for v in stats["std"])
     print(
         f"{stats['dataset']}: {stats['images']:,} images in {len(stats['classes'])} classes; mean ({mean}) std ({std})"
     )
+    if stats["imbalance_ratio"] >= IMBALANCED:
+        sizes = stats["per_class"].values()
+        print(
+            f"imbalanced: {max(sizes):,} images in the largest class, {min(sizes):,} in the smallest "
+            f"({stats['imbalance_ratio']:.0f}:1); `imgclf train` balances it (--balance, default auto)"
+        )
     print(f"figures and stats.json written to {args.output}")
 
 

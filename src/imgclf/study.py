@@ -18,8 +18,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
-from imgclf.config.files import build_config, coerce, config_values, load_config_file
-from imgclf.config.options import RUNTIME_OPTIONS, TrainConfig, applies_to, field_types
+from imgclf.config.build import build_config
+from imgclf.config.files import coerce, config_values, load_config_file
+from imgclf.config.options import AUTO_RESOLVES, RUNTIME_OPTIONS, TrainConfig, applies_to, field_types
 from imgclf.core.device import select_device
 from imgclf.core.errors import ImgclfError, shown, type_name
 from imgclf.core.io import bundled_or_file, parse_yaml, read_yaml_file, write_json
@@ -101,10 +102,15 @@ def study_configs(
     return configs
 
 
-def same_computation(a: TrainConfig, b: TrainConfig) -> bool:
-    """True when two configs train the same run (runtime-only options, and options its model does not take, aside)."""
-    da, db = a.to_dict(), b.to_dict()
-    return all(da[k] == db[k] for k in da if k not in RUNTIME_OPTIONS and applies_to(k, a.model))
+def same_computation(saved: TrainConfig, cfg: TrainConfig) -> bool:
+    """True when a run's ``saved`` config and ``cfg`` train the same run (runtime-only options, and options its model
+    does not take, aside; ``auto`` in ``cfg`` matches what it can resolve to)."""
+    da, db = saved.to_dict(), cfg.to_dict()
+
+    def same(k: str) -> bool:
+        return da[k] == db[k] or (db[k] == "auto" and da[k] in AUTO_RESOLVES.get(k, ()))
+
+    return all(same(k) for k in da if k not in RUNTIME_OPTIONS and applies_to(k, saved.model))
 
 
 def warn_if_data_changed(run: RunDir, cfg: TrainConfig) -> None:
@@ -112,9 +118,10 @@ def warn_if_data_changed(run: RunDir, cfg: TrainConfig) -> None:
     card = run.read_card()
     if card is None or is_builtin(cfg.data):
         return
-    from imgclf.data.folder import folder_fingerprint
+    from imgclf.data.files import files_fingerprint
 
-    if folder_fingerprint(cfg.data, card.data_size, card.resize) != card.data_fingerprint:
+    columns = (cfg.file_column, cfg.label_column)
+    if files_fingerprint(cfg.data, card.data_size, card.resize, columns) != card.data_fingerprint:
         tqdm.write(
             f"imgclf: warning: {cfg.data} has changed since {run.path} was trained on it; the run is kept as it is "
             f"(delete {run.path} to train it again on the folder as it is now)",

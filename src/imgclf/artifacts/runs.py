@@ -200,11 +200,12 @@ class RunDir:
 
     # configuration
     def read_config(self) -> TrainConfig:
-        """The configuration the run was trained with, checked like a config file."""
+        """The configuration the run was trained with, checked like a config file (options its model does not take
+        are left as saved: a run of an earlier version, whose defaults differed, still loads)."""
         path = self.file(CONFIG)
         if not path.is_file():
             raise ImgclfError(f"not a run directory (no {CONFIG}): {self.path}")
-        return TrainConfig(**load_config_file(path)).validate()
+        return TrainConfig(**load_config_file(path)).validate(saved=True)
 
     def write_config(self, cfg: TrainConfig) -> None:
         write_text(self.file(CONFIG), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -336,6 +337,7 @@ def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, side
         workers=cfg.workers,
         progress=cfg.progress,
         lists=lists,
+        columns=(cfg.file_column, cfg.label_column),
     )
 
 

@@ -3,11 +3,12 @@ command-line flags, each value coerced to its option's type, merged over the def
 
 from pathlib import Path
 
-from imgclf.config.options import TrainConfig, field_types, optional_fields
+from imgclf.config.options import field_types, optional_fields
 from imgclf.core.errors import ImgclfError, shown, type_name
-from imgclf.core.io import bundled_names, bundled_or_file, check_writable_folder, read_yaml_file
+from imgclf.core.io import bundled_names, bundled_or_file, read_yaml_file
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # the bundled recipes
+FINETUNE = "finetune"  # the bundled recipe a timm model without one starts from (config/auto.py)
 
 
 def coerce(key: str, value, source: str):
@@ -68,16 +69,3 @@ def config_values(data: dict, source: str, also: tuple[str, ...] = ()) -> dict:
         if name not in known:
             raise ImgclfError(f"unknown config key {shown(key)} in {source} (valid keys: {', '.join([*also, *known])})")
     return {name: coerce(name, data[key], source) for key, name in names.items()}
-
-
-def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
-    """Defaults, overridden by a config file, overridden by command-line flags; validated, with a folder given as
-    ``data`` made absolute (the run is evaluated from anywhere) and the output folder checked to be writable."""
-    from imgclf.data.sources import is_builtin
-
-    cfg = TrainConfig(**{**file_values, **cli_values})
-    if isinstance(cfg.data, str) and cfg.data and not is_builtin(cfg.data):
-        cfg.data = str(Path(cfg.data).expanduser().resolve())
-    cfg.validate()
-    check_writable_folder(cfg.output, "--output")
-    return cfg

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from imgclf.config.checks import check_ranges, check_run_name, check_unfreeze, check_value, flag
 from imgclf.core.errors import ImgclfError, shown
-from imgclf.data.policies import AUGMENTATIONS, RESIZE_POLICIES
+from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES
 
 # the groups of options, in the order `imgclf train --help` shows them
 DATA, OPTIMISATION, REGULARISATION, CALLBACKS = "model and data", "optimisation", "regularisation", "callbacks"
@@ -17,10 +17,21 @@ GROUPS = (DATA, OPTIMISATION, REGULARISATION, CALLBACKS, TRANSFER, EVALUATION, R
 ALL, SCRATCH, TIMM = "all", "scratch", "timm"
 
 
-def option(default, help: str, choices: tuple | None = None, *, group: str, applies: str = ALL, runtime: bool = False):
+def option(
+    default,
+    help: str,
+    choices: tuple | None = None,
+    *,
+    group: str,
+    applies: str = ALL,
+    runtime: bool = False,
+    cli_default=None,
+):
     """A config field with its help text, allowed values, group and the models it applies to; ``runtime`` options
-    change how a run is computed, not what (a finished run stays valid when they differ; --resume may set them)."""
+    change how a run is computed, not what (a finished run stays valid when they differ; --resume may set them);
+    ``cli_default``: what the command line does without the option, where that differs from the field's default."""
     metadata = {"help": help, "choices": choices, "group": group, "applies": applies, "runtime": runtime}
+    metadata["cli_default"] = default if cli_default is None else cli_default
     return field(default=default, metadata=metadata)
 
 
@@ -29,7 +40,11 @@ class TrainConfig:
     """Everything that defines a training run; saved as ``config.yaml`` in the run directory."""
 
     model: str = option(
-        "resnet20", "network to train: an imgclf model or any timm model name (see `imgclf models`)", group=DATA
+        "resnet20",
+        "network to train: an imgclf model or any timm model name (see `imgclf models`); auto: transfer learning from "
+        "the best installed ImageNet backbone at a side suited to the images, with its recipe",
+        group=DATA,
+        cli_default="auto",
     )
     epochs: int = option(
         30, "number of training epochs (transfer learning: of phase 2, fine-tuning)", group=OPTIMISATION
@@ -72,8 +87,8 @@ class TrainConfig:
         False, "torchrun: BatchNorm statistics over the global batch, not each rank's share", group=OPTIMISATION
     )
     pretrained: bool = option(
-        False,
-        "timm models: start from ImageNet weights (installed package, or timm's hub)",
+        True,
+        "timm models: start from ImageNet weights (installed package, or timm's hub; an error where none can be had)",
         group=TRANSFER,
         applies=TIMM,
     )
@@ -163,8 +178,15 @@ class TrainConfig:
     )
     data: str = option(
         "cifar10",
-        "dataset: cifar10, cifar100, or a folder of images (DIR/<class>/… or DIR/train|val|test/<class>/…)",
+        "dataset: cifar10, cifar100, a folder of images (DIR/<class>/… or DIR/train|val|test/<class>/…) or a label "
+        "file (.csv, .tsv, .jsonl: file and label columns, optional split column)",
         group=DATA,
+    )
+    file_column: str | None = option(
+        None, "label file: the column naming the image files (default: file, path, image, …)", group=DATA
+    )
+    label_column: str | None = option(
+        None, "label file: the column naming the classes (default: label, labels, class, …)", group=DATA
     )
     data_size: int = option(
         0,
@@ -175,6 +197,13 @@ class TrainConfig:
         "crop",
         "folder images to squares: shorter side then centre crop, pad the longer side, or stretch",
         RESIZE_POLICIES,
+        group=DATA,
+    )
+    balance: str = option(
+        "auto",
+        "classes of uneven size: logit-adjusted loss, class-weighted loss, class-balanced sampling, or none (auto: "
+        "logit-adjust when the largest class has 3× the images of the smallest, else none)",
+        BALANCE_MODES,
         group=DATA,
     )
     val_fraction: float = option(
@@ -204,7 +233,11 @@ class TrainConfig:
         runtime=True,
     )
     monitor: str = option(
-        "val_acc", "validation metric watched by the callbacks", ("val_acc", "val_loss"), group=CALLBACKS
+        "auto",
+        "validation metric the callbacks watch and the kept model is chosen on (auto: balanced accuracy when the "
+        "training split is imbalanced, else accuracy)",
+        ("auto", "val_acc", "val_balanced_acc", "val_loss"),
+        group=CALLBACKS,
     )
     early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)", group=CALLBACKS)
     reduce_lr_patience: int = option(
@@ -323,3 +356,5 @@ def optional_fields() -> frozenset[str]:
 
 
 RUNTIME_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
+# what "auto" can resolve to, run by run (a run of an earlier version saved the value it used, or has no such key)
+AUTO_RESOLVES = {"monitor": ("val_acc", "val_balanced_acc"), "balance": ("none", "logit-adjust")}

@@ -87,6 +87,19 @@ def decode(data: bytes, side: int, policy: str, max_pixels: int | None = None) -
     return np.array(image, dtype=np.uint8).transpose(2, 0, 1)  # a copy: writable, as torch wants it
 
 
+def image_header(path: str | Path) -> tuple[tuple[int, int], str, str] | None:
+    """(width, height), mode and format read from an image file's header (nothing decoded); None if unreadable.
+    Width and height as displayed: swapped for an EXIF rotation of 90°."""
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn the image a quarter
+                w, h = h, w
+            return (w, h), image.mode, image.format or "?"
+    except Exception:  # unreadable files are counted by the preparation
+        return None
+
+
 def decode_file(path: str | Path, side: int, policy: str, digest: bool = True) -> tuple[np.ndarray | None, str, str]:
     """(image or None, SHA-1 of the bytes ('' unless ``digest``), reason it was skipped or '') for the file at
     ``path``."""

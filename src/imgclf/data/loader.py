@@ -50,6 +50,7 @@ class SeededBatches:
     rank: int = 0
     world_size: int = 1
     even: bool = True  # every rank takes the same number of samples (training: the ranks step together)
+    sample_weights: torch.Tensor | None = None  # a shuffle draws with replacement by these weights (class balance)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling and augmentation randomness of ``epoch``."""
@@ -74,6 +75,15 @@ class SeededBatches:
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """The random generator of the current epoch (the same on every rank: it draws the epoch's order)."""
         return torch.Generator(device).manual_seed(epoch_seed(self.seed, self.epoch))
+
+    def shuffled(self, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The epoch's order of the samples: a permutation, or with ``sample_weights`` as many draws with replacement
+        (a class-balanced epoch of the same length)."""
+        n = len(self.labels)
+        if self.sample_weights is None:
+            return torch.randperm(n, generator=generator, device=device)
+        weights = self.sample_weights.to(generator.device)
+        return torch.multinomial(weights, n, replacement=True, generator=generator).to(device)
 
     def shard(self, order: torch.Tensor) -> torch.Tensor:
         """This rank's part of the epoch's ``order`` (all of it for a single process)."""
@@ -123,7 +133,7 @@ class BatchLoader(SeededBatches):
         where = torch.device("cpu") if isinstance(self.images, MappedImages) else self.device
         generator = self.generator(where)
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator, device=where) if self.shuffle else None
+        order = self.shuffled(generator, where) if self.shuffle else None
         if self.world_size > 1:
             order = self.shard(order if order is not None else torch.arange(n, device=where))
             generator = self.rank_generator(generator)
@@ -175,7 +185,7 @@ class ActivationLoader(SeededBatches):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = self.generator()
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        order = self.shuffled(generator) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=generator) < 0.5 if self.mirrored is not None else None
         order, generator = self.shard(order), self.rank_generator(generator)
         for i in range(len(self)):

@@ -3,3 +3,6 @@ policies. Torch-free: the command line reads them before it imports torch."""
 
 RESIZE_POLICIES = ("crop", "pad", "stretch")  # shorter side then centre crop, pad the longer side, stretch (decode.py)
 AUGMENTATIONS = ("fast", "alternating", "reference", "trivial", "none")  # augment.py implements them
+IMBALANCED = 3.0  # largest class over smallest from which imgclf balances (and selects on balanced accuracy)
+# how training answers classes of very different sizes (data/balance.py, training/balance.py); auto: by the ratio
+BALANCE_MODES = ("auto", "none", "weights", "sampler", "logit-adjust")

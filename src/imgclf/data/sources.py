@@ -1,7 +1,8 @@
-"""Where a run's images come from: CIFAR by name or a folder of images, each loaded into the same :class:`Splits`."""
+"""Where a run's images come from: CIFAR by name, a folder of images or a label file, each loaded into the same
+:class:`Splits`."""
 
 from imgclf.data.cifar import CIFAR_SOURCES, cifar_splits
-from imgclf.data.folder import folder_splits
+from imgclf.data.files import file_splits
 from imgclf.data.images import Splits
 
 
@@ -26,12 +27,14 @@ def load_splits(
     workers: int = 0,
     progress: bool = True,
     lists: dict[str, list[str]] | None = None,
+    columns: tuple[str | None, str | None] = (None, None),
 ) -> Splits:
-    """The splits of ``source`` (``cifar10``, ``cifar100`` or a folder), split as a run with these options splits it;
-    ``lists`` (a run's saved file lists) fixes a folder's split exactly."""
+    """The splits of ``source`` (``cifar10``, ``cifar100``, a folder or a label file), split as a run with these
+    options splits it; ``lists`` (a run's saved file lists) fixes the split exactly; ``columns``: a label file's file
+    and label columns (None: found by name)."""
     if is_builtin(source):
         return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side)
-    return folder_splits(
+    return file_splits(
         source,
         seed=seed,
         val_fraction=val_fraction,
@@ -44,4 +47,5 @@ def load_splits(
         workers=workers,
         progress=progress,
         lists=lists,
+        columns=columns,
     )

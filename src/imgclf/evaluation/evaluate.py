@@ -18,6 +18,7 @@ from imgclf.artifacts.runs import BEST_WEIGHTS, ModelCard, RunDir, check_card, m
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import describe_device, resolve_precision, select_device
 from imgclf.core.errors import ImgclfError
+from imgclf.data.balance import class_counts, imbalance_ratio
 from imgclf.data.images import ImageSet, Splits
 from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
@@ -93,6 +94,7 @@ def held_out_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str],
     validation), and reliability bins, of test ``logits`` (N, C) against ``labels`` (N,)."""
     report = classification_metrics(logits, labels, classes)
     return {
+        "balanced_accuracy": report["balanced_accuracy"],
         "macro": report["macro"],
         "weighted": report["weighted"],
         "per_class": report["per_class"],
@@ -103,6 +105,19 @@ def held_out_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str],
         "calibration_temperature_scaled": calibration_metrics(logits / temperature, labels),
         "reliability": {k: v.tolist() for k, v in reliability_bins(softmax(logits), labels).items()},
     }
+
+
+def balance_facts(train_labels: np.ndarray, val_labels: np.ndarray | None, per_class: dict) -> dict:
+    """The training split's class sizes (added to ``per_class`` as ``train_images``) and imbalance ratio, and what
+    the temperature was fitted on: the validation split, as imbalanced as training (stratified from it)."""
+    counts = class_counts(torch.from_numpy(train_labels), len(per_class))
+    for name, count in zip(per_class, counts.tolist(), strict=True):
+        per_class[name]["train_images"] = count
+    fitted = {"split": "validation", "images": 0 if val_labels is None else len(val_labels)}
+    if val_labels is not None and len(val_labels):
+        val_counts = class_counts(torch.from_numpy(val_labels), len(per_class))
+        fitted["imbalance_ratio"] = round(imbalance_ratio(val_counts), 2)
+    return {"imbalance_ratio": round(imbalance_ratio(counts), 2), "temperature_fitted_on": fitted}
 
 
 def evaluate_locked(
@@ -152,6 +167,7 @@ def evaluate_locked(
         metrics.update(val_accuracy=val_accuracy, val_loss=mean_loss(val_logits, val_labels))
         metrics["overfitting_gap_val"] = train_accuracy - val_accuracy
     metrics.update(held_out_metrics(test_logits, test_labels, splits.classes, card.temperature))
+    metrics.update(balance_facts(train_labels, val_labels, metrics["per_class"]))
     if tta:
         tta_logits = logits(test, "test", flip_tta=True)
         metrics["tta"] = {

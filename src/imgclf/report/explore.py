@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from imgclf.core.io import write_json
+from imgclf.data.balance import imbalance_ratio
 from imgclf.data.images import ImageSet, MappedImages, channel_stats
 from imgclf.data.sources import is_builtin
 
@@ -15,12 +16,21 @@ GALLERY_CLASSES = 20  # the sample grid shows the first classes only; stats.json
 RAW_SAMPLE = 5000  # raw-file headers read for the size and mode statistics of a large folder
 
 
-def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, workers: int, progress: bool):
-    """Every readable image of a folder (all splits), its display name and the facts of its raw files."""
-    from imgclf.data.folder import scan_folder
+def folder_images(
+    data: str,
+    side: int,
+    resize: str,
+    prepare_dir: str | None,
+    workers: int,
+    progress: bool,
+    columns: tuple[str | None, str | None] = (None, None),
+):
+    """Every readable image of a folder or label file (all splits), its display name and the facts of its raw
+    files."""
+    from imgclf.data.files import scan_source
     from imgclf.data.prepare import prepare
 
-    scan = scan_folder(data)
+    scan = scan_source(data, *columns)
     files, labels = scan.all_files, scan.all_labels
     prepared = prepare(scan.root, files, side, resize, prepare_dir, workers, progress)
     rows = np.array([i for i, reason in enumerate(prepared.reasons) if not reason], dtype=np.int64)
@@ -31,26 +41,24 @@ def folder_images(data: str, side: int, resize: str, prepare_dir: str | None, wo
     )
     raw = raw_file_stats(scan.root, files, seed=0)
     raw.update(layout=scan.layout, files=len(files), ignored_files=scan.ignored)
-    raw["skipped"] = [{"file": f, "reason": r} for f, r in zip(files, prepared.reasons, strict=True) if r]
-    return images, scan.root.name, raw
+    raw.update(scan.notes)
+    raw["skipped"] = scan.skipped + [
+        {"file": f, "reason": r} for f, r in zip(files, prepared.reasons, strict=True) if r
+    ]
+    return images, scan.name, raw
 
 
 def raw_file_stats(root: Path, files: list[str], seed: int = 0) -> dict:
     """Width, height, mode and format of the raw files (headers only; a sample of a large folder)."""
-    from PIL import Image
-
-    from imgclf.data.folder import sample
+    from imgclf.data.decode import image_header
+    from imgclf.data.files import sample
 
     picked = sample(files, RAW_SAMPLE, seed)
     sizes, modes, formats = [], Counter(), Counter()
-    for name in picked:
-        try:
-            with Image.open(root / name) as image:
-                sizes.append(image.size)
-                modes[image.mode] += 1
-                formats[image.format or "?"] += 1
-        except Exception:  # unreadable files are counted by the preparation
-            continue
+    for header in filter(None, (image_header(root / name) for name in picked)):
+        sizes.append(header[0])
+        modes[header[1]] += 1
+        formats[header[2]] += 1
     widths = np.array([w for w, _ in sizes] or [0])
     heights = np.array([h for _, h in sizes] or [0])
     return {
@@ -74,6 +82,7 @@ def explore(
     prepare_dir: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    columns: tuple[str | None, str | None] = (None, None),
 ) -> dict:
     """Write samples.png, class_distribution.png (and image_sizes.png for a folder) and stats.json into ``output``."""
     from imgclf.report import plots
@@ -85,7 +94,7 @@ def explore(
 
         images, name = load_cifar("train", data_dir, source=data), CIFAR_SOURCES[data][1]
     else:
-        images, name, raw = folder_images(data, side or 64, resize, prepare_dir, workers, progress)
+        images, name, raw = folder_images(data, side or 64, resize, prepare_dir, workers, progress, columns)
     classes = images.classes
     labels = images.labels.numpy()
     counts = np.bincount(labels, minlength=len(classes)).tolist()
@@ -101,6 +110,7 @@ def explore(
     mean, std = channel_stats(images.images)
     per = dict(zip(classes, counts, strict=True))
     stats = {"dataset": name, "images": len(images), "classes": classes, "per_class": per}
+    stats["imbalance_ratio"] = round(imbalance_ratio(torch.tensor(counts)), 2)
     stats.update(mean=list(mean), std=list(std))
     if raw is not None:
         plots.plot_sizes(raw.pop("sizes"), output / "image_sizes.png", title=f"{name}: raw image sizes")

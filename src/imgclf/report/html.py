@@ -9,6 +9,7 @@ import yaml
 
 from imgclf.artifacts.runs import CONFIG, REPORT
 from imgclf.core.io import atomic_write
+from imgclf.data.policies import IMBALANCED
 from imgclf.report.reference import dataset_name
 
 SORT_ABOVE = 20  # classes: above this, the per-class table lists the worst classes first
@@ -94,6 +95,20 @@ def write_page(path: Path, title: str, subtitle: str, body: list[str]) -> Path:
     return path
 
 
+def size(scores: dict) -> str:
+    """A class's training images, as a table cell (empty for runs evaluated before they were recorded)."""
+    return f"{scores['train_images']:,}" if "train_images" in scores else ""
+
+
+def fitted_on(metrics: dict) -> str:
+    """What the temperature was fitted on, in words: the validation split, its size and imbalance."""
+    fitted = metrics.get("temperature_fitted_on")
+    if not fitted:
+        return "fitted on the validation split"
+    ratio = f", imbalance {fitted['imbalance_ratio']:.0f}:1" if fitted.get("imbalance_ratio", 1) >= IMBALANCED else ""
+    return f"fitted on the validation split: {fitted['images']:,} images{ratio}; measured on the test split"
+
+
 def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     """``report.html`` of one evaluated run."""
     cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
@@ -110,18 +125,24 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     if "tta" in metrics:
         views = metrics["tta"].get("views", "flip")
         headline.insert(1, (f"test accuracy, TTA ({views})", f"{metrics['tta']['test_accuracy']:.2%}"))
+    imbalanced = metrics.get("imbalance_ratio", 1.0) >= IMBALANCED
+    if imbalanced:
+        headline.insert(1, ("balanced accuracy", f"{metrics['balanced_accuracy']:.2%}"))
     class_scores = list(metrics["per_class"].items())
     heading = "Per-class precision, recall and F1"
-    if len(class_scores) > SORT_ABOVE:
+    if imbalanced:  # the long tail at the bottom, beside its class sizes
+        class_scores.sort(key=lambda item: -item[1].get("train_images", 0))
+        heading += f" by training images, largest class first (imbalance {metrics['imbalance_ratio']:.0f}:1)"
+    elif len(class_scores) > SORT_ABOVE:
         class_scores.sort(key=lambda item: item[1]["accuracy"])
         heading += f" ({len(class_scores)} classes, worst accuracy first)"
     per_class = [
-        [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['accuracy']:.2%}", v["support"]]
+        [name, *(f"{v[k]:.3f}" for k in ("precision", "recall", "f1")), f"{v['accuracy']:.2%}", v["support"], size(v)]
         for name, v in class_scores
     ]
     for average in ("macro", "weighted"):
         m = metrics[average]
-        per_class.append([f"{average} avg", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", "", ""])
+        per_class.append([f"{average} avg", *(f"{m[k]:.3f}" for k in ("precision", "recall", "f1")), "", "", ""])
     calibration = [
         [label, f"{c['ece']:.4f}", f"{c['mce']:.4f}", f"{c['nll']:.4f}", f"{c['brier']:.4f}"]
         for label, c in (("before", cal), (f"temperature {metrics['temperature']:.3f}", scaled))
@@ -129,15 +150,16 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     confused = [[p["true"], p["predicted"], p["count"]] for p in metrics["most_confused"]]
     captions = {
         "confusion_matrix": "Confusion matrix (test split)",
-        "reliability": "Reliability diagram, before and after temperature scaling (fitted on the validation split)",
+        "reliability": f"Reliability diagram, before and after temperature scaling ({fitted_on(metrics)})",
         "training_curves": "Training curves",
         "misclassified": "The most confidently misclassified test images (true → predicted, confidence)",
     }
     body = [
         cards(headline),
         f"<h2>{html.escape(heading)}</h2>",
-        table(["class", "precision", "recall", "F1", "accuracy", "support"], per_class),
+        table(["class", "precision", "recall", "F1", "accuracy", "test images", "train images"], per_class),
         "<h2>Calibration</h2>",
+        f"<p>Temperature {fitted_on(metrics)}.</p>",
         table(["", "ECE (15 bins)", "MCE", "NLL", "Brier"], calibration),
         "<h2>Most confused pairs</h2>",
         table(["true", "predicted", "count"], confused),

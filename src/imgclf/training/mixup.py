@@ -8,7 +8,6 @@ Randomness comes from the global generator on the CPU, which the trainer seeds p
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def mix_batch(
@@ -33,11 +32,3 @@ def mix_batch(
     mixed = inputs.clone()
     mixed[..., y0:y1, x0:x1] = inputs[perm][..., y0:y1, x0:x1]
     return mixed, labels[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
-
-
-def mixed_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, partners: torch.Tensor, lam: float, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """The cross-entropy of a mixed batch: ``lam`` parts its own labels, ``1 - lam`` its partners'."""
-    own = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-    return lam * own + (1 - lam) * F.cross_entropy(logits, partners, label_smoothing=label_smoothing)

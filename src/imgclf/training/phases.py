@@ -12,6 +12,7 @@ from torch import nn
 from imgclf.config.options import TrainConfig
 from imgclf.models.backbones import backbone_units
 from imgclf.models.transfer import TransferModel
+from imgclf.training.balance import PLAIN, ClassBalance
 from imgclf.training.optim import layer_lr_scales
 
 
@@ -29,6 +30,7 @@ class Phase:
     freeze_batchnorm: bool = False  # BatchNorm layers stay in inference mode
     trainable: tuple[nn.Module, ...] = ()  # the modules that train (empty: the whole model)
     lr_scales: Mapping[int, float] = field(default_factory=dict)  # parameter id → scale of its learning rate
+    balance: ClassBalance = PLAIN  # the loss (or draw) for the training split's class sizes, metric watched
 
     def image_side(self, epoch: int) -> int:
         """Training image side of ``epoch`` (0-based): a linear ramp from ``progressive_size`` to ``image_size``
@@ -47,7 +49,7 @@ def progressive_image_size(epoch: int, epochs: int, start: int, fraction: float,
     return int(start + (full - start) * epoch / ramp) // 4 * 4
 
 
-def scratch_phase(cfg: TrainConfig, run_dir: Path, image_size: int) -> Phase:
+def scratch_phase(cfg: TrainConfig, run_dir: Path, image_size: int, balance: ClassBalance = PLAIN) -> Phase:
     """The one phase of a network trained from scratch on ``image_size``-px images."""
     return Phase(
         label=cfg.model,
@@ -57,10 +59,13 @@ def scratch_phase(cfg: TrainConfig, run_dir: Path, image_size: int) -> Phase:
         image_size=image_size,
         progressive_size=cfg.progressive_size,
         progressive_fraction=cfg.progressive_fraction,
+        balance=balance,
     )
 
 
-def transfer_phases(cfg: TrainConfig, run_dir: Path, tm: TransferModel, cached: bool) -> tuple[Phase, Phase]:
+def transfer_phases(
+    cfg: TrainConfig, run_dir: Path, tm: TransferModel, cached: bool, balance: ClassBalance = PLAIN
+) -> tuple[Phase, Phase]:
     """Phase 1 trains the new head (``head_epochs`` at ``head_lr``) on the frozen backbone; phase 2 fine-tunes the
     unfrozen layers and the head (``epochs`` at ``lr``, earlier layers scaled by ``layer_decay``). BatchNorm stays in
     inference mode in both; ``cached`` phases train on stored activations, so their images never resize."""
@@ -71,6 +76,7 @@ def transfer_phases(cfg: TrainConfig, run_dir: Path, tm: TransferModel, cached: 
         layers = [*tm.tail.units] if tm.tail is not None else backbone_units(tm.network)
         scales = layer_lr_scales([*layers, head], cfg.layer_decay)
     common = dict(image_size=tm.image_size, freeze_batchnorm=True, progressive_fraction=cfg.progressive_fraction)
+    common["balance"] = balance
     common["progressive_size"] = 0 if cached else cfg.progressive_size
     run_dir = Path(run_dir)
     head_phase = Phase(

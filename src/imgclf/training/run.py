@@ -14,7 +14,9 @@ from imgclf.artifacts.runs import RunDir, check_card, model_card, run_splits
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import select_device
 from imgclf.data.images import Splits
+from imgclf.data.scan import warn
 from imgclf.training import distributed
+from imgclf.training.balance import class_balance
 from imgclf.training.build import image_loaders, scratch_model
 from imgclf.training.phases import scratch_phase
 from imgclf.training.trainer import Trainer
@@ -27,7 +29,8 @@ def scratch_trainer(cfg: TrainConfig, run_dir: Path, splits: Splits) -> Trainer:
     torch.manual_seed(cfg.seed)
     loaders = image_loaders(cfg, splits.train, splits.val, splits.mean, splits.std, device)
     model = scratch_model(cfg, splits, device)
-    return Trainer(cfg, scratch_phase(cfg, run_dir, splits.side), model, loaders)
+    balance = class_balance(cfg, splits.train.labels, len(splits.classes))
+    return Trainer(cfg, scratch_phase(cfg, run_dir, splits.side, balance), model, loaders)
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
@@ -45,6 +48,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     else:
         trainer = scratch_trainer(cfg, run.path, splits)
         card = model_card(cfg, splits, splits.side, splits.mean, splits.std)
+    if main and (note := trainer.balance.note()):
+        warn(note)
     if not main:  # rank 0 alone writes the run
         return trainer.fit(resume=resume)
     with run.lock():  # one process at a time writes a run

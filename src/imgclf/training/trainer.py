@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,7 +30,7 @@ from imgclf.training.callbacks import BestCheckpoint, Callback, EarlyStopping, E
 from imgclf.training.checkpoint import checkpoint_files, load_state, save_checkpoint
 from imgclf.training.ema import Lookahead, WeightEMA
 from imgclf.training.history import History
-from imgclf.training.mixup import mix_batch, mixed_cross_entropy
+from imgclf.training.mixup import mix_batch
 from imgclf.training.optim import build_optimizer
 from imgclf.training.phases import Phase
 from imgclf.training.schedule import lr_multiplier
@@ -64,6 +63,9 @@ class Trainer:
         self.cpu_share = CpuShare(cfg.threads) if self.device.type == "cpu" else None
         torch.manual_seed(cfg.seed)
         self.train_loader, self.val_loader = loaders
+        self.balance = phase.balance
+        self.train_loader.sample_weights = phase.balance.sample_weights(self.train_loader.labels)  # sampler: a draw
+        self.monitor = self.balance.monitor if cfg.monitor == "auto" else cfg.monitor
         if distributed.world_size() > 1:
             self.train_loader.set_shard(distributed.rank(), distributed.world_size())
             if self.val_loader is not None:  # each rank validates its share of the split
@@ -112,7 +114,7 @@ class Trainer:
     def build_callbacks(self) -> dict[str, Callback]:
         """The callbacks, by the name their state has in a checkpoint, in the order they are called."""
         cfg = self.cfg
-        monitor = dict(monitor=cfg.monitor, mode="max" if cfg.monitor == "val_acc" else "min")
+        monitor = dict(monitor=self.monitor, mode="min" if self.monitor == "val_loss" else "max")
         callbacks: dict[str, Callback] = {}
         if self.val_loader is not None:
             callbacks["early_stopping"] = EarlyStopping(patience=cfg.early_stopping, **monitor)
@@ -165,9 +167,9 @@ class Trainer:
         with autocast(self.device, self.precision):
             logits = self.train_forward(images)
         if mixing:
-            loss = mixed_cross_entropy(logits.float(), labels, partners, lam, cfg.label_smoothing)
+            loss = self.balance.loss(logits.float(), labels, cfg.label_smoothing, partners, lam)
         else:
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            loss = self.balance.loss(logits.float(), labels, cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for p in frozen:  # done training: no gradient, so the optimizer leaves it (and its momentum) alone
@@ -299,8 +301,9 @@ class Trainer:
         if self.cpu_share is not None:
             metrics["cpu_threads"] = self.cpu_share.threads_used()
         if self.val_loader is not None:  # reduced across the ranks: every decision the same everywhere
-            val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision)
-            metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+            classes = len(self.balance.counts)
+            val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision, classes)
+            metrics.update(val_loss=val["loss"], val_acc=val["acc"], val_balanced_acc=val["balanced_acc"])
         metrics["epoch_seconds"] = time.perf_counter() - start
         self.train_seconds += metrics["epoch_seconds"]
         return metrics
@@ -335,7 +338,7 @@ class Trainer:
                 if due:
                     self.save_checkpoint()
                     next_checkpoint = self.train_seconds + cfg.checkpoint_every
-                distributed.say(epoch_line(metrics, phase.epochs))
+                distributed.say(epoch_line(metrics, phase.epochs, self.monitor == "val_balanced_acc"))
         finally:
             bar.close()
             if history is not None:
@@ -360,7 +363,8 @@ class Trainer:
             "epochs_run": self.epoch,
             "stopped_early": self.stop,
             "best_epoch": best.best_epoch,
-            f"best_{self.cfg.monitor}": best.best if self.val_loader is not None else None,
+            f"best_{self.monitor}": best.best if self.val_loader is not None else None,
+            "balance": {**self.balance.record(), "monitor": self.monitor},
             "num_train": self.num_train,
             "num_val": self.num_val,
             "train_seconds": self.train_seconds,
@@ -375,9 +379,11 @@ class Trainer:
         return summary
 
 
-def epoch_line(metrics: dict, epochs: int) -> str:
-    """The log line of one epoch."""
+def epoch_line(metrics: dict, epochs: int, balanced: bool = False) -> str:
+    """The log line of one epoch (``balanced``: with validation's balanced accuracy)."""
     val = f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}" if "val_acc" in metrics else ""
+    if val and balanced:
+        val += f" balanced {metrics['val_balanced_acc']:.4f}"
     return (
         f"epoch {metrics['epoch']:3d}/{epochs}  train loss {metrics['train_loss']:.4f} "
         f"acc {metrics['train_acc']:.4f}{val}  lr {metrics['lr']:.4g}  {metrics['epoch_seconds']:.1f}s"

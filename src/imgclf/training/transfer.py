@@ -30,6 +30,7 @@ from imgclf.models.backbones import FeatureTail
 from imgclf.models.layers import use_fast_depthwise
 from imgclf.models.transfer import activation_cache, architecture, build_network, uses_cache
 from imgclf.training import distributed
+from imgclf.training.balance import class_balance
 from imgclf.training.build import image_loaders
 from imgclf.training.history import History, read_history
 from imgclf.training.phases import transfer_phases
@@ -88,7 +89,8 @@ class TransferTrainer:
         if cfg.channels_last:
             self.tm.network.to(memory_format=torch.channels_last)
         self.use_cache = uses_cache(cfg, self.tm)
-        self.phases = transfer_phases(cfg, self.run_dir, self.tm, cached=self.use_cache)
+        self.balance = class_balance(cfg, self.train.labels, len(self.classes))
+        self.phases = transfer_phases(cfg, self.run_dir, self.tm, cached=self.use_cache, balance=self.balance)
         self.cache_record: dict | None = None  # how the activation cache computed (None: read or built elsewhere)
         self.fast_depthwise = 0  # depthwise convolutions of phase 2 whose backward runs in fp32
 

@@ -27,13 +27,25 @@ def predict(
     return torch.cat(outputs), torch.cat(labels)
 
 
-def evaluate_loader(model: nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> dict:
-    """Mean cross-entropy loss and accuracy of ``model`` over ``loader`` (under torchrun: each rank's shard of it,
-    the sums reduced across the ranks, so every rank gets the whole split's figures)."""
+def evaluate_loader(
+    model: nn.Module, loader: BatchLoader, device: torch.device, precision: str, num_classes: int = 0
+) -> dict:
+    """Mean cross-entropy loss, accuracy and balanced accuracy (mean recall over the classes present) of ``model``
+    over ``loader`` (under torchrun: each rank's shard of it, the sums reduced across the ranks, so every rank gets
+    the whole split's figures; ``num_classes``: the model's output count, needed where a shard may be empty)."""
     logits, labels = predict(model, loader, device, precision)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count: zero for an empty shard
+    k = num_classes if num_classes else (logits.shape[1] if logits.numel() else 0)
+    # loss, correct, count, then correct and count per class: zero for an empty shard
+    sums = torch.zeros(3 + 2 * k, dtype=torch.float64, device=device)
     if len(labels):
         loss = F.cross_entropy(logits, labels, reduction="sum")
-        sums = torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(), sums.new_tensor(len(labels))])
-    loss, correct, n = distributed.all_reduce_sum(sums).tolist()
-    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1)}
+        hits = logits.argmax(1) == labels
+        sums[:3] = torch.stack([loss.double(), hits.sum().double(), sums.new_tensor(len(labels))])
+        sums[3 : 3 + k] = torch.bincount(labels[hits], minlength=k).double()
+        sums[3 + k :] = torch.bincount(labels, minlength=k).double()
+    sums = distributed.all_reduce_sum(sums)
+    loss, correct, n = sums[:3].tolist()
+    hits, counts = sums[3 : 3 + k], sums[3 + k :]
+    present = counts > 0
+    balanced = (hits[present] / counts[present]).mean().item() if present.any() else 0.0
+    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "balanced_acc": balanced}

@@ -1,0 +1,206 @@
+"""A dataset of image files — a folder or a label file — as :class:`Splits`: scan, prepare (``data/prepare.py``),
+split; the same steps and checks whichever the scan came from."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.core.errors import ImgclfError
+from imgclf.data.folder import scan_folder
+from imgclf.data.images import ImageSet, MappedImages, Splits, channel_stats, stratified_split, val_subset_size
+from imgclf.data.labelfile import is_label_file, scan_label_file
+from imgclf.data.prepare import preparation_key, prepare
+from imgclf.data.scan import Scan, warn
+
+TEST_SPLIT_SEED = 0
+STATS_SAMPLE = 10_000  # training images the normalisation's mean and std are measured on
+
+
+def cross_split_duplicates(digests: dict[str, list[str]], files: dict[str, list[str]]) -> list[dict]:
+    """Identical files (by content hash) found in two or more splits: a leak that inflates test accuracy."""
+    where: dict[str, dict[str, list[str]]] = {}
+    for split, hashes in digests.items():
+        for digest, name in zip(hashes, files[split], strict=True):
+            where.setdefault(digest, {}).setdefault(split, []).append(name)
+    return [{"sha1": d, "files": s} for d, s in where.items() if len(s) > 1]
+
+
+def check_readable(scan: Scan, readable: dict[str, list[str]], label_of: dict[str, int], skipped: list[dict]) -> None:
+    """One warning line summing up the files skipped; a one-line error when no image is readable, or a class has too
+    few readable images in a split (2 where validation is held out of it, else 1)."""
+    if not any(readable.values()):
+        raise ImgclfError(f"no readable image in {scan.source or scan.root} ({len(skipped)} files could not be read)")
+    if skipped:
+        reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
+        summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        total = len(scan.all_files) + len(scan.skipped)
+        where = scan.source or scan.root
+        warn(f"skipped {len(skipped)} of {total} files in {where} ({summary}); listed in skipped.json")
+    for split, names in readable.items():
+        counts = Counter(label_of[f] for f in names)
+        needed = 2 if split in ("all", "train") else 1
+        for label, name in enumerate(scan.classes):
+            if counts[label] < needed:
+                raise ImgclfError(
+                    f"class '{name}' has {counts[label]} readable images in {scan.where(split, name)} "
+                    f"(at least {needed} needed)"
+                )
+
+
+def warn_of_duplicates(digests: dict[str, list[str]], lists: dict[str, list[str]]) -> list[dict]:
+    """The identical files in more than one split (by content), with one warning line when there are any."""
+    duplicates = cross_split_duplicates(digests, lists)
+    if duplicates:
+        first = duplicates[0]["files"]
+        example = " and ".join(f"{names[0]} ({split})" for split, names in list(first.items())[:2])
+        warn(
+            f"{len(duplicates)} identical files appear in more than one split (e.g. {example}): they inflate "
+            "test accuracy; the run lists them in data.json"
+        )
+    return duplicates
+
+
+def scan_source(source: str, file_column: str | None = None, label_column: str | None = None) -> Scan:
+    """The scan of ``source``: a label file (.csv, .tsv, .jsonl) or a folder of images."""
+    if is_label_file(source):
+        return scan_label_file(source, file_column, label_column)
+    return scan_folder(source)
+
+
+def typical_side(source: str, columns: tuple[str | None, str | None] = (None, None), n: int = 200) -> int:
+    """The median shorter side, in pixels, of ``n`` of the dataset's image files drawn at random (headers only)."""
+    from imgclf.data.decode import image_header
+
+    scan = scan_source(source, *columns)
+    headers = filter(None, (image_header(scan.root / f) for f in sample(scan.all_files, n, seed=0)))
+    sides = [min(size) for size, _, _ in headers]
+    if not sides:
+        raise ImgclfError(f"no readable image among {n} files drawn from {scan.source or scan.root}")
+    return int(np.median(sides))
+
+
+def check_lists(lists: dict[str, list[str]], row_of: dict[str, int], reasons: list[str], scan: Scan) -> None:
+    """A one-line error when a run's saved file lists name a file the dataset no longer has readable."""
+    for split, names in lists.items():
+        for name in names:
+            if name not in row_of or reasons[row_of[name]]:
+                where = scan.source or scan.root
+                raise ImgclfError(f"file {name} of the run's {split} split is missing or unreadable in {where}")
+
+
+def file_splits(
+    source: str,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    train_subset: int,
+    test_subset: int,
+    side: int,
+    resize: str,
+    prepare_dir: str | None,
+    workers: int,
+    progress: bool,
+    lists: dict[str, list[str]] | None,
+    columns: tuple[str | None, str | None] = (None, None),
+) -> Splits:
+    """The splits of the image folder or label file ``source`` (``lists``: a run's saved file lists, used exactly;
+    ``columns``: a label file's file and label columns, None to find them)."""
+    scan = scan_source(source, *columns)
+    order = scan.all_files
+    label_of = dict(zip(order, scan.all_labels, strict=True))
+    prepared = prepare(scan.root, order, side, resize, prepare_dir, workers, progress)
+    row_of = {f: i for i, f in enumerate(order)}
+    skipped = scan.skipped + [{"file": f, "reason": r} for f, r in zip(order, prepared.reasons, strict=True) if r]
+    readable = {s: [f for f in scan.files[s] if not prepared.reasons[row_of[f]]] for s in scan.files}
+    check_readable(scan, readable, label_of, skipped)
+    if lists is None:
+        lists = split_lists(readable, label_of, seed, val_fraction, test_fraction, train_subset, test_subset)
+    check_lists(lists, row_of, prepared.reasons, scan)
+
+    def image_set(split: str) -> ImageSet:
+        names = lists[split]
+        rows = np.array([row_of[f] for f in names], dtype=np.int64)
+        labels = torch.tensor([label_of[f] for f in names], dtype=torch.long)
+        return ImageSet(MappedImages(prepared.array, rows, prepared.key), labels, scan.classes)
+
+    train = image_set("train")
+    mean, std = channel_stats(train.images.take(sample_rows(len(train), STATS_SAMPLE)))
+    duplicates = warn_of_duplicates({s: [prepared.digests[row_of[f]] for f in lists[s]] for s in lists}, lists)
+    info = {
+        "source": str(scan.source or scan.root),
+        "layout": scan.layout,
+        "files": len(order) + len(scan.skipped),
+        "ignored_files": scan.ignored,
+        "skipped_files": len(skipped),
+        **scan.notes,
+        **{split: len(names) for split, names in lists.items()},
+        "prepared": prepared.key,
+        "duplicates_across_splits": duplicates,
+        "skipped": skipped,
+    }
+    return Splits(
+        name=scan.name,
+        train=train,
+        val=image_set("val"),
+        classes=scan.classes,
+        mean=mean,
+        std=std,
+        side=side,
+        fingerprint=prepared.key,
+        load_test=lambda: image_set("test"),
+        info=info,
+        lists=lists,
+    )
+
+
+def files_fingerprint(
+    source: str | Path, side: int, policy: str, columns: tuple[str | None, str | None] = (None, None)
+) -> str:
+    """The fingerprint (preparation key) the folder or label file ``source`` has now at ``side`` and ``policy``,
+    without decoding."""
+    scan = scan_source(str(source), *columns)
+    return preparation_key(scan.root, scan.all_files, side, policy)
+
+
+def sample_rows(count: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` of the indices ``0…count-1`` drawn at random (seeded), sorted; all of them when ``n`` is 0 or more."""
+    if not n or n >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).permutation(count)[:n])
+
+
+def sample(names: list[str], n: int, seed: int) -> list[str]:
+    """``n`` of ``names`` drawn at random (seeded), in their original order; all of them when ``n`` is 0."""
+    return [names[i] for i in sample_rows(len(names), n, seed)]
+
+
+def split_lists(
+    readable: dict[str, list[str]],
+    label_of: dict[str, int],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    train_subset: int,
+    test_subset: int,
+) -> dict[str, list[str]]:
+    """File lists of train, validation and test: folders given are used as they are, the rest is split by class —
+    the test files first, with a fixed seed (like CIFAR's, the test set is the same whatever ``seed`` a run has, so
+    runs of several seeds are compared on the same images), then the validation files, seeded by ``seed``.
+    ``*_subset`` draws that many files at random (seeded)."""
+    pool = readable.get("all") or readable["train"]
+    if "test" in readable:
+        test = readable["test"]
+    else:
+        keep, held = stratified_split([label_of[f] for f in pool], test_fraction, TEST_SPLIT_SEED)
+        test, pool = [pool[i] for i in held], [pool[i] for i in keep]
+    if "val" in readable:
+        train, val = pool, readable["val"]
+    else:
+        keep, held = stratified_split([label_of[f] for f in pool], val_fraction, seed)
+        train, val = [pool[i] for i in keep], [pool[i] for i in held]
+    if train_subset:
+        train, val = sample(train, train_subset, seed), sample(val, val_subset_size(train_subset), seed)
+    return {"train": train, "val": val, "test": sample(test, test_subset, seed)}

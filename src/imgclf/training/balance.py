@@ -1,0 +1,91 @@
+"""Training on classes of very different sizes: the loss (or the draw) of each balance mode, and what is watched.
+
+- ``logit-adjust``: cross-entropy on ``logits + log(prior)`` (Menon et al. 2021; Balanced Softmax, Ren et al. 2020):
+  the network's own logits then score every class as if the classes were equally frequent, with no change at
+  prediction time.
+- ``weights``: cross-entropy weighted ``N / (C · n_c)`` per class.
+- ``sampler``: images drawn with replacement, each class equally often (same epoch length).
+- ``none``: plain cross-entropy on the split as it is.
+
+When the split is imbalanced (``data/balance.py``: ratio ≥ 3) the callbacks watch balanced accuracy on validation,
+not accuracy: the model kept and the epoch stopped at are the ones that do best on every class alike.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from imgclf.config.options import TrainConfig
+from imgclf.data.balance import IMBALANCED, chosen_balance, class_counts, class_weights, imbalance_ratio, log_prior
+from imgclf.data.balance import sample_weights as draw_weights
+
+
+@dataclass(frozen=True)
+class ClassBalance:
+    """How a phase answers its training split's class sizes."""
+
+    mode: str = "none"
+    counts: tuple[int, ...] = ()
+    ratio: float = 1.0
+    monitor: str = "val_acc"  # the validation metric the callbacks watch (``--monitor auto``)
+
+    @property
+    def imbalanced(self) -> bool:
+        return self.ratio >= IMBALANCED
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        smoothing: float,
+        partners: torch.Tensor | None = None,
+        lam: float = 1.0,
+    ) -> torch.Tensor:
+        """The training loss of float32 ``logits``; with ``partners``, of a mixed batch (``lam`` its own labels)."""
+        counts = torch.tensor(self.counts, device=logits.device)
+        weight = class_weights(counts).to(logits.device) if self.mode == "weights" else None
+        if self.mode == "logit-adjust":
+            logits = logits + log_prior(counts).to(logits.device)
+        loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+        if partners is None:
+            return loss
+        return lam * loss + (1 - lam) * F.cross_entropy(logits, partners, weight=weight, label_smoothing=smoothing)
+
+    def sample_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The drawing weights of the training images under ``sampler``, else None (a shuffle)."""
+        return draw_weights(labels, torch.tensor(self.counts)) if self.mode == "sampler" else None
+
+    def record(self) -> dict:
+        """What the summary keeps: the mode, the ratio and the class sizes it was chosen from, the metric watched."""
+        return {"mode": self.mode, "imbalance_ratio": round(self.ratio, 2), "counts": list(self.counts)}
+
+    def note(self) -> str | None:
+        """The one line said when the split is imbalanced (None when it is not)."""
+        if not self.imbalanced:
+            return None
+        largest, smallest = max(self.counts), min(c for c in self.counts if c)
+        remedy = {
+            "logit-adjust": "training with logit-adjusted cross-entropy",
+            "weights": "weighting the loss by inverse class size",
+            "sampler": "drawing every class equally often",
+            "none": "training on the imbalance as it is (--balance none)",
+        }[self.mode]
+        return (
+            f"the training split is imbalanced: {largest:,} images in its largest class, {smallest:,} in its smallest "
+            f"({self.ratio:.0f}:1); {remedy}, and keeping the epoch of best {self.monitor.replace('_', ' ')}"
+        )
+
+
+PLAIN = ClassBalance()  # plain cross-entropy, accuracy watched: a phase told nothing of its classes' sizes
+
+
+def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> ClassBalance:
+    """The balance of a run with ``cfg`` whose training split has ``labels`` over ``num_classes`` classes."""
+    counts = class_counts(labels, num_classes)
+    ratio = imbalance_ratio(counts)
+    monitor = cfg.monitor
+    if monitor == "auto":
+        monitor = "val_balanced_acc" if ratio >= IMBALANCED else "val_acc"
+    mode = chosen_balance(cfg.balance, ratio)
+    return ClassBalance(mode, tuple(int(c) for c in counts), ratio, monitor)
