@@ -57,9 +57,10 @@ def image_files(
     ``links``, ``folder`` is a class folder: links that would relabel images are skipped and listed there."""
     home = home or folder.resolve()  # the class folder
     seen = seen | {folder.resolve()}
+    top = root.resolve() if links is not None else root  # resolved once per folder, not per file
     found, ignored = [], 0
     for entry in list_dir(folder):
-        if links is not None and (reason := relabelling_link(entry, home, root.resolve())):
+        if links is not None and (reason := relabelling_link(entry, home, top)):
             links.append({"file": Path(entry.path).relative_to(root).as_posix(), "reason": reason})
         elif entry.is_dir():
             if Path(entry.path).resolve() in seen:
