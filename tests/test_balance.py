@@ -108,9 +108,15 @@ def test_a_long_tailed_run_says_what_it_does_and_reports_balanced_accuracy(long_
     page = (run / "report.html").read_text()
     assert "balanced accuracy" in page and "largest class first (imbalance" in page
     assert page.index(">airplane<") < page.index(">automobile<") < page.index(">bird<")  # largest class first
-    assert main(["train", "--name", "plain", "--balance", "none", *common]) == 0
-    assert "training on the imbalance as it is (--balance none)" in capsys.readouterr().err
-    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["balance"]["mode"] == "none"
+    said = {
+        "none": "training on the imbalance as it is (--balance none)",
+        "weights": "weighting the loss by inverse class size",
+        "sampler": "drawing every class equally often",
+    }
+    for mode, line in said.items():
+        assert main(["train", "--name", mode, "--balance", mode, "--no-evaluate", *common]) == 0
+        assert line in capsys.readouterr().err
+        assert json.loads((tmp_path / mode / "summary.json").read_text())["balance"]["mode"] == mode
 
 
 def test_explore_states_the_imbalance(long_tail, tmp_path, capsys):
