@@ -2,12 +2,10 @@
 
 import math
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
 from imgclf.core.errors import ImgclfError, shown
-
-if TYPE_CHECKING:
-    from imgclf.config.options import TrainConfig
 
 MAX_BATCH_SIZE = 65536
 MAX_IMAGE_SIDE = 1024  # a larger side does not fit in memory for a dataset of images (or in a GPU for a batch)
@@ -27,48 +25,49 @@ FRACTIONS = ("lr_start", "lr_end", "progressive_fraction")  # in [0, 1]
 BELOW_ONE = ("momentum", "label_smoothing", "val_fraction", "test_fraction", "ema_decay")  # in [0, 1)
 
 
-def check_ranges(cfg: "TrainConfig") -> None:
-    """A one-line error for the first value outside its range, or options that cannot go together."""
+def check_ranges(v: Mapping[str, Any]) -> None:
+    """A one-line error for the first value outside its range, or options that cannot go together (``v``: a
+    config's values by option name)."""
     from imgclf.data.sources import is_builtin
 
-    if not 1 <= cfg.batch_size <= MAX_BATCH_SIZE:
-        raise ImgclfError(f"--batch-size must be a positive integer up to {MAX_BATCH_SIZE}, got {cfg.batch_size}")
-    if cfg.epochs < 0 or (cfg.epochs == 0 and not cfg.head_epochs):
-        raise ImgclfError(f"--epochs must be a positive integer, got {cfg.epochs}")
-    if not 0 <= cfg.seed < 2**32:
-        raise ImgclfError(f"--seed must be in [0, 2**32), got {cfg.seed}")
+    if not 1 <= v["batch_size"] <= MAX_BATCH_SIZE:
+        raise ImgclfError(f"--batch-size must be a positive integer up to {MAX_BATCH_SIZE}, got {v['batch_size']}")
+    if v["epochs"] < 0 or (v["epochs"] == 0 and not v["head_epochs"]):
+        raise ImgclfError(f"--epochs must be a positive integer, got {v['epochs']}")
+    if not 0 <= v["seed"] < 2**32:
+        raise ImgclfError(f"--seed must be in [0, 2**32), got {v['seed']}")
     for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise ImgclfError(f"{flag(name)} must not be negative, got {getattr(cfg, name)}")
+        if v[name] < 0:
+            raise ImgclfError(f"{flag(name)} must not be negative, got {v[name]}")
     for name in FRACTIONS:
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise ImgclfError(f"{flag(name)} must be in [0, 1], got {getattr(cfg, name)}")
-    if cfg.lookahead and cfg.ema_decay:
+        if not 0 <= v[name] <= 1:
+            raise ImgclfError(f"{flag(name)} must be in [0, 1], got {v[name]}")
+    if v["lookahead"] and v["ema_decay"]:
         raise ImgclfError("--lookahead and --ema-decay each average the weights; choose one")
-    if cfg.tta_shift > 8:
-        raise ImgclfError(f"--tta-shift must be at most 8 pixels, got {cfg.tta_shift}")
+    if v["tta_shift"] > 8:
+        raise ImgclfError(f"--tta-shift must be at most 8 pixels, got {v['tta_shift']}")
     for name in ("dropout", "drop_path"):
-        if getattr(cfg, name) >= 1:
-            raise ImgclfError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")  # tests match this spelling
+        if v[name] >= 1:
+            raise ImgclfError(f"{name} must be in [0, 1), got {v[name]}")  # tests match this spelling
     for name in BELOW_ONE:
-        if not 0 <= getattr(cfg, name) < 1:
-            raise ImgclfError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+        if not 0 <= v[name] < 1:
+            raise ImgclfError(f"{flag(name)} must be in [0, 1), got {v[name]}")
     for name in ("img_size", "data_size"):
-        if getattr(cfg, name) > MAX_IMAGE_SIDE:
+        if v[name] > MAX_IMAGE_SIDE:
             raise ImgclfError(
-                f"{flag(name)} must be at most {MAX_IMAGE_SIDE}, got {getattr(cfg, name)}: "
+                f"{flag(name)} must be at most {MAX_IMAGE_SIDE}, got {v[name]}: "
                 "images of that side cannot fit in memory"
             )
-    if 0 < cfg.data_size < 32:
-        raise ImgclfError(f"--data-size must be at least 32 (or 0: the default), got {cfg.data_size}")
-    if not is_builtin(cfg.data) and cfg.val_fraction + cfg.test_fraction >= 1:
+    if 0 < v["data_size"] < 32:
+        raise ImgclfError(f"--data-size must be at least 32 (or 0: the default), got {v['data_size']}")
+    if not is_builtin(v["data"]) and v["val_fraction"] + v["test_fraction"] >= 1:
         raise ImgclfError(
             f"--val-fraction + --test-fraction must be below 1 (no training images would be left), "
-            f"got {cfg.val_fraction} + {cfg.test_fraction}"
+            f"got {v['val_fraction']} + {v['test_fraction']}"
         )
-    if not 0 < cfg.reduce_lr_factor <= 1:
-        raise ImgclfError(f"--reduce-lr-factor must be in (0, 1], got {cfg.reduce_lr_factor}")
-    if cfg.val_fraction == 0 and (cfg.early_stopping or cfg.reduce_lr_patience):
+    if not 0 < v["reduce_lr_factor"] <= 1:
+        raise ImgclfError(f"--reduce-lr-factor must be in (0, 1], got {v['reduce_lr_factor']}")
+    if v["val_fraction"] == 0 and (v["early_stopping"] or v["reduce_lr_patience"]):
         raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (--val-fraction > 0)")
 
 

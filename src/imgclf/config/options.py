@@ -306,7 +306,7 @@ class TrainConfig:
         check_device_name(self.device)
         if self.name is not None:
             check_run_name(self.name)
-        check_ranges(self)
+        check_ranges(dataclasses.asdict(self))
         return self
 
     @property
