@@ -14,8 +14,8 @@ from imgclf.core.errors import ImgclfError
 from imgclf.models.backbones import best_installed_backbone, check_weights_available
 
 
-@pytest.mark.parametrize("image, side", [(10, 96), (32, 96), (48, 160), (64, 192), (75, 224), (500, 224)])
-def test_the_side_grows_with_the_images_up_to_3x(image, side):
+@pytest.mark.parametrize("image, side", [(10, 96), (27, 96), (32, 112), (48, 176), (64, 224), (500, 224)])
+def test_the_side_grows_with_the_images_3_5x(image, side):
     assert auto_side(image) == side
 
 
@@ -32,7 +32,7 @@ def sized_folder(root, side: int, per_class: int = 3):
     return root
 
 
-@pytest.mark.parametrize("side, img_size, recipe", [(32, 96, "lite2_96"), (300, 224, "lite2_224")])
+@pytest.mark.parametrize("side, img_size, recipe", [(32, 112, "lite2_96"), (300, 224, "lite2_224")])
 def test_no_model_chooses_transfer_at_a_side_suited_to_the_images(tmp_path, side, img_size, recipe):
     folder = sized_folder(tmp_path / "d", side)
     values, why = merged_values({}, {"data": str(folder), "epochs": 1})
@@ -43,10 +43,16 @@ def test_no_model_chooses_transfer_at_a_side_suited_to_the_images(tmp_path, side
 
 def test_cifar_counts_as_small_images_and_the_choice_is_said(tmp_path, capsys):
     cfg = build_config({}, {"output": str(tmp_path), "epochs": 2})
-    assert (cfg.model, cfg.img_size, cfg.pretrained, cfg.lr, cfg.epochs) == ("tf_efficientnet_lite2", 96, True, 3e-4, 2)
+    assert (cfg.model, cfg.img_size, cfg.pretrained, cfg.lr, cfg.epochs) == (
+        "tf_efficientnet_lite2",
+        112,
+        True,
+        3e-4,
+        2,
+    )
     note = capsys.readouterr().out.strip()
     assert note == (
-        "imgclf: no --model given: transfer learning from tf_efficientnet_lite2 (ImageNet weights) at 96 px "
+        "imgclf: no --model given: transfer learning from tf_efficientnet_lite2 (ImageNet weights) at 112 px "
         "(images of ~32 px; the lite2_96 recipe); choose with --model NAME or --config RECIPE"
     )
     build_config({}, {"output": str(tmp_path), "model": "resnet20"})
