@@ -11,6 +11,7 @@ When the split is imbalanced (``data/balance.py``: ratio ≥ 3) the callbacks wa
 not accuracy: the model kept and the epoch stopped at are the ones that do best on every class alike.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,30 +35,36 @@ class ClassBalance:
     def imbalanced(self) -> bool:
         return self.ratio >= IMBALANCED
 
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        smoothing: float,
-        partners: torch.Tensor | None = None,
-        lam: float = 1.0,
-    ) -> torch.Tensor:
-        """The training loss of float32 ``logits``; with ``partners``, of a mixed batch (``lam`` its own labels)."""
-        counts = torch.tensor(self.counts, device=logits.device)
-        weight = class_weights(counts).to(logits.device) if self.mode == "weights" else None
-        if self.mode == "logit-adjust":
-            logits = logits + log_prior(counts).to(logits.device)
-        loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
-        if partners is None:
-            return loss
-        return lam * loss + (1 - lam) * F.cross_entropy(logits, partners, weight=weight, label_smoothing=smoothing)
+    def loss_function(self, device: torch.device | str) -> Callable[..., torch.Tensor]:
+        """The training loss on ``device``, its class weights or log-prior built here once, not at every step:
+        ``loss(logits, labels, smoothing, partners=None, lam=1.0)`` of float32 ``logits``; with ``partners``, of a
+        mixed batch (``lam`` its own labels)."""
+        counts = torch.tensor(self.counts)
+        weight = class_weights(counts).to(device) if self.mode == "weights" else None
+        prior = log_prior(counts).to(device) if self.mode == "logit-adjust" else None
+
+        def loss(
+            logits: torch.Tensor,
+            labels: torch.Tensor,
+            smoothing: float,
+            partners: torch.Tensor | None = None,
+            lam: float = 1.0,
+        ) -> torch.Tensor:
+            if prior is not None:
+                logits = logits + prior
+            own = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+            if partners is None:
+                return own
+            return lam * own + (1 - lam) * F.cross_entropy(logits, partners, weight=weight, label_smoothing=smoothing)
+
+        return loss
 
     def sample_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
         """The drawing weights of the training images under ``sampler``, else None (a shuffle)."""
         return draw_weights(labels, torch.tensor(self.counts)) if self.mode == "sampler" else None
 
     def record(self) -> dict:
-        """What the summary keeps: the mode, the ratio and the class sizes it was chosen from, the metric watched."""
+        """What the summary keeps: the mode, and the ratio and class sizes it was chosen from."""
         return {"mode": self.mode, "imbalance_ratio": round(self.ratio, 2), "counts": list(self.counts)}
 
     def note(self) -> str | None:

@@ -64,6 +64,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.train_loader, self.val_loader = loaders
         self.balance = phase.balance
+        self.loss = phase.balance.loss_function(self.device)  # its class weights or prior moved to the device once
         self.train_loader.sample_weights = phase.balance.sample_weights(self.train_loader.labels)  # sampler: a draw
         self.monitor = self.balance.monitor if cfg.monitor == "auto" else cfg.monitor
         if distributed.world_size() > 1:
@@ -167,9 +168,9 @@ class Trainer:
         with autocast(self.device, self.precision):
             logits = self.train_forward(images)
         if mixing:
-            loss = self.balance.loss(logits.float(), labels, cfg.label_smoothing, partners, lam)
+            loss = self.loss(logits.float(), labels, cfg.label_smoothing, partners, lam)
         else:
-            loss = self.balance.loss(logits.float(), labels, cfg.label_smoothing)
+            loss = self.loss(logits.float(), labels, cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for p in frozen:  # done training: no gradient, so the optimizer leaves it (and its momentum) alone
