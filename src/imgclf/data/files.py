@@ -31,13 +31,12 @@ def check_readable(scan: Scan, readable: dict[str, list[str]], label_of: dict[st
     """One warning line summing up the files skipped; a one-line error when no image is readable, or a class has too
     few readable images in a split (2 where validation is held out of it, else 1)."""
     if not any(readable.values()):
-        raise ImgclfError(f"no readable image in {scan.source or scan.root} ({len(skipped)} files could not be read)")
+        raise ImgclfError(f"no readable image in {scan.origin} ({len(skipped)} files could not be read)")
     if skipped:
         reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
         summary = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
         total = len(scan.all_files) + len(scan.skipped)
-        where = scan.source or scan.root
-        warn(f"skipped {len(skipped)} of {total} files in {where} ({summary}); listed in skipped.json")
+        warn(f"skipped {len(skipped)} of {total} files in {scan.origin} ({summary}); listed in skipped.json")
     for split, names in readable.items():
         counts = Counter(label_of[f] for f in names)
         needed = 2 if split in ("all", "train") else 1
@@ -77,7 +76,7 @@ def typical_side(source: str, columns: tuple[str | None, str | None] = (None, No
     headers = filter(None, (image_header(scan.root / f) for f in sample(scan.all_files, n, seed=0)))
     sides = [min(size) for size, _, _ in headers]
     if not sides:
-        raise ImgclfError(f"no readable image among {n} files drawn from {scan.source or scan.root}")
+        raise ImgclfError(f"no readable image among {n} files drawn from {scan.origin}")
     return int(np.median(sides))
 
 
@@ -86,8 +85,7 @@ def check_lists(lists: dict[str, list[str]], row_of: dict[str, int], reasons: li
     for split, names in lists.items():
         for name in names:
             if name not in row_of or reasons[row_of[name]]:
-                where = scan.source or scan.root
-                raise ImgclfError(f"file {name} of the run's {split} split is missing or unreadable in {where}")
+                raise ImgclfError(f"file {name} of the run's {split} split is missing or unreadable in {scan.origin}")
 
 
 def file_splits(
@@ -130,7 +128,7 @@ def file_splits(
     mean, std = channel_stats(train.images.take(sample_rows(len(train), STATS_SAMPLE)))
     duplicates = warn_of_duplicates({s: [prepared.digests[row_of[f]] for f in lists[s]] for s in lists}, lists)
     info = {
-        "source": str(scan.source or scan.root),
+        "source": str(scan.origin),
         "layout": scan.layout,
         "files": len(order) + len(scan.skipped),
         "ignored_files": scan.ignored,

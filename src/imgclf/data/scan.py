@@ -33,6 +33,11 @@ class Scan:
     notes: dict = field(default_factory=dict)  # facts of the scan kept in the run's data.json
 
     @property
+    def origin(self) -> Path:
+        """What the user pointed at: the label file, or the folder."""
+        return self.source or self.root
+
+    @property
     def name(self) -> str:
         """The dataset's display name: the folder's name, or the label file's folder's name."""
         return self.root.name
@@ -50,7 +55,7 @@ class Scan:
     def where(self, split: str, label: str) -> str:
         """Where the images of class ``label`` in ``split`` are listed, for messages."""
         if self.source is not None:
-            return f"{self.source}" + ("" if split == "all" else f" (split {split})")
+            return f"{self.origin}" + ("" if split == "all" else f" (split {split})")
         return str(self.root / ("" if split == "all" else split) / label)
 
 
