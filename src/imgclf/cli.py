@@ -202,7 +202,6 @@ def command_train(args: argparse.Namespace) -> None:
     from imgclf.config.build import build_config
     from imgclf.core.device import select_device
     from imgclf.evaluation.evaluate import evaluate_run, load_run_config  # imported now: one code version per run
-    from imgclf.models.backbones import check_weights_available
     from imgclf.report.run_report import render_evaluation
     from imgclf.training import distributed
     from imgclf.training.run import train_run
@@ -218,8 +217,6 @@ def command_train(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, **options).validate()
     else:
         cfg = build_config(load_config_file(args.config) if args.config else {}, options)
-        if cfg.is_transfer and cfg.pretrained and not cfg.weights:
-            check_weights_available(cfg.model)  # before the data is prepared
     distributed.setup(select_device(cfg.device))
     if not args.resume:
         run_dir = distributed.broadcast(new_run_dir(cfg))  # under torchrun: rank 0's name (its clock) for all

@@ -15,6 +15,7 @@ from imgclf.config.options import TrainConfig
 from imgclf.core.device import select_device
 from imgclf.data.images import Splits
 from imgclf.data.scan import warn
+from imgclf.models.backbones import check_weights_available
 from imgclf.training import distributed
 from imgclf.training.balance import class_balance
 from imgclf.training.build import image_loaders, scratch_model
@@ -38,6 +39,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     run = RunDir(run_dir)
     distributed.setup(select_device(cfg.device))
     main = distributed.is_main()
+    if cfg.is_transfer and cfg.pretrained and not cfg.weights:
+        check_weights_available(cfg.model)  # before any data is prepared, for `train` and `study` alike
     with distributed.main_first():  # under torchrun rank 0 prepares the data (folder, download), the others read it
         splits = run_splits(cfg, run.read_data_split(cfg) if resume else None)
     if resume:
