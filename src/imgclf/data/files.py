@@ -80,6 +80,12 @@ def typical_side(source: str, columns: tuple[str | None, str | None] = (None, No
     return int(np.median(sides))
 
 
+def skipped_files(scan: Scan, reasons: list[str]) -> list[dict]:
+    """Every entry of ``scan`` left out, with its reason: those its reader dropped, then the files preparation could
+    not decode (``reasons``: one per file of :attr:`Scan.all_files`, '' for a decoded image)."""
+    return scan.skipped + [{"file": f, "reason": r} for f, r in zip(scan.all_files, reasons, strict=True) if r]
+
+
 def check_lists(lists: dict[str, list[str]], row_of: dict[str, int], reasons: list[str], scan: Scan) -> None:
     """A one-line error when a run's saved file lists name a file the dataset no longer has readable."""
     for split, names in lists.items():
@@ -111,7 +117,7 @@ def file_splits(
     label_of = dict(zip(order, scan.all_labels, strict=True))
     prepared = prepare(scan.root, order, side, resize, prepare_dir, workers, progress)
     row_of = {f: i for i, f in enumerate(order)}
-    skipped = scan.skipped + [{"file": f, "reason": r} for f, r in zip(order, prepared.reasons, strict=True) if r]
+    skipped = skipped_files(scan, prepared.reasons)
     readable = {s: [f for f in scan.files[s] if not prepared.reasons[row_of[f]]] for s in scan.files}
     check_readable(scan, readable, label_of, skipped)
     if lists is None:

@@ -27,7 +27,7 @@ def folder_images(
 ):
     """Every readable image of a folder or label file (all splits), its display name and the facts of its raw
     files."""
-    from imgclf.data.files import scan_source
+    from imgclf.data.files import scan_source, skipped_files
     from imgclf.data.prepare import prepare
 
     scan = scan_source(data, *columns)
@@ -42,9 +42,7 @@ def folder_images(
     raw = raw_file_stats(scan.root, files, seed=0)
     raw.update(layout=scan.layout, files=len(files), ignored_files=scan.ignored)
     raw.update(scan.notes)
-    raw["skipped"] = scan.skipped + [
-        {"file": f, "reason": r} for f, r in zip(files, prepared.reasons, strict=True) if r
-    ]
+    raw["skipped"] = skipped_files(scan, prepared.reasons)
     return images, scan.name, raw
 
 
