@@ -42,10 +42,34 @@ def test_each_mode_computes_its_documented_loss(mode):
         "none": F.cross_entropy(logits, labels, label_smoothing=0.1),
         "sampler": F.cross_entropy(logits, labels, label_smoothing=0.1),  # sampling balances, not the loss
         "weights": F.cross_entropy(logits, labels, weight=torch.tensor([100 / 180, 100 / 20]), label_smoothing=0.1),
-        "logit-adjust": F.cross_entropy(logits + torch.tensor([0.9, 0.1]).log(), labels, label_smoothing=0.1),
+        # smoothing spread in proportion to the prior: 0.9 · CE + 0.1 · Σ_c π_c · (−log p_c) on adjusted logits
+        "logit-adjust": 0.9 * F.cross_entropy(logits + torch.tensor([0.9, 0.1]).log(), labels)
+        - 0.1 * ((logits + torch.tensor([0.9, 0.1]).log()).log_softmax(1) * torch.tensor([0.9, 0.1])).sum(1).mean(),
     }[mode]
     torch.testing.assert_close(balance.loss_function("cpu")(logits, labels, 0.1), expected)
     assert (balance.sample_weights(labels) is not None) == (mode == "sampler")
+
+
+@pytest.mark.parametrize("smoothing", [0.05, 0.1, 0.2])
+def test_logit_adjustment_with_smoothing_keeps_the_true_class_first(smoothing):
+    """At the loss's optimum for an image of the largest class, the network's own logits rank that class first on a
+    100:1 split — with smoothing spread uniformly (PyTorch's) the rarest class would win (airplane recall 0.40 in
+    benchmarks/results/long_tail_resnet20_e90.json)."""
+    balance = ClassBalance("logit-adjust", (5000, 2000, 500, 50), 100.0)
+    loss = balance.loss_function("cpu")
+    z = torch.zeros(1, 4, requires_grad=True)
+    optimizer = torch.optim.LBFGS([z], max_iter=500)
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss(z, torch.tensor([0]), smoothing)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    assert z.argmax().item() == 0
+    others = z.detach()[0, 1:]
+    assert float(others.max() - others.min()) < 1e-3  # the other classes alike: no class favoured for its rarity
 
 
 def test_the_sampler_draws_classes_equally_and_reproducibly():

@@ -11,7 +11,7 @@ from folders import BAD_FILES, write_bad_files, write_images
 
 from imgclf.cli import main
 from imgclf.core.errors import ImgclfError
-from imgclf.data.labelfile import read_label_file, scan_label_file
+from imgclf.data.labelfile import LabelFormat, read_label_file, scan_label_file
 from imgclf.data.sources import load_splits
 
 CLASSES = ["cat", "dog", "zebra"]
@@ -79,8 +79,8 @@ def test_a_split_column_is_used_as_given_and_columns_can_be_named(pets, tmp_path
     with pytest.raises(ImgclfError, match=r"no file column \(looked for file, path, image.*--file-column"):
         scan_label_file(path)
     with pytest.raises(ImgclfError, match="has no column 'picture'"):
-        scan_label_file(path, "picture", "y")
-    splits = splits_of(path, tmp_path, columns=("img", "y"))
+        scan_label_file(path, LabelFormat("picture", "y"))
+    splits = splits_of(path, tmp_path, fmt=LabelFormat("img", "y"))
     assert splits.lists["test"] == [f for f, _ in rows if split[f] == "TEST"]
     assert splits.lists["val"] == [f for f, _ in rows if split[f] == "valid"]
 
@@ -166,11 +166,11 @@ def test_a_million_rows_are_read_in_bounded_memory(tmp_path):
         f.writelines(f"images/{i:07d}.jpg,class{i % 100}\n" for i in range(1_000_000))
     tracemalloc.start()
     start = time.perf_counter()
-    entries, skipped = read_label_file(path, None, None)
+    entries, skipped = read_label_file(path, LabelFormat())
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert len(entries["all"]) == 1_000_000 and not skipped and entries["all"][7] == ("images/0000007.jpg", "class7")
+    assert len(entries["all"]) == 1_000_000 and not skipped and entries["all"][7] == ("images/0000007.jpg", ("class7",))
     assert peak < 400 * 2**20, f"peak {peak / 2**20:.0f} MiB"  # the rows kept, not the file's text as well
     assert seconds < 60
 

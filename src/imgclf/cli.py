@@ -26,12 +26,14 @@ from imgclf.config.options import GROUPS, RUNTIME_OPTIONS, TrainConfig, field_ty
 from imgclf.core.cli import OneLineErrorParser, describe_os_error
 from imgclf.core.errors import ImgclfError, one_line
 from imgclf.core.io import check_writable_folder
+from imgclf.data.labelfile import LabelFormat
 from imgclf.data.policies import IMBALANCED, RESIZE_POLICIES
 from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAGES, RUNTIMES, Limits
 
 EXPLORE_MAX_PER_CLASS = 64
 DATA_HELP = "cifar10, cifar100, a folder of images or a label file (.csv, .tsv, .jsonl)"
 MOVED_HELP = "runs on a folder or label file: where it is now, if it moved"
+LABEL_FORMAT_OPTIONS = ("file_column", "label_column", "label_separator", "task")  # explore reads label files too
 RESUME_HINT = "resume a training run with `imgclf train --resume RUN_DIR` (also under another world size)"
 
 
@@ -52,18 +54,22 @@ def check_explore_args(args: argparse.Namespace) -> None:
         raise ImgclfError(f"--data-size must be in 0..{MAX_IMAGE_SIDE} (0: the default), got {args.data_size}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field, under its group's heading in ``--help``; unset flags stay absent so
-    config files can fill them."""
+def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] = (), defaults: bool = False) -> None:
+    """One flag per :class:`TrainConfig` field (``only``: those fields), under its group's heading in ``--help``;
+    unset flags stay absent so config files can fill them (``defaults``: unset flags take the field's default)."""
     types, groups = field_types(), {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
     finetune = load_config_file(FINETUNE)
     for f in dataclasses.fields(TrainConfig):
+        if only and f.name not in only:
+            continue
         name = flag(f.name)
         kind = types[f.name]
         default = f.metadata["cli_default"]
         if f.name in finetune and finetune[f.name] != default:
             default = f"{default}; timm models: {finetune[f.name]}"
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
+        kwargs = dict(
+            default=f.default if defaults else argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})"
+        )
         group = groups[f.metadata["group"]]
         if kind is bool:
             group.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
@@ -97,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
     explore.add_argument("--data", default="cifar10", help=DATA_HELP)
-    explore.add_argument("--file-column", help="label file: the column naming the image files")
-    explore.add_argument("--label-column", help="label file: the column naming the classes")
+    add_config_flags(explore, LABEL_FORMAT_OPTIONS, defaults=True)
     explore.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
     explore.add_argument(
         "--data-size", type=int, default=0, help="side the sample images are prepared at (0: 64 for a folder)"
@@ -233,13 +238,21 @@ def command_train(args: argparse.Namespace) -> None:
 def print_metrics(metrics: dict, run_dir: Path) -> None:
     """The headline numbers of an evaluation."""
     cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
-    print(
-        f"{metrics['model']}: test accuracy {metrics['test_accuracy']:.4f}  "
-        f"balanced {metrics['balanced_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
-        f"train accuracy {metrics['train_accuracy']:.4f}  gap {metrics['overfitting_gap']:+.4f}  "
-        f"macro F1 {metrics['macro']['f1']:.4f}  ECE {cal['ece']:.4f} → {scaled['ece']:.4f} "
-        f"(T={metrics['temperature']:.2f})"
-    )
+    if metrics.get("task") == "multilabel":
+        print(
+            f"{metrics['model']}: test mAP {metrics['map']:.4f}  macro F1 {metrics['macro_f1']:.4f}  micro F1 "
+            f"{metrics['micro_f1']:.4f}  exact match {metrics['exact_match']:.4f}  Hamming loss "
+            f"{metrics['hamming_loss']:.4f}  train mAP {metrics['train_map']:.4f}  ECE {cal['ece']:.4f} → "
+            f"{scaled['ece']:.4f} (T={metrics['temperature']:.2f}; thresholds fitted on validation)"
+        )
+    else:
+        print(
+            f"{metrics['model']}: test accuracy {metrics['test_accuracy']:.4f}  "
+            f"balanced {metrics['balanced_accuracy']:.4f}  loss {metrics['test_loss']:.4f}  "
+            f"train accuracy {metrics['train_accuracy']:.4f}  gap {metrics['overfitting_gap']:+.4f}  "
+            f"macro F1 {metrics['macro']['f1']:.4f}  ECE {cal['ece']:.4f} → {scaled['ece']:.4f} "
+            f"(T={metrics['temperature']:.2f})"
+        )
     if "tta" in metrics:
         views = metrics["tta"].get("views", "flip")
         print(f"with TTA ({views}): test accuracy {metrics['tta']['test_accuracy']:.4f}")
@@ -297,9 +310,9 @@ def command_explore(args: argparse.Namespace) -> None:
     check_explore_args(args)
     from imgclf.report.explore import explore
 
-    columns = (args.file_column, args.label_column)
+    fmt = LabelFormat(args.file_column, args.label_column, args.label_separator, args.task)
     stats = explore(
-        args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize, columns=columns
+        args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize, fmt=fmt
     )
     mean = ", ".join(f"{v:.4f}" for v in stats["mean"])
     std = ", ".join(f"{v:.4f}" for v in stats["std"])

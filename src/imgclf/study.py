@@ -120,8 +120,7 @@ def warn_if_data_changed(run: RunDir, cfg: TrainConfig) -> None:
         return
     from imgclf.data.files import files_fingerprint
 
-    columns = (cfg.file_column, cfg.label_column)
-    if files_fingerprint(cfg.data, card.data_size, card.resize, columns) != card.data_fingerprint:
+    if files_fingerprint(cfg.data, card.data_size, card.resize, cfg.label_format) != card.data_fingerprint:
         tqdm.write(
             f"imgclf: warning: {cfg.data} has changed since {run.path} was trained on it; the run is kept as it is "
             f"(delete {run.path} to train it again on the folder as it is now)",
@@ -172,9 +171,11 @@ def run_study(
             "status": status,
             "test_accuracy": metrics["test_accuracy"],
             **({"tta_test_accuracy": metrics["tta"]["test_accuracy"]} if "tta" in metrics else {}),
+            **({"map": metrics["map"], "macro_f1": metrics["macro_f1"]} if "map" in metrics else {}),
             "wall_seconds": time.perf_counter() - run_start,
         }
-        tqdm.write(f"{name}: test accuracy {metrics['test_accuracy']:.4f} ({status})")
+        scores = f"test mAP {metrics['map']:.4f}, " if "map" in metrics else ""
+        tqdm.write(f"{name}: {scores}test accuracy {metrics['test_accuracy']:.4f} ({status})")
     distributed.barrier()  # the other ranks wait for rank 0's last evaluation
     if not main:
         return record

@@ -24,9 +24,10 @@ from imgclf.artifacts.weights import add_metadata
 from imgclf.config.checks import MAX_IMAGE_SIDE
 from imgclf.config.files import config_values, load_config_file
 from imgclf.config.options import TrainConfig
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, shown
 from imgclf.core.io import read_json, write_json, write_text
 from imgclf.data.images import Splits
+from imgclf.data.multilabel import is_multilabel
 from imgclf.data.policies import RESIZE_POLICIES
 from imgclf.data.sources import is_builtin, load_splits
 from imgclf.models import MODELS
@@ -71,6 +72,8 @@ class ModelCard:
     precision: str = "auto"  # the precision it trained in, which predicting uses unless told otherwise
     channels_last: bool = True  # the memory layout it trained in
     tta_shift: int = 0  # test-time augmentation: the diagonal shifts (px) averaged with the flips (0: flips only)
+    task: str = "single"  # "multilabel": sigmoid probabilities, a class is predicted above its threshold
+    thresholds: list[float] | None = None  # multilabel: per class, on the calibrated probabilities (fitted on val)
 
     @property
     def num_classes(self) -> int:
@@ -107,7 +110,8 @@ class ModelCard:
         return cls(**required, temperature=temperature, engine=engine, **inference_fields(data, source))
 
 
-INFERENCE_FIELDS = ("architecture", "precision", "channels_last", "tta_shift")  # the card's own since issue 27
+# the card's own since issue 27 (task and thresholds since multi-label, issue 28)
+INFERENCE_FIELDS = ("architecture", "precision", "channels_last", "tta_shift", "task", "thresholds")
 
 
 def inference_fields(data: dict, source: str) -> dict:
@@ -120,6 +124,8 @@ def inference_fields(data: dict, source: str) -> dict:
         "precision": data.get("precision", config.get("precision", "auto")),
         "channels_last": data.get("channels_last", config.get("channels_last", True)),
         "tta_shift": data.get("tta_shift", config.get("tta_shift", 0)),
+        "task": data.get("task", "single"),
+        "thresholds": data.get("thresholds"),
     }
     arch = fields["architecture"]
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
@@ -136,7 +142,21 @@ def inference_fields(data: dict, source: str) -> dict:
         or not 0 <= fields["tta_shift"] <= 8
     ):
         raise ImgclfError(f"{source}: 'tta_shift' must be a whole number of pixels from 0 to 8")
+    check_task(fields["task"], fields["thresholds"], len(data["classes"]), source)
     return fields
+
+
+def check_task(task: object, thresholds: object, classes: int, source: str) -> None:
+    """A one-line error for a task other than single or multilabel, or thresholds that are not one probability in
+    [0, 1] per class (or null)."""
+    if task not in ("single", "multilabel"):
+        raise ImgclfError(f"{source}: 'task' must be single or multilabel, got {shown(task)}")
+    if thresholds is None:
+        return
+    if not isinstance(thresholds, list) or len(thresholds) != classes:
+        raise ImgclfError(f"{source}: 'thresholds' must be a list of one number per class ({classes})")
+    if not all(is_number(t) and 0 <= t <= 1 for t in thresholds):
+        raise ImgclfError(f"{source}: 'thresholds' must be probabilities from 0 to 1")
 
 
 def is_number(value: object) -> bool:
@@ -337,7 +357,7 @@ def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, side
         workers=cfg.workers,
         progress=cfg.progress,
         lists=lists,
-        columns=(cfg.file_column, cfg.label_column),
+        fmt=cfg.label_format,
     )
 
 
@@ -359,6 +379,7 @@ def model_card(cfg: TrainConfig, splits: Splits, input_size: int, mean, std) -> 
         precision=cfg.precision,
         channels_last=cfg.channels_last,
         tta_shift=cfg.tta_shift,
+        task="multilabel" if is_multilabel(splits.train.labels) else "single",
     )
 
 
@@ -368,6 +389,9 @@ def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
         differ = sorted(set(card.classes) ^ set(splits.classes))
         detail = f"class '{differ[0]}' differs" if differ else "the class order differs"
         raise ImgclfError(f"the data of {run.path} has changed since training ({detail}): the model needs its classes")
+    task = "multilabel" if is_multilabel(splits.train.labels) else "single"
+    if card is not None and card.task != task:
+        raise ImgclfError(f"the data of {run.path} is read as {task} now, its model is {card.task}: set --task")
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:

@@ -9,6 +9,7 @@
 
 from imgclf.config.files import FINETUNE, load_config_file
 from imgclf.data.files import typical_side
+from imgclf.data.labelfile import LabelFormat
 from imgclf.data.sources import is_builtin
 from imgclf.models import MODELS
 from imgclf.models.backbones import best_installed_backbone
@@ -37,8 +38,8 @@ def auto_values(values: dict) -> tuple[dict, str]:
     if backbone is None:
         return {"model": FALLBACK}, "no pretrained backbone is installed"
     data = values.get("data", "cifar10")
-    columns = (values.get("file_column"), values.get("label_column"))
-    image_side = BUILTIN_SIDE if is_builtin(data) else typical_side(data, columns)
+    fmt = LabelFormat(values.get("file_column"), values.get("label_column"), values.get("label_separator", ";"))
+    image_side = BUILTIN_SIDE if is_builtin(data) else typical_side(data, fmt)
     side = auto_side(image_side)
     recipe = next(name for largest, name in SIDE_RECIPES if side <= largest)
     chosen = {**load_config_file(recipe), "model": backbone, "img_size": side}

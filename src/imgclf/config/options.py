@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from imgclf.config.checks import check_ranges, check_run_name, check_unfreeze, check_value, flag
 from imgclf.core.errors import ImgclfError, shown
-from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES
+from imgclf.data.labelfile import LabelFormat
+from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES, TASKS
 
 # the groups of options, in the order `imgclf train --help` shows them
 DATA, OPTIMISATION, REGULARISATION, CALLBACKS = "model and data", "optimisation", "regularisation", "callbacks"
@@ -188,6 +189,16 @@ class TrainConfig:
     label_column: str | None = option(
         None, "label file: the column naming the classes (default: label, labels, class, …)", group=DATA
     )
+    label_separator: str = option(
+        ";", "label file: the separator between an image's labels in one field (multi-label)", group=DATA
+    )
+    task: str = option(
+        "auto",
+        "one class per image (single) or any number (multilabel: sigmoid outputs, per-class thresholds fitted on "
+        "validation); auto: multilabel when a label file gives an image several labels",
+        TASKS,
+        group=DATA,
+    )
     data_size: int = option(
         0,
         "side the images are stored and trained at (0: 32 from scratch, the input side of a transfer backbone)",
@@ -234,9 +245,9 @@ class TrainConfig:
     )
     monitor: str = option(
         "auto",
-        "validation metric the callbacks watch and the kept model is chosen on (auto: balanced accuracy when the "
-        "training split is imbalanced, else accuracy)",
-        ("auto", "val_acc", "val_balanced_acc", "val_loss"),
+        "validation metric the callbacks watch and the kept model is chosen on (auto: mean average precision for "
+        "multi-label data, balanced accuracy when the training split is imbalanced, else accuracy)",
+        ("auto", "val_acc", "val_balanced_acc", "val_map", "val_loss"),
         group=CALLBACKS,
     )
     early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)", group=CALLBACKS)
@@ -316,6 +327,11 @@ class TrainConfig:
 
         return self.model not in MODELS
 
+    @property
+    def label_format(self) -> LabelFormat:
+        """How a label file of this run is read: its columns, separator and task."""
+        return LabelFormat(self.file_column, self.label_column, self.label_separator, self.task)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -357,4 +373,8 @@ def optional_fields() -> frozenset[str]:
 
 RUNTIME_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
 # what "auto" can resolve to, run by run (a run of an earlier version saved the value it used, or has no such key)
-AUTO_RESOLVES = {"monitor": ("val_acc", "val_balanced_acc"), "balance": ("none", "logit-adjust")}
+AUTO_RESOLVES = {
+    "monitor": ("val_acc", "val_balanced_acc", "val_map"),
+    "balance": ("none", "logit-adjust"),
+    "task": ("single", "multilabel"),
+}

@@ -10,7 +10,9 @@ from imgclf.data.policies import IMBALANCED
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Images per class (int64, length ``num_classes``)."""
+    """Images per class (int64, length ``num_classes``) of class indices (N,) or multi-hot labels (N, C)."""
+    if labels.ndim == 2:
+        return labels.cpu().long().sum(0)
     return torch.bincount(labels.cpu().long(), minlength=num_classes)
 
 

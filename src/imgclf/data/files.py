@@ -10,7 +10,8 @@ import torch
 from imgclf.core.errors import ImgclfError
 from imgclf.data.folder import scan_folder
 from imgclf.data.images import ImageSet, MappedImages, Splits, channel_stats, stratified_split, val_subset_size
-from imgclf.data.labelfile import is_label_file, scan_label_file
+from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat, is_label_file, scan_label_file
+from imgclf.data.multilabel import multi_hot, strata
 from imgclf.data.prepare import preparation_key, prepare
 from imgclf.data.scan import Scan, warn
 
@@ -27,7 +28,17 @@ def cross_split_duplicates(digests: dict[str, list[str]], files: dict[str, list[
     return [{"sha1": d, "files": s} for d, s in where.items() if len(s) > 1]
 
 
-def check_readable(scan: Scan, readable: dict[str, list[str]], label_of: dict[str, int], skipped: list[dict]) -> None:
+def class_of(labels: list) -> list[int]:
+    """Each image's class as stratified splits see it: its own, or a multi-label image's rarest."""
+    return strata(labels) if labels and isinstance(labels[0], tuple) else labels
+
+
+def class_tally(labels: list) -> Counter:
+    """Images per class index of single labels (ints) or multi-labels (tuples)."""
+    return Counter(c for label in labels for c in (label if isinstance(label, tuple) else (label,)))
+
+
+def check_readable(scan: Scan, readable: dict[str, list[str]], label_of: dict, skipped: list[dict]) -> None:
     """One warning line summing up the files skipped; a one-line error when no image is readable, or a class has too
     few readable images in a split (2 where validation is held out of it, else 1)."""
     if not any(readable.values()):
@@ -38,7 +49,7 @@ def check_readable(scan: Scan, readable: dict[str, list[str]], label_of: dict[st
         total = len(scan.all_files) + len(scan.skipped)
         warn(f"skipped {len(skipped)} of {total} files in {scan.origin} ({summary}); listed in skipped.json")
     for split, names in readable.items():
-        counts = Counter(label_of[f] for f in names)
+        counts = class_tally([label_of[f] for f in names])
         needed = 2 if split in ("all", "train") else 1
         for label, name in enumerate(scan.classes):
             if counts[label] < needed:
@@ -61,18 +72,20 @@ def warn_of_duplicates(digests: dict[str, list[str]], lists: dict[str, list[str]
     return duplicates
 
 
-def scan_source(source: str, file_column: str | None = None, label_column: str | None = None) -> Scan:
-    """The scan of ``source``: a label file (.csv, .tsv, .jsonl) or a folder of images."""
+def scan_source(source: str, fmt: LabelFormat = DEFAULT_FORMAT) -> Scan:
+    """The scan of ``source``: a label file (.csv, .tsv, .jsonl, read as ``fmt`` says) or a folder of images."""
     if is_label_file(source):
-        return scan_label_file(source, file_column, label_column)
+        return scan_label_file(source, fmt)
+    if fmt.task == "multilabel":
+        raise ImgclfError(f"--task multilabel needs a label file giving each image its labels, not the folder {source}")
     return scan_folder(source)
 
 
-def typical_side(source: str, columns: tuple[str | None, str | None] = (None, None), n: int = 200) -> int:
+def typical_side(source: str, fmt: LabelFormat = DEFAULT_FORMAT, n: int = 200) -> int:
     """The median shorter side, in pixels, of ``n`` of the dataset's image files drawn at random (headers only)."""
     from imgclf.data.decode import image_header
 
-    scan = scan_source(source, *columns)
+    scan = scan_source(source, fmt)
     headers = filter(None, (image_header(scan.root / f) for f in sample(scan.all_files, n, seed=0)))
     sides = [min(size) for size, _, _ in headers]
     if not sides:
@@ -108,11 +121,11 @@ def file_splits(
     workers: int,
     progress: bool,
     lists: dict[str, list[str]] | None,
-    columns: tuple[str | None, str | None] = (None, None),
+    fmt: LabelFormat = DEFAULT_FORMAT,
 ) -> Splits:
     """The splits of the image folder or label file ``source`` (``lists``: a run's saved file lists, used exactly;
-    ``columns``: a label file's file and label columns, None to find them)."""
-    scan = scan_source(source, *columns)
+    ``fmt``: how a label file is read)."""
+    scan = scan_source(source, fmt)
     order = scan.all_files
     label_of = dict(zip(order, scan.all_labels, strict=True))
     prepared = prepare(scan.root, order, side, resize, prepare_dir, workers, progress)
@@ -127,7 +140,10 @@ def file_splits(
     def image_set(split: str) -> ImageSet:
         names = lists[split]
         rows = np.array([row_of[f] for f in names], dtype=np.int64)
-        labels = torch.tensor([label_of[f] for f in names], dtype=torch.long)
+        if scan.task == "multilabel":
+            labels = multi_hot([label_of[f] for f in names], len(scan.classes))
+        else:
+            labels = torch.tensor([label_of[f] for f in names], dtype=torch.long)
         return ImageSet(MappedImages(prepared.array, rows, prepared.key), labels, scan.classes)
 
     train = image_set("train")
@@ -160,12 +176,10 @@ def file_splits(
     )
 
 
-def files_fingerprint(
-    source: str | Path, side: int, policy: str, columns: tuple[str | None, str | None] = (None, None)
-) -> str:
+def files_fingerprint(source: str | Path, side: int, policy: str, fmt: LabelFormat = DEFAULT_FORMAT) -> str:
     """The fingerprint (preparation key) the folder or label file ``source`` has now at ``side`` and ``policy``,
     without decoding."""
-    scan = scan_source(str(source), *columns)
+    scan = scan_source(str(source), fmt)
     return preparation_key(scan.root, scan.all_files, side, policy)
 
 
@@ -183,7 +197,7 @@ def sample(names: list[str], n: int, seed: int) -> list[str]:
 
 def split_lists(
     readable: dict[str, list[str]],
-    label_of: dict[str, int],
+    label_of: dict,
     seed: int,
     val_fraction: float,
     test_fraction: float,
@@ -198,12 +212,12 @@ def split_lists(
     if "test" in readable:
         test = readable["test"]
     else:
-        keep, held = stratified_split([label_of[f] for f in pool], test_fraction, TEST_SPLIT_SEED)
+        keep, held = stratified_split(class_of([label_of[f] for f in pool]), test_fraction, TEST_SPLIT_SEED)
         test, pool = [pool[i] for i in held], [pool[i] for i in keep]
     if "val" in readable:
         train, val = pool, readable["val"]
     else:
-        keep, held = stratified_split([label_of[f] for f in pool], val_fraction, seed)
+        keep, held = stratified_split(class_of([label_of[f] for f in pool]), val_fraction, seed)
         train, val = [pool[i] for i in keep], [pool[i] for i in held]
     if train_subset:
         train, val = sample(train, train_subset, seed), sample(val, val_subset_size(train_subset), seed)

@@ -2,7 +2,10 @@
 
 The way annotation tools and Kaggle export a dataset: a header naming the file column (``file``, ``path``, ``image``
 …; or ``--file-column``) and the label column (``label``, ``labels``, ``class`` …; or ``--label-column``), and an
-optional ``split`` column (train/val/test, spelled as split folders are). Paths are relative to the label file's
+optional ``split`` column (train/val/test, spelled as split folders are). A multi-label dataset gives an image several
+labels in its label field, separated by ``;`` (``--label-separator``), or as a JSON list in a .jsonl file; with
+``--task auto`` one such row makes the whole file multi-label, and a row of one label is then an image of one class.
+Paths are relative to the label file's
 folder; absolute paths and paths leading out of that folder (``../``) are read as written and counted, with one
 warning line (``outside_label_folder`` in the run's data.json). The file is read as a stream (a million rows in a few
 hundred MB); a byte-order mark, quoted fields and CRLF line ends are read as they are meant. A row without a label is
@@ -13,6 +16,7 @@ import csv
 import json
 import posixpath
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.core.errors import ImgclfError, shown
@@ -23,6 +27,20 @@ FILE_COLUMNS = ("file", "path", "image", "filename", "file_name", "image_path", 
 LABEL_COLUMNS = ("label", "labels", "class", "category")
 SPLIT_COLUMN = "split"
 FIELD_LIMIT = 1 << 20  # longest field read (csv's default, 128 KiB, is an error for a long path list)
+
+
+@dataclass(frozen=True)
+class LabelFormat:
+    """How a label file is read: its file and label columns (None: found by name), the separator between an image's
+    labels, and the task (auto, single or multilabel)."""
+
+    file_column: str | None = None
+    label_column: str | None = None
+    separator: str = ";"
+    task: str = "auto"
+
+
+DEFAULT_FORMAT = LabelFormat()  # columns found by name, ';' between labels, the task read off the file
 
 
 def is_label_file(source: str | Path) -> bool:
@@ -109,6 +127,20 @@ def text(value, path: Path, number: int, what: str) -> str:
     raise ImgclfError(f"{path} line {number}: the {what} must be text or a number, got {shown(value)}")
 
 
+def label_names(value, path: Path, number: int, fmt: LabelFormat) -> tuple[str, ...]:
+    """The labels of one row's label field, in its order without repeats: a JSON list, or text split at the
+    separator (unless the task is single-label); a one-line error for several labels where the task is single."""
+    if isinstance(value, list):
+        names = [text(v, path, number, "label") for v in value]
+    else:
+        field = text(value, path, number, "label")
+        names = field.split(fmt.separator) if fmt.task != "single" and fmt.separator else [field]
+    names = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if fmt.task == "single" and len(names) > 1:
+        raise ImgclfError(f"{path} line {number} gives several labels ({', '.join(names)}) but --task is single")
+    return names
+
+
 def normal_path(name: str) -> str:
     """A listed path in one spelling: forward slashes kept, ``./`` and ``a/../`` collapsed."""
     return posixpath.normpath(name) if name else name
@@ -126,35 +158,36 @@ def class_order(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-def read_label_file(
-    path: Path, file_column: str | None, label_column: str | None
-) -> tuple[dict[str, list[tuple[str, str]]], list[dict]]:
-    """Split → [(file, label)] in file order ('all' without a split column), and the rows skipped (no label)."""
+Labels = tuple[str, ...]  # the label names of one image (one for single-label data)
+
+
+def read_label_file(path: Path, fmt: LabelFormat) -> tuple[dict[str, list[tuple[str, Labels]]], list[dict]]:
+    """Split → [(file, labels)] in file order ('all' without a split column), and the rows skipped (no label)."""
     rows = label_rows(path)
-    entries: dict[str, list[tuple[str, str]]] = {}
-    seen: dict[str, tuple[int, str, str]] = {}  # file → (line, label, split)
+    entries: dict[str, list[tuple[str, Labels]]] = {}
+    seen: dict[str, tuple[int, Labels, str]] = {}  # file → (line, labels, split)
     skipped, columns = [], None
     for number, row in rows:
         if columns is None:
             keys = list(row)
             columns = (
-                pick_column(keys, file_column, FILE_COLUMNS, "file", path),
-                pick_column(keys, label_column, LABEL_COLUMNS, "label", path),
+                pick_column(keys, fmt.file_column, FILE_COLUMNS, "file", path),
+                pick_column(keys, fmt.label_column, LABEL_COLUMNS, "label", path),
                 next((k for k in keys if k.strip().lower() == SPLIT_COLUMN), None),
             )
         name = normal_path(text(row.get(columns[0]), path, number, "file"))
-        label = text(row.get(columns[1]), path, number, "label")
+        labels = label_names(row.get(columns[1]), path, number, fmt)
         split = "all" if columns[2] is None else split_of(row.get(columns[2]), path, number)
         if not name:
             raise ImgclfError(f"{path} line {number} names no file")
-        if not label:
+        if not labels:
             skipped.append({"file": name, "reason": f"no label (line {number})"})
             continue
         if name in seen:
-            check_repeat(path, name, seen[name], (number, label, split))
+            check_repeat(path, name, seen[name], (number, labels, split))
             continue
-        seen[name] = (number, label, split)
-        entries.setdefault(split, []).append((name, label))
+        seen[name] = (number, labels, split)
+        entries.setdefault(split, []).append((name, labels))
     if columns is None:
         raise ImgclfError(f"{path} lists no images")
     return entries, skipped
@@ -168,12 +201,12 @@ def split_of(value, path: Path, number: int) -> str:
     return SPLIT_NAMES[name]
 
 
-def check_repeat(path: Path, name: str, first: tuple[int, str, str], again: tuple[int, str, str]) -> None:
-    """A one-line error when a file listed again differs in label or split (a repeat of the same row is fine)."""
-    if first[1] != again[1]:
+def check_repeat(path: Path, name: str, first: tuple[int, Labels, str], again: tuple[int, Labels, str]) -> None:
+    """A one-line error when a file listed again differs in labels or split (a repeat of the same row is fine)."""
+    if set(first[1]) != set(again[1]):
         raise ImgclfError(
-            f"{path} lists {name} twice with different labels: {shown(first[1])} on line {first[0]}, "
-            f"{shown(again[1])} on line {again[0]}"
+            f"{path} lists {name} twice with different labels: {shown(';'.join(first[1]))} on line {first[0]}, "
+            f"{shown(';'.join(again[1]))} on line {again[0]}"
         )
     if first[2] != again[2]:
         raise ImgclfError(
@@ -181,30 +214,35 @@ def check_repeat(path: Path, name: str, first: tuple[int, str, str], again: tupl
         )
 
 
-def scan_label_file(source: str | Path, file_column: str | None = None, label_column: str | None = None) -> Scan:
+def scan_label_file(source: str | Path, fmt: LabelFormat = DEFAULT_FORMAT) -> Scan:
     """The classes, splits and files a label file lists (see the module's docstring)."""
     path = Path(source).expanduser()
     if not path.is_file():
         raise ImgclfError(f"label file not found: {path}")
-    entries, skipped = read_label_file(path, file_column, label_column)
+    entries, skipped = read_label_file(path, fmt)
     if not entries:
         raise ImgclfError(f"{path} lists no labelled images ({len(skipped)} rows without a label)")
     if entries.keys() - {"all"} and "train" not in entries:
         raise ImgclfError(f"{path} has a split column but no row of the train split")
-    names = class_order({label for rows in entries.values() for _, label in rows})
+    names = class_order({label for rows in entries.values() for _, labels in rows for label in labels})
     if len(names) < 2:
         raise ImgclfError(f"{path} lists one class, {shown(names[0])}: a classifier needs two or more")
-    per_split = {s: {label for _, label in rows} for s, rows in entries.items()}
+    per_split = {s: {label for _, labels in rows for label in labels} for s, rows in entries.items()}
     for split, present in per_split.items():
         if missing := [n for n in names if n not in present]:
             raise ImgclfError(f"class {shown(missing[0])} has no image in the {split} split of {path}")
+    several = any(len(labels) > 1 for rows in entries.values() for _, labels in rows)
+    task = "multilabel" if fmt.task == "multilabel" or (fmt.task == "auto" and several) else "single"
     index = {n: i for i, n in enumerate(names)}
     files = {s: [f for f, _ in rows] for s, rows in entries.items()}
-    labels = {s: [index[label] for _, label in rows] for s, rows in entries.items()}
+    if task == "multilabel":
+        labels = {s: [tuple(sorted(index[n] for n in ls)) for _, ls in rows] for s, rows in entries.items()}
+    else:
+        labels = {s: [index[ls[0]] for _, ls in rows] for s, rows in entries.items()}
     outside = [f for fs in files.values() for f in fs if is_outside(f)]
     layout = "label file"
-    notes = {"label_file": str(path), "outside_label_folder": len(outside)}
-    scan = Scan(path.parent, layout, names, files, labels, 0, source=path, skipped=skipped, notes=notes)
+    notes = {"label_file": str(path), "outside_label_folder": len(outside), "task": task}
+    scan = Scan(path.parent, layout, names, files, labels, 0, source=path, skipped=skipped, notes=notes, task=task)
     if outside:
         warn(f"{len(outside)} paths in {path} lead outside its folder (e.g. {outside[0]}): read as written")
     return scan

@@ -26,11 +26,12 @@ class Scan:
     layout: str  # "classes" (DIR/<class>/…), "splits" (DIR/train/<class>/…) or "label file"
     classes: list[str]
     files: dict[str, list[str]]  # split → paths relative to root, as written
-    labels: dict[str, list[int]]
+    labels: dict[str, list]  # split → the class index of each file (multilabel: a sorted tuple of indices)
     ignored: int  # hidden files and files without an image extension, links that would relabel images
     source: Path | None = None  # the label file (None: the folder ``root`` itself)
     skipped: list[dict] = field(default_factory=list)  # entries dropped before decoding, each with its reason
     notes: dict = field(default_factory=dict)  # facts of the scan kept in the run's data.json
+    task: str = "single"  # or "multilabel": any number of classes per image (label files only)
 
     @property
     def origin(self) -> Path:
@@ -48,7 +49,7 @@ class Scan:
         return [f for split in self.files for f in self.files[split]]
 
     @property
-    def all_labels(self) -> list[int]:
+    def all_labels(self) -> list:
         """The label of each of :attr:`all_files`."""
         return [label for split in self.labels for label in self.labels[split]]
 

@@ -1,9 +1,11 @@
 """Where a run's images come from: CIFAR by name, a folder of images or a label file, each loaded into the same
 :class:`Splits`."""
 
+from imgclf.core.errors import ImgclfError
 from imgclf.data.cifar import CIFAR_SOURCES, cifar_splits
 from imgclf.data.files import file_splits
 from imgclf.data.images import Splits
+from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
 
 
 def is_builtin(source: str) -> bool:
@@ -27,12 +29,14 @@ def load_splits(
     workers: int = 0,
     progress: bool = True,
     lists: dict[str, list[str]] | None = None,
-    columns: tuple[str | None, str | None] = (None, None),
+    fmt: LabelFormat = DEFAULT_FORMAT,
 ) -> Splits:
     """The splits of ``source`` (``cifar10``, ``cifar100``, a folder or a label file), split as a run with these
-    options splits it; ``lists`` (a run's saved file lists) fixes the split exactly; ``columns``: a label file's file
-    and label columns (None: found by name)."""
+    options splits it; ``lists`` (a run's saved file lists) fixes the split exactly; ``fmt``: how a label file is read
+    (its columns, separator, task)."""
     if is_builtin(source):
+        if fmt.task == "multilabel":
+            raise ImgclfError(f"{source} is single-label: --task multilabel needs a label file")
         return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side)
     return file_splits(
         source,
@@ -47,5 +51,5 @@ def load_splits(
         workers=workers,
         progress=progress,
         lists=lists,
-        columns=columns,
+        fmt=fmt,
     )

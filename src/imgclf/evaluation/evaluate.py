@@ -1,5 +1,6 @@
 """Evaluation of a finished run. The test split is read here, once, after every fitted quantity is fixed:
-the model was selected on the validation split during training, and the temperature is fitted on it below.
+the model was selected on the validation split during training, and the temperature (and, for multi-label data, each
+class's decision threshold) is fitted on it below.
 
 Writes ``metrics.json`` and the card's temperature into the run directory and returns an :class:`Evaluation`;
 ``report/run_report.py`` draws its figures and its ``report.html``.
@@ -22,9 +23,19 @@ from imgclf.data.balance import class_counts, imbalance_ratio
 from imgclf.data.images import ImageSet, Splits
 from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
+from imgclf.evaluation.multilabel import (
+    binary_calibration,
+    binary_reliability,
+    fit_sigmoid_temperature,
+    fit_thresholds,
+    multilabel_scores,
+    per_class_ap,
+    sigmoid,
+)
 from imgclf.inference.predictor import TorchPredictor, load_network
 from imgclf.models import count_parameters
 from imgclf.models.transfer import TransferModel, activation_cache, architecture, uses_cache
+from imgclf.training.losses import multilabel_loss
 
 
 @dataclass
@@ -45,7 +56,10 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy of ``logits``."""
+    """Mean cross-entropy of ``logits`` (multi-hot ``labels``: binary cross-entropy summed over the classes, the
+    training loss)."""
+    if labels.ndim == 2:
+        return float(multilabel_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
     return float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
 
 
@@ -84,9 +98,42 @@ def open_run(
     return splits, card, TorchPredictor(model, card, dev, precision, cache)
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy of ``logits`` (N, C) against integer ``labels`` (N,)."""
+def accuracy(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> float:
+    """Top-1 accuracy of ``logits`` (N, C) against integer ``labels`` (N,); for multi-hot ``labels`` (N, C), the
+    exact-match ratio of the card's decisions (calibrated probabilities at its thresholds)."""
+    if labels.ndim == 2:
+        predicted = sigmoid(logits, card.temperature or 1.0) >= np.asarray(card.thresholds)
+        return float((predicted == labels.astype(bool)).all(1).mean())
     return float((logits.argmax(1) == labels).mean())
+
+
+def fit_on_validation(card: ModelCard, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
+    """Set the card's temperature (and, for multi-hot ``labels``, per-class thresholds) from validation."""
+    if labels is not None and labels.ndim == 2:
+        card.temperature = fit_sigmoid_temperature(logits, labels)
+        card.thresholds = fit_thresholds(sigmoid(logits, card.temperature), labels).tolist()
+    elif logits is not None:
+        card.temperature = fit_temperature(logits, labels)
+    else:  # no validation split: nothing to fit on
+        card.temperature = 1.0
+        card.thresholds = [0.5] * card.num_classes if card.task == "multilabel" else None
+
+
+def multilabel_held_out(logits: np.ndarray, labels: np.ndarray, classes: list[str], card: ModelCard) -> dict:
+    """mAP, F1, exact match, Hamming loss, per-class AP and scores at the card's thresholds, and calibration over
+    every class-probability before and after the temperature, of held-out ``logits`` against multi-hot ``labels``."""
+    temperature = card.temperature or 1.0
+    probs = sigmoid(logits, temperature)
+    scores = multilabel_scores(probs, labels, np.asarray(card.thresholds), classes)
+    raw = sigmoid(logits)
+    return {
+        **scores,
+        "task": "multilabel",
+        "temperature": temperature,
+        "calibration": binary_calibration(raw, labels),
+        "calibration_temperature_scaled": binary_calibration(probs, labels),
+        "reliability": {k: v.tolist() for k, v in binary_reliability(probs, labels).items()},
+    }
 
 
 def held_out_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float) -> dict:
@@ -133,8 +180,8 @@ def evaluate_locked(
     train, val = splits.train, splits.val
     train_logits, train_labels = logits(train, "train"), train.labels.numpy()
     val_logits, val_labels = (logits(val, "val"), val.labels.numpy()) if len(val) else (None, None)
-    card.temperature = fit_temperature(val_logits, val_labels) if val_logits is not None else 1.0
-    run.write_card(card)  # with the fitted temperature: predict and serve calibrate with it
+    fit_on_validation(card, val_logits, val_labels)
+    run.write_card(card)  # with the fitted temperature (and thresholds): predict and serve decide with them
 
     test = splits.test()  # the only read of the test split
     test_labels = test.labels.numpy()
@@ -144,7 +191,7 @@ def evaluate_locked(
     if not np.isfinite(test_logits).all():
         raise ImgclfError(f"the model of {run.path} gives non-finite outputs on the test split (training diverged)")
     network = predictor.network
-    test_accuracy, train_accuracy = accuracy(test_logits, test_labels), accuracy(train_logits, train_labels)
+    test_accuracy, train_accuracy = accuracy(test_logits, test_labels, card), accuracy(train_logits, train_labels, card)
     metrics = {
         "model": cfg.model,
         "dataset": splits.name,
@@ -163,15 +210,19 @@ def evaluate_locked(
         "precision": predictor.precision,
     }
     if val_logits is not None:
-        val_accuracy = accuracy(val_logits, val_labels)
+        val_accuracy = accuracy(val_logits, val_labels, card)
         metrics.update(val_accuracy=val_accuracy, val_loss=mean_loss(val_logits, val_labels))
         metrics["overfitting_gap_val"] = train_accuracy - val_accuracy
-    metrics.update(held_out_metrics(test_logits, test_labels, splits.classes, card.temperature))
+    if test_labels.ndim == 2:
+        metrics.update(multilabel_held_out(test_logits, test_labels, splits.classes, card))
+        metrics["train_map"] = float(np.nanmean(per_class_ap(sigmoid(train_logits), train_labels)))
+    else:
+        metrics.update(held_out_metrics(test_logits, test_labels, splits.classes, card.temperature))
     metrics.update(balance_facts(train_labels, val_labels, metrics["per_class"]))
     if tta:
         tta_logits = logits(test, "test", flip_tta=True)
         metrics["tta"] = {
-            "test_accuracy": accuracy(tta_logits, test_labels),
+            "test_accuracy": accuracy(tta_logits, test_labels, card),
             "test_loss": mean_loss(tta_logits, test_labels),
             "views": predictor.tta_views,
         }

@@ -3,7 +3,9 @@
 Each file is decoded by ``data/decode.py`` at the model card's stored side and resize policy — the code that prepared
 the training images — then goes through the :class:`Predictor` in batches, so a training image predicted from its
 file gets the logits evaluation computed for it. Probabilities are calibrated with the temperature evaluation fitted on
-the validation split (``--raw``: plain softmax). A file that cannot be used is reported on its own line and skipped.
+the validation split (``--raw``: plain softmax). A multi-label model also gives each image its labels: the classes
+at or above their thresholds, fitted on validation (a ``labels`` field, column, or the table's cells). A file that
+cannot be used is reported on its own line and skipped.
 
     imgclf predict runs/resnet20-20261126-101500 photo.jpg holiday/ 'scans/**/*.png' --top-k 3
     imgclf predict runs/lite2/model.onnx images/ --format jsonl --output predictions.jsonl
@@ -34,11 +36,13 @@ GLOB_CHARACTERS = "*?["
 
 @dataclass
 class Row:
-    """One input's outcome: its top-k (class, probability) pairs, or why it was skipped."""
+    """One input's outcome: its top-k (class, probability) pairs (and a multi-label model's labels: the pairs at or
+    above their thresholds), or why it was skipped."""
 
     path: str
     top: list[tuple[str, float]] | None = None
     error: str = ""
+    labels: list[tuple[str, float]] | None = None
 
 
 def expand_inputs(items: list[str]) -> tuple[list[str], list[Row]]:
@@ -92,13 +96,14 @@ def predict_files(
         for chunk in batched(paths, size):
             decoded = list(pool.map(lambda p: decode_file(p, card.data_size, card.resize, digest=False), chunk))
             good = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
-            tops = {}
+            tops, labels = {}, {}
             if good:
                 images = np.stack([decoded[i][0] for i in good])
                 probs = predictor.probabilities(predictor.logits(images, flip_tta), calibrated)
                 tops = dict(zip(good, predictor.top_k(probs, top_k), strict=True))
+                labels = dict(zip(good, predictor.labels(probs) or [None] * len(good), strict=True))
             for i, path in enumerate(chunk):
-                yield Row(path, tops[i]) if i in tops else Row(path, error=decoded[i][2])
+                yield Row(path, tops[i], labels=labels[i]) if i in tops else Row(path, error=decoded[i][2])
             bar.update(len(chunk))
 
 
@@ -111,18 +116,22 @@ def batched(items: list, size: int) -> Iterator[list]:
 class RowWriter:
     """Writes rows as an aligned table, CSV or JSON lines."""
 
-    def __init__(self, out: TextIO, kind: str, top_k: int, path_width: int, class_width: int = 0) -> None:
+    def __init__(
+        self, out: TextIO, kind: str, top_k: int, path_width: int, class_width: int = 0, multilabel: bool = False
+    ) -> None:
         self.out, self.kind, self.width, self.top_k = out, kind, min(path_width, 60), top_k
-        self.class_width = class_width
+        self.class_width, self.multilabel = class_width, multilabel
         if kind == "csv":
             self.csv = csv.writer(out)
             ranks = [f"{name}_{r}" for r in range(1, top_k + 1) for name in ("class", "probability")]
-            self.csv.writerow(["path", *ranks, "error"])
+            self.csv.writerow(["path", *(["labels"] if multilabel else []), *ranks, "error"])
 
     def write(self, row: Row) -> None:
         if self.kind == "jsonl":
             record = {"path": row.path}
             if row.top is not None:
+                if self.multilabel:
+                    record["labels"] = [{"class": c, "probability": round(p, 6)} for c, p in row.labels]
                 record["predictions"] = [{"class": c, "probability": round(p, 6)} for c, p in row.top]
             else:
                 record["error"] = row.error
@@ -130,13 +139,16 @@ class RowWriter:
         elif self.kind == "csv":
             cells = [v for c, p in row.top for v in (c, f"{p:.6f}")] if row.top is not None else []
             cells += [""] * (2 * self.top_k - len(cells))  # fewer classes than k, or a skipped file
+            if self.multilabel:
+                cells.insert(0, ";".join(c for c, _ in row.labels) if row.labels is not None else "")
             self.csv.writerow([row.path, *cells, row.error])
         else:
             shown = row.path.ljust(self.width)
             if row.top is None:
                 self.out.write(f"{shown}  skipped: {row.error}\n")
             else:
-                cells = (f"{c:<{self.class_width}} {p:6.1%}" for c, p in row.top)
+                pairs = row.labels if self.multilabel else row.top
+                cells = [f"{c:<{self.class_width}} {p:6.1%}" for c, p in pairs] or ["no class above its threshold"]
                 self.out.write(f"{shown}  " + "  ".join(cells) + "\n")
 
 
@@ -157,7 +169,7 @@ def run_predict(
 
     def write_all(out: TextIO) -> None:
         widths = max((len(p) for p in files), default=0), max(len(c) for c in predictor.classes)
-        writer = RowWriter(out, kind, top_k, *widths)
+        writer = RowWriter(out, kind, top_k, *widths, multilabel=predictor.multilabel)
         for row in missing:
             writer.write(row)
         for row in predict_files(predictor, files, top_k, calibrated, flip_tta, batch_size, progress):

@@ -3,11 +3,12 @@ server all call a :class:`Predictor`.
 
 uint8 images (N, 3, S, S) at the card's stored side → resized (antialiased) to the network's input side and
 normalised with the card's mean/std → the network, in PyTorch or, for an exported ``.onnx``, in onnxruntime → float32
-logits. Flip TTA averages the mirrored images' logits (with a recipe's ``tta_shift``, airbench's six views: half
-the weight on the image and its mirror, half on both shifted ±N px diagonally, and their mirrors); the run's fitted
-temperature turns logits into calibrated probabilities. The images themselves come from ``data/decode.py``, the code
-that prepared the training images, so a training image predicted from its file gives the logits evaluation computed
-for it.
+logits. Multi-label models (``card.task``) give each class a sigmoid probability, and predict the classes at or
+above their thresholds (fitted on validation). Flip TTA averages the mirrored images' logits (with a recipe's
+``tta_shift``, airbench's six views: half the weight on the image and its mirror, half on both shifted ±N px
+diagonally, and their mirrors); the run's fitted temperature turns logits into calibrated probabilities. The images
+themselves come from ``data/decode.py``, the code that prepared the training images, so a training image predicted
+from its file gives the logits evaluation computed for it.
 """
 
 import copy
@@ -108,10 +109,30 @@ class Predictor:
         bar = tqdm(starts, desc=desc or "predicting", unit="batch", disable=not progress, leave=False)
         return np.concatenate([self.logits(data.images[s : s + size], flip_tta) for s in bar])
 
+    @property
+    def multilabel(self) -> bool:
+        """True when the model gives each class its own probability (sigmoid) and predicts any number of them."""
+        return self.card.task == "multilabel"
+
     def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
-        """Softmax of ``logits``, divided first by the fitted temperature when ``calibrated`` and one exists."""
+        """Softmax (multi-label: sigmoid) of ``logits``, divided first by the fitted temperature when ``calibrated``
+        and one exists."""
         scale = self.temperature if calibrated and self.temperature else 1.0
-        return special.softmax((np.asarray(logits) / scale).astype(np.float64), axis=1).astype(np.float32)
+        scaled = (np.asarray(logits) / scale).astype(np.float64)
+        probs = special.expit(scaled) if self.multilabel else special.softmax(scaled, axis=1)
+        return probs.astype(np.float32)
+
+    def labels(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]] | None:
+        """Multi-label models: the (class, probability) pairs at or above each class's threshold, most probable first
+        (½ before the run is evaluated); None for single-label models."""
+        if not self.multilabel:
+            return None
+        thresholds = np.asarray(self.card.thresholds or [0.5] * len(self.classes))
+        rows = []
+        for row in probabilities:
+            chosen = np.flatnonzero(row >= thresholds)
+            rows.append([(self.classes[j], float(row[j])) for j in chosen[np.argsort(-row[chosen], kind="stable")]])
+        return rows
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable (class, probability) pairs of each row, most probable first."""

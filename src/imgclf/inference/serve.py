@@ -2,6 +2,7 @@
 
     POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream), or several as
                     multipart/form-data file fields → {"predictions": [{"filename", "top": [{"class", "probability"}]}]}
+                    (a multi-label model adds "labels": the classes at or above their thresholds)
     GET  /          the page: drop or pick an image, see it with its top-k bars
     GET  /health    the process is up;  GET /ready: the model is loaded and warmed up (503 once it shuts down)
     GET  /metrics   Prometheus: requests by path and status, latency histogram, errors by reason, images, batch sizes
@@ -119,11 +120,14 @@ class Service:
             late = f"the prediction took longer than {limits.timeout_seconds:g} s"
             raise ServeError(504, late, "timeout") from None
         self.metrics.images.inc(len(logits))
-        tops = predictor.top_k(predictor.probabilities(logits, self.calibrated), limits.top_k)
+        probs = predictor.probabilities(logits, self.calibrated)
+        tops = predictor.top_k(probs, limits.top_k)
         predictions = [
             {"filename": name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
             for (name, _), top in zip(uploads, tops, strict=True)
         ]
+        for prediction, labels in zip(predictions, predictor.labels(probs) or [], strict=False):
+            prediction["labels"] = [{"class": c, "probability": round(p, 6)} for c, p in labels]
         calibrated_now = self.calibrated and predictor.temperature is not None
         return {"model": predictor.card.model, "calibrated": calibrated_now, "predictions": predictions}
 

@@ -21,6 +21,8 @@ def load_run(run_dir: Path) -> dict:
         "model": metrics["model"],
         "dataset": dataset_name(metrics),
         "test_accuracy": metrics["test_accuracy"],
+        "map": metrics.get("map"),  # multi-label runs
+        "macro_f1": metrics.get("macro_f1"),
         "test_loss": metrics["test_loss"],
         "overfitting_gap": metrics["overfitting_gap"],
         "parameters": metrics["parameters"],

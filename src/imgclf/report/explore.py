@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from imgclf.core.io import write_json
-from imgclf.data.balance import imbalance_ratio
+from imgclf.data.balance import class_counts, imbalance_ratio
 from imgclf.data.images import ImageSet, MappedImages, channel_stats
+from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
+from imgclf.data.multilabel import is_multilabel, label_cardinality, multi_hot
 from imgclf.data.sources import is_builtin
 
 GALLERY_CLASSES = 20  # the sample grid shows the first classes only; stats.json covers all
@@ -23,20 +25,21 @@ def folder_images(
     prepare_dir: str | None,
     workers: int,
     progress: bool,
-    columns: tuple[str | None, str | None] = (None, None),
+    fmt: LabelFormat = DEFAULT_FORMAT,
 ):
     """Every readable image of a folder or label file (all splits), its display name and the facts of its raw
     files."""
     from imgclf.data.files import scan_source, skipped_files
     from imgclf.data.prepare import prepare
 
-    scan = scan_source(data, *columns)
+    scan = scan_source(data, fmt)
     files, labels = scan.all_files, scan.all_labels
     prepared = prepare(scan.root, files, side, resize, prepare_dir, workers, progress)
     rows = np.array([i for i, reason in enumerate(prepared.reasons) if not reason], dtype=np.int64)
+    every = multi_hot(labels, len(scan.classes)) if scan.task == "multilabel" else torch.tensor(labels)
     images = ImageSet(
         MappedImages(prepared.array, rows, prepared.key),
-        torch.tensor(labels)[torch.from_numpy(rows)],
+        every[torch.from_numpy(rows)],
         scan.classes,
     )
     raw = raw_file_stats(scan.root, files, seed=0)
@@ -80,7 +83,7 @@ def explore(
     prepare_dir: str | None = None,
     workers: int = 0,
     progress: bool = True,
-    columns: tuple[str | None, str | None] = (None, None),
+    fmt: LabelFormat = DEFAULT_FORMAT,
 ) -> dict:
     """Write samples.png, class_distribution.png (and image_sizes.png for a folder) and stats.json into ``output``."""
     from imgclf.report import plots
@@ -92,23 +95,23 @@ def explore(
 
         images, name = load_cifar("train", data_dir, source=data), CIFAR_SOURCES[data][1]
     else:
-        images, name, raw = folder_images(data, side or 64, resize, prepare_dir, workers, progress, columns)
+        images, name, raw = folder_images(data, side or 64, resize, prepare_dir, workers, progress, fmt)
     classes = images.classes
-    labels = images.labels.numpy()
-    counts = np.bincount(labels, minlength=len(classes)).tolist()
+    hot = images.labels.numpy() if is_multilabel(images.labels) else np.eye(len(classes), dtype=bool)[images.labels]
+    counts = class_counts(images.labels, len(classes)).tolist()
     rng = np.random.default_rng(seed)
     shown = classes[:GALLERY_CLASSES]
-    picks = [
-        rng.choice(np.flatnonzero(labels == c), min(per_class, counts[c]), replace=False) for c in range(len(shown))
-    ]
+    picks = [rng.choice(np.flatnonzero(hot[:, c]), min(per_class, counts[c]), replace=False) for c in range(len(shown))]
     order = np.concatenate(picks).astype(np.int64)
-    captions = [classes[labels[i]] for i in order]
+    captions = [" + ".join(classes[c] for c in np.flatnonzero(hot[i])) for i in order]
     plots.plot_gallery(images.images[order].numpy(), captions, output / "samples.png", columns=per_class)
     plots.plot_bars(classes, counts, output / "class_distribution.png", title=f"{name}: images per class")
     mean, std = channel_stats(images.images)
     per = dict(zip(classes, counts, strict=True))
     stats = {"dataset": name, "images": len(images), "classes": classes, "per_class": per}
     stats["imbalance_ratio"] = round(imbalance_ratio(torch.tensor(counts)), 2)
+    if is_multilabel(images.labels):
+        stats.update(task="multilabel", label_cardinality=round(label_cardinality(images.labels), 3))
     stats.update(mean=list(mean), std=list(std))
     if raw is not None:
         plots.plot_sizes(raw.pop("sizes"), output / "image_sizes.png", title=f"{name}: raw image sizes")

@@ -109,8 +109,81 @@ def fitted_on(metrics: dict) -> str:
     return f"fitted on the validation split: {fitted['images']:,} images{ratio}; measured on the test split"
 
 
+def calibration_rows(metrics: dict) -> list[list[str]]:
+    """The calibration table's rows: before and after the temperature."""
+    cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
+    return [
+        [label, f"{c['ece']:.4f}", f"{c['mce']:.4f}", f"{c['nll']:.4f}", f"{c['brier']:.4f}"]
+        for label, c in (("before", cal), (f"temperature {metrics['temperature']:.3f}", scaled))
+    ]
+
+
+def closing(run_dir: Path, metrics: dict, config: dict, captions: dict[str, str]) -> list[str]:
+    """The end of a run's report: its figures, configuration and metrics."""
+    return [
+        "<h2>Figures</h2>",
+        *[figure(run_dir / f, captions.get(Path(f).stem, Path(f).stem)) for f in metrics["figures"]],
+        "<h2>Configuration</h2>",
+        config_block(CONFIG, config),
+        config_block(
+            "metrics.json (without the confusion matrix)",
+            {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "reliability", "per_class", "classes")},
+        ),
+    ]
+
+
+def multilabel_report(run_dir: Path, metrics: dict, config: dict) -> Path:
+    """``report.html`` of one evaluated multi-label run: mAP and F1 first, per-class AP worst first."""
+    cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
+    card = metrics["cardinality"]
+    headline = [
+        ("test mAP", f"{metrics['map']:.2%}"),
+        ("macro F1", f"{metrics['macro_f1']:.4f}"),
+        ("micro F1", f"{metrics['micro_f1']:.4f}"),
+        ("exact match", f"{metrics['exact_match']:.2%}"),
+        ("Hamming loss", f"{metrics['hamming_loss']:.4f}"),
+        ("labels per image", f"{card['predicted']:.2f} predicted / {card['true']:.2f} true"),
+        ("train mAP", f"{metrics['train_map']:.2%}"),
+        ("ECE → scaled", f"{cal['ece']:.2%} → {scaled['ece']:.2%}"),
+        ("parameters", f"{metrics['parameters']:,}"),
+        ("inference", f"{metrics['inference_images_per_second']:,.0f} img/s"),
+    ]
+    scores = sorted(metrics["per_class"].items(), key=lambda item: (item[1]["ap"] is not None, item[1]["ap"] or 0))
+    rows = [
+        [name, "" if v["ap"] is None else f"{v['ap']:.3f}", f"{v['threshold']:.3f}"]
+        + [f"{v[k]:.3f}" for k in ("precision", "recall", "f1")]
+        + [v["support"], size(v)]
+        for name, v in scores
+    ]
+    captions = {
+        "pr_curves": "Precision–recall curves on the test split (the worst classes by average precision)",
+        "reliability": "Reliability over every class-probability, before and after temperature scaling "
+        f"({fitted_on(metrics)})",
+        "training_curves": "Training curves (accuracy: exact match at probability ½)",
+        "misclassified": "The most confident wrong decisions on test images (true labels → predicted labels)",
+    }
+    body = [
+        cards(headline),
+        "<h2>Per-class average precision, worst first</h2>",
+        "<p>Each class is predicted when its calibrated probability reaches its threshold, fitted on the validation "
+        "split for the best F1; precision, recall and F1 are at that threshold, on the test split.</p>",
+        table(["class", "AP", "threshold", "precision", "recall", "F1", "test images", "train images"], rows),
+        "<h2>Calibration</h2>",
+        f"<p>Over every class-probability; temperature {fitted_on(metrics)}.</p>",
+        table(["", "ECE (15 bins)", "MCE", "NLL per class", "Brier"], calibration_rows(metrics)),
+        *closing(run_dir, metrics, config, captions),
+    ]
+    dataset = dataset_name(metrics)
+    subtitle = (
+        f"{run_dir.name} · {dataset}, {len(scores)} classes, multi-label · {metrics['device']} · {metrics['precision']}"
+    )
+    return write_page(run_dir / REPORT, f"{metrics['model']} on {dataset}", subtitle, body)
+
+
 def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     """``report.html`` of one evaluated run."""
+    if metrics.get("task") == "multilabel":
+        return multilabel_report(run_dir, metrics, config)
     cal, scaled = metrics["calibration"], metrics["calibration_temperature_scaled"]
     headline = [
         ("test accuracy", f"{metrics['test_accuracy']:.2%}"),
@@ -143,10 +216,7 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
     for average in ("macro", "weighted"):
         m = metrics[average]
         per_class.append([f"{average} avg", *(f"{m[k]:.3f}" for k in ("precision", "recall", "f1")), "", "", ""])
-    calibration = [
-        [label, f"{c['ece']:.4f}", f"{c['mce']:.4f}", f"{c['nll']:.4f}", f"{c['brier']:.4f}"]
-        for label, c in (("before", cal), (f"temperature {metrics['temperature']:.3f}", scaled))
-    ]
+    calibration = calibration_rows(metrics)
     confused = [[p["true"], p["predicted"], p["count"]] for p in metrics["most_confused"]]
     captions = {
         "confusion_matrix": "Confusion matrix (test split)",
@@ -163,14 +233,7 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
         table(["", "ECE (15 bins)", "MCE", "NLL", "Brier"], calibration),
         "<h2>Most confused pairs</h2>",
         table(["true", "predicted", "count"], confused),
-        "<h2>Figures</h2>",
-        *[figure(run_dir / f, captions.get(Path(f).stem, Path(f).stem)) for f in metrics["figures"]],
-        "<h2>Configuration</h2>",
-        config_block(CONFIG, config),
-        config_block(
-            "metrics.json (without the confusion matrix)",
-            {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "reliability", "per_class", "classes")},
-        ),
+        *closing(run_dir, metrics, config, captions),
     ]
     dataset = dataset_name(metrics)
     subtitle = f"{run_dir.name} · {dataset}, {len(class_scores)} classes · {metrics['device']} · {metrics['precision']}"

@@ -1,4 +1,5 @@
-"""Figures of an evaluation: confusion matrix, reliability diagram, training curves, misclassified gallery."""
+"""Figures of an evaluation: confusion matrix, reliability diagram, precision–recall curves, training curves,
+misclassified gallery."""
 
 from pathlib import Path
 
@@ -84,6 +85,18 @@ def plot_reliability(bins: dict[str, dict], path: Path) -> Path:
         ax.bar(centres[filled] + offset, b["accuracy"][filled], width=width / len(bins), alpha=0.8, label=label)
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability diagram")
     ax.legend(loc="upper left")
+    return save(fig, path)
+
+
+def plot_pr_curves(curves: dict[str, dict], path: Path, title: str = "precision–recall per class") -> Path:
+    """Precision against recall, one line per class (``curves``: name → precision, recall and AP), in the given
+    order; the legend names each class with its AP."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, curve in curves.items():
+        ax.plot(curve["recall"], curve["precision"], lw=1.2, label=f"{shorten(name)} (AP {curve['ap']:.2f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=7, loc="lower left", ncol=1 if len(curves) <= 10 else 2)
+    ax.grid(alpha=0.3)
     return save(fig, path)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 from imgclf.artifacts.runs import FIGURES
 from imgclf.evaluation.calibration import reliability_bins, softmax
 from imgclf.evaluation.evaluate import Evaluation
+from imgclf.evaluation.multilabel import binary_reliability, pr_curve, sigmoid
 from imgclf.report import plots
 from imgclf.report.html import evaluation_report
 
@@ -20,9 +21,46 @@ def render_evaluation(result: Evaluation) -> dict:
     return metrics
 
 
+PR_CURVES = 10  # classes drawn in the precision–recall figure: the worst by AP
+
+
+def write_multilabel_figures(result: Evaluation) -> list:
+    """Precision–recall curves of the worst classes, reliability over every class-probability before and after the
+    temperature, training curves and the most confident wrong decisions, as PNG files."""
+    run, metrics, test, logits = result.run, result.metrics, result.test, result.test_logits
+    figures, temperature, classes = run.file(FIGURES), metrics["temperature"], test.classes
+    labels = test.labels.numpy().astype(bool)
+    probs = sigmoid(logits, temperature)
+    by_ap = sorted((v["ap"], i) for i, v in enumerate(metrics["per_class"].values()) if v["ap"] is not None)
+    curves = {classes[i]: {**pr_curve(probs[:, i], labels[:, i]), "ap": ap} for ap, i in by_ap[:PR_CURVES]}
+    title = "precision–recall, worst classes by AP" if len(by_ap) > PR_CURVES else "precision–recall per class"
+    reliability = {"before scaling": binary_reliability(sigmoid(logits), labels)}
+    reliability[f"temperature {temperature:.2f}"] = binary_reliability(probs, labels)
+    paths = [
+        plots.plot_pr_curves(curves, figures / "pr_curves.png", title),
+        plots.plot_reliability(reliability, figures / "reliability.png"),
+    ]
+    if result.history:
+        paths.append(plots.plot_history(result.history, figures / "training_curves.png", title=metrics["model"]))
+    thresholds = np.array([v["threshold"] for v in metrics["per_class"].values()])
+    predicted = probs >= thresholds
+    wrong = np.flatnonzero((predicted != labels).any(1))
+    worst_miss = np.where(predicted != labels, np.abs(probs - thresholds), 0).max(1)  # the most confident error
+    worst = wrong[np.argsort(-worst_miss[wrong])][:24]
+
+    def names(row: np.ndarray) -> str:
+        return "+".join(classes[j] for j in np.flatnonzero(row)) or "none"
+
+    captions = [f"{names(labels[i])} → {names(predicted[i])}" for i in worst]
+    paths.append(plots.plot_gallery(test.images[worst].numpy(), captions, figures / "misclassified.png"))
+    return paths
+
+
 def write_figures(result: Evaluation) -> list[str]:
     """Confusion matrix, reliability diagram, training curves and the most confident mistakes, as PNG files."""
     run, metrics, test, logits = result.run, result.metrics, result.test, result.test_logits
+    if metrics.get("task") == "multilabel":
+        return [str(p.relative_to(run.path)) for p in write_multilabel_figures(result)]
     figures, temperature = run.file(FIGURES), metrics["temperature"]
     labels = test.labels.numpy()
     probs = softmax(logits)

@@ -28,14 +28,24 @@ REFERENCE_COLUMNS: list[Column] = [
 ]
 
 
+# before the test accuracy (then an exact-match ratio), when some run is multi-label
+MULTILABEL_COLUMNS: list[Column] = [
+    ("map", "test mAP", "{:.2%}"),
+    ("macro_f1", "macro F1", "{:.4f}"),
+]
+
 # last, when the runs were computed differently (their summaries' engine records, in words)
 ENGINE_COLUMN: Column = ("engine", "engine (where runs differ)", "{}")
 
 
 def columns(runs: list[dict]) -> list[Column]:
-    """The table's columns: the reference ones only when some run has a reference accuracy, the engine only when the
-    runs' engines differ."""
+    """The table's columns: mAP and macro F1 when some run is multi-label, the reference ones only when some run has a
+    reference accuracy, the engine only when the runs' engines differ."""
     cols = COLUMNS
+    if any(r.get("map") is not None for r in runs):
+        at = [key for key, _, _ in COLUMNS].index("test_accuracy")
+        accuracy = ("test_accuracy", "test accuracy (multi-label: exact match)", "{:.2%}")
+        cols = COLUMNS[:at] + MULTILABEL_COLUMNS + [accuracy] + COLUMNS[at + 1 :]
     if any(r.get("reference_accuracy") is not None for r in runs):
         at = [key for key, _, _ in COLUMNS].index("test_accuracy") + 1
         cols = COLUMNS[:at] + REFERENCE_COLUMNS + COLUMNS[at:]

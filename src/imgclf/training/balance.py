@@ -1,14 +1,15 @@
-"""Training on classes of very different sizes: the loss (or the draw) of each balance mode, and what is watched.
+"""What a phase's loss answers — the task and the training split's class sizes — and what is watched.
 
 - ``logit-adjust``: cross-entropy on ``logits + log(prior)`` (Menon et al. 2021; Balanced Softmax, Ren et al. 2020):
   the network's own logits then score every class as if the classes were equally frequent, with no change at
-  prediction time.
+  prediction time (``losses.py``: its label smoothing follows the prior).
 - ``weights``: cross-entropy weighted ``N / (C · n_c)`` per class.
 - ``sampler``: images drawn with replacement, each class equally often (same epoch length).
 - ``none``: plain cross-entropy on the split as it is.
 
 When the split is imbalanced (``data/balance.py``: ratio ≥ 3) the callbacks watch balanced accuracy on validation,
-not accuracy: the model kept and the epoch stopped at are the ones that do best on every class alike.
+not accuracy: the model kept and the epoch stopped at are the ones that do best on every class alike. Multi-label
+data trains with binary cross-entropy (``none`` is its one balance mode) and watches mean average precision.
 """
 
 from collections.abc import Callable
@@ -18,8 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.config.options import TrainConfig
+from imgclf.core.errors import ImgclfError
 from imgclf.data.balance import IMBALANCED, chosen_balance, class_counts, class_weights, imbalance_ratio, log_prior
 from imgclf.data.balance import sample_weights as draw_weights
+from imgclf.data.multilabel import is_multilabel
+from imgclf.training.losses import adjusted_cross_entropy, multilabel_loss
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class ClassBalance:
     counts: tuple[int, ...] = ()
     ratio: float = 1.0
     monitor: str = "val_acc"  # the validation metric the callbacks watch (``--monitor auto``)
+    multilabel: bool = False  # several classes per image: binary cross-entropy over multi-hot labels
 
     @property
     def imbalanced(self) -> bool:
@@ -43,6 +48,13 @@ class ClassBalance:
         weight = class_weights(counts).to(device) if self.mode == "weights" else None
         prior = log_prior(counts).to(device) if self.mode == "logit-adjust" else None
 
+        def one(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+            if self.multilabel:
+                return multilabel_loss(logits, labels, smoothing)
+            if prior is not None:
+                return adjusted_cross_entropy(logits, labels, prior, smoothing)
+            return F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+
         def loss(
             logits: torch.Tensor,
             labels: torch.Tensor,
@@ -50,12 +62,8 @@ class ClassBalance:
             partners: torch.Tensor | None = None,
             lam: float = 1.0,
         ) -> torch.Tensor:
-            if prior is not None:
-                logits = logits + prior
-            own = F.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
-            if partners is None:
-                return own
-            return lam * own + (1 - lam) * F.cross_entropy(logits, partners, weight=weight, label_smoothing=smoothing)
+            own = one(logits, labels, smoothing)
+            return own if partners is None else lam * own + (1 - lam) * one(logits, partners, smoothing)
 
         return loss
 
@@ -65,7 +73,8 @@ class ClassBalance:
 
     def record(self) -> dict:
         """What the summary keeps: the mode, and the ratio and class sizes it was chosen from."""
-        return {"mode": self.mode, "imbalance_ratio": round(self.ratio, 2), "counts": list(self.counts)}
+        record = {"mode": self.mode, "imbalance_ratio": round(self.ratio, 2), "counts": list(self.counts)}
+        return {**record, "task": "multilabel" if self.multilabel else "single"}
 
     def note(self) -> str | None:
         """The one line said when the split is imbalanced (None when it is not)."""
@@ -91,8 +100,15 @@ def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> C
     """The balance of a run with ``cfg`` whose training split has ``labels`` over ``num_classes`` classes."""
     counts = class_counts(labels, num_classes)
     ratio = imbalance_ratio(counts)
+    multilabel = is_multilabel(labels)
+    if multilabel and cfg.balance not in ("auto", "none"):
+        raise ImgclfError(f"--balance {cfg.balance} is for single-label data; multi-label data trains with none")
+    if multilabel and cfg.monitor in ("val_acc", "val_balanced_acc"):
+        raise ImgclfError(f"--monitor {cfg.monitor} is for single-label data; multi-label data watches val_map")
+    if not multilabel and cfg.monitor == "val_map":
+        raise ImgclfError("--monitor val_map is for multi-label data")
     monitor = cfg.monitor
     if monitor == "auto":
-        monitor = "val_balanced_acc" if ratio >= IMBALANCED else "val_acc"
-    mode = chosen_balance(cfg.balance, ratio)
-    return ClassBalance(mode, tuple(int(c) for c in counts), ratio, monitor)
+        monitor = "val_map" if multilabel else "val_balanced_acc" if ratio >= IMBALANCED else "val_acc"
+    mode = "none" if multilabel else chosen_balance(cfg.balance, ratio)
+    return ClassBalance(mode, tuple(int(c) for c in counts), ratio, monitor, multilabel)

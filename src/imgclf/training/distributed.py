@@ -99,6 +99,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor`` (N_r, …), concatenated in rank order (itself without torchrun); built from two
+    sums, so ranks with different row counts (an uneven validation shard) need no padding protocol."""
+    if not active():
+        return tensor
+    sizes = torch.zeros(world_size(), dtype=torch.long, device=tensor.device)
+    sizes[rank()] = len(tensor)
+    sizes = all_reduce_sum(sizes).tolist()
+    out = tensor.new_zeros((sum(sizes), *tensor.shape[1:]), dtype=torch.float64)
+    start = sum(sizes[: rank()])
+    out[start : start + len(tensor)] = tensor.double()
+    return all_reduce_sum(out).to(tensor.dtype)
+
+
 def broadcast(value):
     """Rank 0's ``value`` on every rank (any picklable value of our own making; ``value`` without torchrun)."""
     if not active():

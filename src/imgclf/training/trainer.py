@@ -30,6 +30,7 @@ from imgclf.training.callbacks import BestCheckpoint, Callback, EarlyStopping, E
 from imgclf.training.checkpoint import checkpoint_files, load_state, save_checkpoint
 from imgclf.training.ema import Lookahead, WeightEMA
 from imgclf.training.history import History
+from imgclf.training.losses import hits
 from imgclf.training.mixup import mix_batch
 from imgclf.training.optim import build_optimizer
 from imgclf.training.phases import Phase
@@ -197,7 +198,7 @@ class Trainer:
                 self.cpu_share.update()  # fewer threads while other processes keep cores busy
             loss, logits, lr = self.train_step(images, labels, frozen)
             loss_sum += loss.detach() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum()
+            correct += hits(logits.detach(), labels)
             n += len(labels)
             bar.update(len(labels))
             if self.step % 10 == 0 and self.device.type == "cpu":  # reading a GPU value would stall its queue
@@ -304,7 +305,8 @@ class Trainer:
         if self.val_loader is not None:  # reduced across the ranks: every decision the same everywhere
             classes = len(self.balance.counts)
             val = evaluate_loader(self.eval_model, self.val_loader, self.device, self.precision, classes)
-            metrics.update(val_loss=val["loss"], val_acc=val["acc"], val_balanced_acc=val["balanced_acc"])
+            metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+            metrics.update({"val_map": val["map"]} if "map" in val else {"val_balanced_acc": val["balanced_acc"]})
         metrics["epoch_seconds"] = time.perf_counter() - start
         self.train_seconds += metrics["epoch_seconds"]
         return metrics
@@ -381,10 +383,12 @@ class Trainer:
 
 
 def epoch_line(metrics: dict, epochs: int, balanced: bool = False) -> str:
-    """The log line of one epoch (``balanced``: with validation's balanced accuracy)."""
+    """The log line of one epoch (``balanced``: with validation's balanced accuracy; multi-label: its mAP)."""
     val = f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}" if "val_acc" in metrics else ""
     if val and balanced:
         val += f" balanced {metrics['val_balanced_acc']:.4f}"
+    if val and "val_map" in metrics:
+        val += f" mAP {metrics['val_map']:.4f}"
     return (
         f"epoch {metrics['epoch']:3d}/{epochs}  train loss {metrics['train_loss']:.4f} "
         f"acc {metrics['train_acc']:.4f}{val}  lr {metrics['lr']:.4g}  {metrics['epoch_seconds']:.1f}s"

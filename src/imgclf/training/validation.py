@@ -1,4 +1,5 @@
-"""The validation pass during training: a model's loss and accuracy over a loader, reduced across torchrun ranks."""
+"""The validation pass during training: a model's loss and accuracy over a loader, reduced across torchrun ranks
+(multi-label: loss, exact-match ratio and mean average precision, the predictions gathered from every rank)."""
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +8,7 @@ from torch import nn
 from imgclf.core.device import autocast
 from imgclf.data.loader import BatchLoader
 from imgclf.training import distributed
+from imgclf.training.losses import hits, multilabel_loss
 
 
 @torch.inference_mode()
@@ -34,6 +36,8 @@ def evaluate_loader(
     over ``loader`` (under torchrun: each rank's shard of it, the sums reduced across the ranks, so every rank gets
     the whole split's figures; ``num_classes``: the model's output count, needed where a shard may be empty)."""
     logits, labels = predict(model, loader, device, precision)
+    if loader.labels.ndim == 2:
+        return multilabel_scores(logits, labels, num_classes)
     k = num_classes if num_classes else (logits.shape[1] if logits.numel() else 0)
     # loss, correct, count, then correct and count per class: zero for an empty shard
     sums = torch.zeros(3 + 2 * k, dtype=torch.float64, device=device)
@@ -49,3 +53,19 @@ def evaluate_loader(
     present = counts > 0
     balanced = (hits[present] / counts[present]).mean().item() if present.any() else 0.0
     return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "balanced_acc": balanced}
+
+
+def multilabel_scores(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Mean binary cross-entropy (summed over classes), exact-match ratio at probability ½ and mean average
+    precision (scikit-learn's, over the classes with a positive image) of one rank's validation shard, gathered."""
+    from sklearn.metrics import average_precision_score
+
+    k = num_classes or logits.shape[1]
+    rows = torch.cat([logits.reshape(-1, k).float(), labels.reshape(-1, k).float()], 1)
+    rows = distributed.all_gather_rows(rows).cpu()
+    logits, labels = rows[:, :k], rows[:, k:]
+    n = max(len(rows), 1)
+    present = labels.sum(0) > 0
+    ap = average_precision_score(labels[:, present].numpy(), logits[:, present].numpy(), average="macro")
+    loss = float(multilabel_loss(logits, labels)) if len(rows) else 0.0
+    return {"loss": loss, "acc": float(hits(logits, labels)) / n, "balanced_acc": 0.0, "map": float(ap)}

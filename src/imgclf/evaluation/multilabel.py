@@ -1,0 +1,138 @@
+"""Multi-label scores: sigmoid probabilities, per-class decision thresholds fitted on validation, and the metrics of
+a held-out split (scikit-learn computes them).
+
+Small pure functions over arrays: ``logits`` (N, C) float, ``labels`` (N, C) multi-hot. Probabilities are
+``sigmoid(logits / T)`` with the temperature ``T`` fitted on validation (:func:`fit_sigmoid_temperature`); the
+thresholds apply to those probabilities. Each class's average precision (AP) ranks the split's images by that
+class's probability; mAP is their mean over the classes with a positive image.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import special
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    hamming_loss,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
+
+DEFAULT_THRESHOLD = 0.5  # a class with no positive validation image keeps it
+
+
+def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Element-wise probabilities of ``logits / temperature`` (float64, stable for large logits)."""
+    return special.expit(np.asarray(logits, dtype=np.float64) / temperature)
+
+
+def fit_sigmoid_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 minimising the binary cross-entropy of ``logits / T`` (fit on validation only)."""
+    x = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def fit_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per class, the probability threshold of best F1 on these (validation) images — the midpoint between the
+    chosen cut and the next lower probability, so that it generalises; ½ for a class with no positive image."""
+    thresholds = np.full(probs.shape[1], DEFAULT_THRESHOLD)
+    for c in range(probs.shape[1]):
+        if not labels[:, c].any():
+            continue
+        precision, recall, cuts = precision_recall_curve(labels[:, c], probs[:, c])
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        best = int(np.argmax(f1[:-1]))  # the last point (recall 0) has no threshold
+        below = probs[:, c][probs[:, c] < cuts[best]]
+        thresholds[c] = (cuts[best] + below.max()) / 2 if len(below) else cuts[best]
+    return thresholds
+
+
+def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Average precision of each class (NaN for a class with no positive image)."""
+    return np.array(
+        [
+            average_precision_score(labels[:, c], probs[:, c]) if labels[:, c].any() else np.nan
+            for c in range(probs.shape[1])
+        ]
+    )
+
+
+def multilabel_scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
+    """mAP, per-class AP, micro and macro F1 at ``thresholds``, exact-match ratio, Hamming loss, label cardinality
+    of predictions and truth, and per-class precision, recall (its ``accuracy``: the share of the class's images
+    found), F1, support and threshold."""
+    predicted = probs >= thresholds
+    truth = labels.astype(bool)
+    ap = per_class_ap(probs, truth)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, zero_division=0)
+    per_class = {
+        name: {
+            "ap": None if np.isnan(ap[i]) else float(ap[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "accuracy": float(recall[i]),
+            "threshold": float(thresholds[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    return {
+        "map": float(np.nanmean(ap)),
+        "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        "exact_match": float(accuracy_score(truth, predicted)),
+        "hamming_loss": float(hamming_loss(truth, predicted)),
+        "cardinality": {"predicted": float(predicted.sum(1).mean()), "true": float(truth.sum(1).mean())},
+        "per_class": per_class,
+    }
+
+
+def binary_reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Reliability over every class-probability: per equal-width probability bin, the count, mean probability
+    ('confidence') and the share of them that are true labels ('accuracy')."""
+    p, y = probs.reshape(-1), labels.reshape(-1).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    safe = np.maximum(count, 1)
+    return {
+        "edges": edges,
+        "count": count,
+        "confidence": np.bincount(index, weights=p, minlength=n_bins) / safe,
+        "accuracy": np.bincount(index, weights=y, minlength=n_bins) / safe,
+    }
+
+
+def binary_calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
+    """ECE and MCE over every class-probability, mean binary NLL per class-probability and Brier score."""
+    bins = binary_reliability(probs, labels, n_bins)
+    gaps = np.abs(bins["accuracy"] - bins["confidence"])
+    filled = bins["count"] > 0
+    p, y = np.clip(probs, 1e-12, 1 - 1e-12), labels.astype(np.float64)
+    return {
+        "ece": float((bins["count"] * gaps).sum() / max(bins["count"].sum(), 1)),
+        "mce": float(gaps[filled].max()) if filled.any() else 0.0,
+        "nll": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()),
+        "brier": float(((probs - y) ** 2).sum(axis=1).mean()),
+    }
+
+
+def pr_curve(probs: np.ndarray, labels: np.ndarray, points: int = 200) -> dict[str, list[float]]:
+    """Precision and recall of one class's ``probs`` against its 0/1 ``labels``, thinned to about ``points``."""
+    precision, recall, _ = precision_recall_curve(labels, probs)
+    keep = np.unique(np.linspace(0, len(precision) - 1, min(points, len(precision))).astype(int))
+    return {"precision": precision[keep].tolist(), "recall": recall[keep].tolist()}
