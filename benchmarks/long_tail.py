@@ -62,7 +62,8 @@ def run_one(folder: Path, config: str, balance: str, seed: int, extra: list[str]
     name = f"long_tail_{tag}_{balance}_seed{seed}"
     out = REPO / "benchmarks" / "runs"
     shutil.rmtree(out / name, ignore_errors=True)
-    command = ["imgclf", "train", "--data", str(folder), "--config", config, "--balance", balance]
+    command = ["imgclf", "train", "--data", str(folder), *(["--config", config] if config != "auto" else [])]
+    command += ["--balance", balance]
     command += ["--seed", str(seed), "--output", str(out.relative_to(REPO)), "--name", name, "--no-progress", *extra]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
@@ -84,6 +85,8 @@ def run_one(folder: Path, config: str, balance: str, seed: int, extra: list[str]
         "monitor": summary["balance"]["monitor"],
         "ece": metrics["calibration"]["ece"],
         "ece_temperature_scaled": metrics["calibration_temperature_scaled"]["ece"],
+        "tta_test_accuracy": metrics.get("tta", {}).get("test_accuracy"),
+        "model": metrics["model"],
     }
     print(f"{balance} seed {seed}: test {row['test_accuracy']:.4f} in {wall / 60:.1f} min", flush=True)
     return row
@@ -101,7 +104,7 @@ def main() -> None:
     parser.add_argument("action", choices=("make", "run"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
-    parser.add_argument("--config", default="resnet20")
+    parser.add_argument("--config", default="resnet20", help="a recipe, or auto: no --config (the no-flag choice)")
     parser.add_argument("--balance", nargs="+", default=["none", "logit-adjust"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tag", default="")

@@ -313,3 +313,23 @@ def test_export_and_serve_return_the_same_labels(evaluated_run, mosaics, browser
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_study_compares_scratch_and_transfer_on_multilabel_data(mosaics, tmp_path, capsys):
+    preset = tmp_path / "mini.yaml"
+    preset.write_text(
+        "runs:\n  scratch:\n    model: simple_cnn\n    epochs: 2\n"
+        "  transfer:\n    model: tf_efficientnet_lite0\n    img_size: 64\n"
+        "    head_epochs: 2\n    epochs: 1\n    unfreeze: '2'\n    batch_size: 32\n"
+    )
+    output = tmp_path / "study"
+    args = ["study", "--preset", str(preset), "--data", str(mosaics), "--output", str(output), "--no-progress"]
+    sets = [f"cache_dir={tmp_path / 'acts'}", f"prepare_dir={tmp_path / 'prep'}", "tensorboard=false"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    record = json.loads((output / "study.json").read_text())
+    assert all(0 <= run["map"] <= 1 and 0 <= run["macro_f1"] <= 1 for run in record["runs"].values())
+    cards = [json.loads((output / run / "model.json").read_text()) for run in ("scratch", "transfer")]
+    assert [c["task"] for c in cards] == ["multilabel"] * 2 and all(len(c["thresholds"]) == 10 for c in cards)
+    table = (output / "comparison" / "results.md").read_text()
+    assert "| test mAP | macro F1 | test accuracy (multi-label: exact match) |" in table
+    assert "scratch: test mAP" in capsys.readouterr().out
