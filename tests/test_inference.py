@@ -40,7 +40,7 @@ def test_a_prediction_from_a_file_equals_the_evaluations(folder_run, capsys):
     logits calibrated by its temperature."""
     run = RunDir(folder_run)
     cfg, card, metrics = run.read_config(), run.read_card(), run.read_metrics()
-    splits = run_splits(cfg, run.read_split(), side=card.data_size)
+    splits = run_splits(cfg, run.read_split(), card)
     files = split_files(folder_run)
     prepared = splits.train.images[np.arange(len(splits.train))].numpy()
     decoded = np.stack([decode_file(f, card.data_size, card.resize)[0] for f in files["train"]])

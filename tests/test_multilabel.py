@@ -22,6 +22,7 @@ from imgclf.cli import main
 from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 from imgclf.data.decode import decode_file
+from imgclf.data.images import stratified_split
 from imgclf.data.labelfile import LabelFormat, scan_label_file
 from imgclf.data.multilabel import multi_hot, strata
 from imgclf.evaluation.multilabel import (
@@ -64,7 +65,7 @@ def test_task_and_separator_options(tmp_path):
     assert forced.task == "multilabel" and forced.labels["all"] == [(0,), (1,)]
     piped = write_lines(tmp_path / "p.csv", ["file,label", "a.png,cat|dog", "b.png,dog"])
     assert scan_label_file(piped).task == "single"  # ';' is the separator: 'cat|dog' is one class
-    assert scan_label_file(piped, LabelFormat(separator="|")).labels["all"] == [(0, 1), (1,)]
+    assert scan_label_file(piped, LabelFormat(label_separator="|")).labels["all"] == [(0, 1), (1,)]
     several = write_lines(tmp_path / "m.csv", ["file,label", "a.png,cat;dog", "b.png,dog"])
     as_one = scan_label_file(several, LabelFormat(task="single"))  # --task single: a ';' is part of a class name
     assert as_one.task == "single" and as_one.classes == ["cat;dog", "dog"]
@@ -95,7 +96,12 @@ def test_multilabel_needs_a_label_file(tmp_path):
 
 def test_strata_and_multi_hot():
     rows = [(0, 1), (1,), (1, 2), (0, 1, 2), (1,)]
-    assert strata(rows) == [0, 1, 2, 0, 1]  # each image under its rarest class (ties: the lower index)
+    assert strata(rows) == [0, 1, 1, 0, 1]  # the rarest class (ties: the lower index); class 2 would be alone
+    # a class of two images can be the rarest class of one: that image joins its next class with company
+    assert strata([(0, 1), (0, 1), (1,)]) == [0, 0, 0] and strata([(0,), (1,), (2, 3)]) == [-1, -1, -1]
+    many = [(0, 1), (0, 1), (1,)] * 4 + [(2,), (2, 3), (3,)] * 3
+    keep, held = stratified_split(strata(many), 0.25, seed=0)  # the split the strata are for: no error
+    assert len(held) == 6 and len(keep) == 15
     hot = multi_hot(rows, 3)
     assert hot.dtype == torch.uint8 and hot.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 1], [1, 1, 1], [0, 1, 0]]
 
@@ -333,3 +339,21 @@ def test_study_compares_scratch_and_transfer_on_multilabel_data(mosaics, tmp_pat
     table = (output / "comparison" / "results.md").read_text()
     assert "| test mAP | macro F1 | test accuracy (multi-label: exact match) |" in table
     assert "scratch: test mAP" in capsys.readouterr().out
+
+
+def test_validation_map_under_torchrun_is_the_whole_splits(mosaics, tmp_path):
+    """Two gloo ranks each validate their shard; the mAP they record is the whole validation split's (the
+    predictions gathered, not the shards' mAPs averaged)."""
+    from test_distributed import torchrun
+
+    args = ["train", "--model", "simple_cnn", "--device", "cpu", "--data", str(mosaics), "--output", str(tmp_path)]
+    args += ["--name", "ddp", "--epochs", "1", "--batch-size", "32", "--precision", "fp32", "--no-progress"]
+    args += ["--no-tensorboard", "--no-evaluate", "--prepare-dir", str(tmp_path / "prep"), "--val-fraction", "0.25"]
+    result = torchrun(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = RunDir(tmp_path / "ddp")
+    recorded = run.read_history()[0]["val_map"]
+    val = run_splits(run.read_config(), run.read_split()).val
+    predictor = load_predictor(run.path, "cpu", runtime="torch", precision="fp32")
+    logits = predictor.dataset_logits(val)
+    assert recorded == pytest.approx(average_precision_score(val.labels.numpy(), logits, average="macro"), abs=1e-5)

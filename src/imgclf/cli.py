@@ -33,7 +33,10 @@ from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAG
 EXPLORE_MAX_PER_CLASS = 64
 DATA_HELP = "cifar10, cifar100, a folder of images or a label file (.csv, .tsv, .jsonl)"
 MOVED_HELP = "runs on a folder or label file: where it is now, if it moved"
-LABEL_FORMAT_OPTIONS = ("file_column", "label_column", "label_separator", "task")  # explore reads label files too
+LABEL_FORMAT_OPTIONS = tuple(f.name for f in dataclasses.fields(LabelFormat))  # explore reads label files too
+RAW_HELP = (
+    "probabilities not calibrated by the run's temperature (multi-label labels are still decided on calibrated ones)"
+)
 RESUME_HINT = "resume a training run with `imgclf train --resume RUN_DIR` (also under another world size)"
 
 
@@ -141,7 +144,7 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
     predict.add_argument("--format", default="table", choices=OUTPUT_FORMATS, help="output format (default: table)")
     predict.add_argument("--output", dest="output_file", metavar="FILE", help="write to FILE instead of stdout")
-    predict.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
+    predict.add_argument("--raw", action="store_true", help=RAW_HELP)
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
     predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")
     predict.add_argument("--strict", action="store_true", help="exit with status 1 when any file is skipped")
@@ -172,7 +175,7 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     serve.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
-    serve.add_argument("--raw", action="store_true", help="plain softmax, not calibrated by the run's temperature")
+    serve.add_argument("--raw", action="store_true", help=RAW_HELP)
     defaults = Limits()
     for option, (field, kind, text) in SERVE_LIMITS.items():
         default = getattr(defaults, field)
@@ -310,7 +313,7 @@ def command_explore(args: argparse.Namespace) -> None:
     check_explore_args(args)
     from imgclf.report.explore import explore
 
-    fmt = LabelFormat(args.file_column, args.label_column, args.label_separator, args.task)
+    fmt = LabelFormat.of(vars(args))
     stats = explore(
         args.output, args.data, args.data_dir, args.per_class, side=args.data_size, resize=args.resize, fmt=fmt
     )

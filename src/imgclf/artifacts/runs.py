@@ -339,9 +339,12 @@ def data_side(cfg: TrainConfig) -> int:
     return cfg.img_size or native_input_size(cfg.model)
 
 
-def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, side: int | None = None) -> Splits:
-    """The data of a run with options ``cfg`` (``lists``: a folder run's saved split, used exactly; ``side``: the
-    stored side a trained model's card names, else :func:`data_side`)."""
+def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, card: "ModelCard | None" = None) -> Splits:
+    """The data of a run with options ``cfg`` (``lists``: a folder run's saved split, used exactly; ``card``: a trained
+    model's card, whose stored side and task are read back, else :func:`data_side` and ``--task``)."""
+    side = card.data_size if card is not None else None
+    if card is not None and cfg.task == "auto":  # read as its model was trained, whatever the separator finds now
+        cfg = dataclasses.replace(cfg, task=card.task)
     return load_splits(
         cfg.data,
         seed=cfg.seed,
@@ -379,8 +382,13 @@ def model_card(cfg: TrainConfig, splits: Splits, input_size: int, mean, std) -> 
         precision=cfg.precision,
         channels_last=cfg.channels_last,
         tta_shift=cfg.tta_shift,
-        task="multilabel" if is_multilabel(splits.train.labels) else "single",
+        task=task_of(splits),
     )
+
+
+def task_of(splits: Splits) -> str:
+    """The task of ``splits``: multilabel when its labels are multi-hot, else single."""
+    return "multilabel" if is_multilabel(splits.train.labels) else "single"
 
 
 def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
@@ -389,9 +397,11 @@ def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:
         differ = sorted(set(card.classes) ^ set(splits.classes))
         detail = f"class '{differ[0]}' differs" if differ else "the class order differs"
         raise ImgclfError(f"the data of {run.path} has changed since training ({detail}): the model needs its classes")
-    task = "multilabel" if is_multilabel(splits.train.labels) else "single"
+    task = task_of(splits)
     if card is not None and card.task != task:
-        raise ImgclfError(f"the data of {run.path} is read as {task} now, its model is {card.task}: set --task")
+        raise ImgclfError(
+            f"the data of {run.path} has changed since training: its model is {card.task}, the data {task}"
+        )
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:

@@ -38,7 +38,7 @@ def auto_values(values: dict) -> tuple[dict, str]:
     if backbone is None:
         return {"model": FALLBACK}, "no pretrained backbone is installed"
     data = values.get("data", "cifar10")
-    fmt = LabelFormat(values.get("file_column"), values.get("label_column"), values.get("label_separator", ";"))
+    fmt = LabelFormat.of(values)
     image_side = BUILTIN_SIDE if is_builtin(data) else typical_side(data, fmt)
     side = auto_side(image_side)
     recipe = next(name for largest, name in SIDE_RECIPES if side <= largest)

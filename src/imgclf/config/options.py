@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from imgclf.config.checks import check_ranges, check_run_name, check_unfreeze, check_value, flag
 from imgclf.core.errors import ImgclfError, shown
-from imgclf.data.labelfile import LabelFormat
+from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
 from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES, TASKS
 
 # the groups of options, in the order `imgclf train --help` shows them
@@ -190,7 +190,9 @@ class TrainConfig:
         None, "label file: the column naming the classes (default: label, labels, class, …)", group=DATA
     )
     label_separator: str = option(
-        ";", "label file: the separator between an image's labels in one field (multi-label)", group=DATA
+        DEFAULT_FORMAT.label_separator,
+        "label file: the separator between an image's labels in one field (multi-label)",
+        group=DATA,
     )
     task: str = option(
         "auto",
@@ -330,7 +332,7 @@ class TrainConfig:
     @property
     def label_format(self) -> LabelFormat:
         """How a label file of this run is read: its columns, separator and task."""
-        return LabelFormat(self.file_column, self.label_column, self.label_separator, self.task)
+        return LabelFormat.of(vars(self))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -376,5 +378,4 @@ RUNTIME_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f
 AUTO_RESOLVES = {
     "monitor": ("val_acc", "val_balanced_acc", "val_map"),
     "balance": ("none", "logit-adjust"),
-    "task": ("single", "multilabel"),
 }

@@ -1,7 +1,8 @@
 """How unevenly a training split's images fall into its classes, and what each remedy needs from the counts.
 
-Small pure functions over label tensors. Each assumes labels in ``0 … num_classes - 1``; the training split holds
-every class at least once (the data layer checks it), so no count is zero where a function divides by it.
+Small pure functions over label tensors. Each assumes labels in ``0 … num_classes - 1`` (class counts also take
+multi-hot labels (N, C)); the training split holds every class at least once (the data layer checks it), so no
+count is zero where a function divides by it.
 """
 
 import torch

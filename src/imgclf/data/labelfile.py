@@ -13,11 +13,13 @@ skipped and listed; a file listed twice with different labels or splits is an er
 """
 
 import csv
+import dataclasses
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imgclf.core.errors import ImgclfError, shown
 from imgclf.data.scan import SPLIT_NAMES, Scan, warn
@@ -36,8 +38,13 @@ class LabelFormat:
 
     file_column: str | None = None
     label_column: str | None = None
-    separator: str = ";"
+    label_separator: str = ";"
     task: str = "auto"
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> "LabelFormat":
+        """The format named by the options in ``values`` (a config's or a command line's; absent ones default)."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
 DEFAULT_FORMAT = LabelFormat()  # columns found by name, ';' between labels, the task read off the file
@@ -134,7 +141,7 @@ def label_names(value, path: Path, number: int, fmt: LabelFormat) -> tuple[str, 
         names = [text(v, path, number, "label") for v in value]
     else:
         field = text(value, path, number, "label")
-        names = field.split(fmt.separator) if fmt.task != "single" and fmt.separator else [field]
+        names = field.split(fmt.label_separator) if fmt.task != "single" and fmt.label_separator else [field]
     names = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
     if fmt.task == "single" and len(names) > 1:
         raise ImgclfError(f"{path} line {number} gives several labels ({', '.join(names)}) but --task is single")

@@ -24,10 +24,23 @@ def multi_hot(rows: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
 
 
 def strata(rows: Sequence[Sequence[int]]) -> list[int]:
-    """The class a stratified split files each image under: its rarest class over ``rows`` (a simple stand-in for
-    iterative stratification, Sechidis et al. 2011, that keeps every rare class in every part)."""
+    """The class a stratified split files each image under: its rarest class over ``rows``, or — where that would
+    leave a stratum of one image, which no stratified split takes — its next rarest class that has company, else one
+    shared stratum (-1) of such images. A simple stand-in for iterative stratification (Sechidis et al. 2011)."""
     frequency = Counter(c for row in rows for c in row)
-    return [min(row, key=lambda c: (frequency[c], c)) for row in rows]
+    order = [sorted(row, key=lambda c: (frequency[c], c)) for row in rows]
+    chosen = [row[0] for row in order]
+    size = Counter(chosen)
+    for i, row in enumerate(order):
+        if size[chosen[i]] >= 2:
+            continue
+        size[chosen[i]] -= 1
+        chosen[i] = next((c for c in row[1:] if size[c] >= 1), -1)  # joins a stratum that then has two or more
+        size[chosen[i]] += 1
+    if size[-1] == 1:  # one image alone in the shared stratum: it joins the largest
+        lone = chosen.index(-1)
+        chosen[lone] = max((c for c in size if c != -1 and size[c]), key=lambda c: size[c])
+    return chosen
 
 
 def label_cardinality(labels: torch.Tensor) -> float:

@@ -21,6 +21,7 @@ from imgclf.core.device import describe_device, resolve_precision, select_device
 from imgclf.core.errors import ImgclfError
 from imgclf.data.balance import class_counts, imbalance_ratio
 from imgclf.data.images import ImageSet, Splits
+from imgclf.data.multilabel import is_multilabel
 from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
 from imgclf.evaluation.multilabel import (
@@ -58,7 +59,7 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of ``logits`` (multi-hot ``labels``: binary cross-entropy summed over the classes, the
     training loss)."""
-    if labels.ndim == 2:
+    if is_multilabel(torch.from_numpy(labels)):
         return float(multilabel_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
     return float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
 
@@ -84,7 +85,7 @@ def open_run(
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
     if data:  # the run's folder, moved: the split's files are named relative to it
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
-    splits = run_splits(cfg, lists, side=card.data_size if card is not None else None)
+    splits = run_splits(cfg, lists, card)
     check_card(card, splits, run)
     arch = card.architecture if card is not None else architecture(cfg)
     model = load_network(arch, len(splits.classes), run.file(BEST_WEIGHTS))
@@ -132,7 +133,7 @@ def multilabel_held_out(logits: np.ndarray, labels: np.ndarray, classes: list[st
         "temperature": temperature,
         "calibration": binary_calibration(raw, labels),
         "calibration_temperature_scaled": binary_calibration(probs, labels),
-        "reliability": {k: v.tolist() for k, v in binary_reliability(probs, labels).items()},
+        "reliability": {k: v.tolist() for k, v in binary_reliability(raw, labels).items()},  # before, as single-label
     }
 
 
@@ -180,6 +181,10 @@ def evaluate_locked(
     train, val = splits.train, splits.val
     train_logits, train_labels = logits(train, "train"), train.labels.numpy()
     val_logits, val_labels = (logits(val, "val"), val.labels.numpy()) if len(val) else (None, None)
+    if val_logits is not None and not np.isfinite(val_logits).all():
+        raise ImgclfError(
+            f"the model of {run.path} gives non-finite outputs on the validation split (training diverged)"
+        )
     fit_on_validation(card, val_logits, val_labels)
     run.write_card(card)  # with the fitted temperature (and thresholds): predict and serve decide with them
 

@@ -100,7 +100,7 @@ def parity_images(
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
     if data_dir:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
-    test = run_splits(cfg, run.read_data_split(cfg), side=card.data_size).test()
+    test = run_splits(cfg, run.read_data_split(cfg), card).test()
     rows = np.unique(np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(np.int64))
     return test.images[torch.from_numpy(rows)]  # a tensor in memory, or MappedImages reading those rows
 

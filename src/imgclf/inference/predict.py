@@ -99,9 +99,10 @@ def predict_files(
             tops, labels = {}, {}
             if good:
                 images = np.stack([decoded[i][0] for i in good])
-                probs = predictor.probabilities(predictor.logits(images, flip_tta), calibrated)
+                logits = predictor.logits(images, flip_tta)
+                probs = predictor.probabilities(logits, calibrated)
                 tops = dict(zip(good, predictor.top_k(probs, top_k), strict=True))
-                labels = dict(zip(good, predictor.labels(probs) or [None] * len(good), strict=True))
+                labels = dict(zip(good, predictor.labels(logits, probs) or [None] * len(good), strict=True))
             for i, path in enumerate(chunk):
                 yield Row(path, tops[i], labels=labels[i]) if i in tops else Row(path, error=decoded[i][2])
             bar.update(len(chunk))

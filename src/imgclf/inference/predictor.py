@@ -122,16 +122,21 @@ class Predictor:
         probs = special.expit(scaled) if self.multilabel else special.softmax(scaled, axis=1)
         return probs.astype(np.float32)
 
-    def labels(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]] | None:
-        """Multi-label models: the (class, probability) pairs at or above each class's threshold, most probable first
-        (½ before the run is evaluated); None for single-label models."""
+    def labels(self, logits: np.ndarray, shown: np.ndarray | None = None) -> list[list[tuple[str, float]]] | None:
+        """Multi-label models: the (class, probability) pairs whose calibrated probability reaches the class's
+        threshold (½ before the run is evaluated), most probable first, each with its value in ``shown`` (the
+        probabilities reported, e.g. uncalibrated; default the calibrated ones); None for single-label models. The
+        thresholds were fitted on calibrated probabilities, so the decision always uses them."""
         if not self.multilabel:
             return None
+        calibrated = self.probabilities(logits)
+        shown = calibrated if shown is None else shown
         thresholds = np.asarray(self.card.thresholds or [0.5] * len(self.classes))
         rows = []
-        for row in probabilities:
-            chosen = np.flatnonzero(row >= thresholds)
-            rows.append([(self.classes[j], float(row[j])) for j in chosen[np.argsort(-row[chosen], kind="stable")]])
+        for decide, values in zip(calibrated, shown, strict=True):
+            chosen = np.flatnonzero(decide >= thresholds)
+            order = chosen[np.argsort(-values[chosen], kind="stable")]
+            rows.append([(self.classes[j], float(values[j])) for j in order])
         return rows
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:

@@ -126,7 +126,7 @@ class Service:
             {"filename": name, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
             for (name, _), top in zip(uploads, tops, strict=True)
         ]
-        for prediction, labels in zip(predictions, predictor.labels(probs) or [], strict=False):
+        for prediction, labels in zip(predictions, predictor.labels(logits, probs) or [], strict=False):
             prediction["labels"] = [{"class": c, "probability": round(p, 6)} for c, p in labels]
         calibrated_now = self.calibrated and predictor.temperature is not None
         return {"model": predictor.card.model, "calibrated": calibrated_now, "predictions": predictions}

@@ -97,13 +97,15 @@ def explore(
     else:
         images, name, raw = folder_images(data, side or 64, resize, prepare_dir, workers, progress, fmt)
     classes = images.classes
-    hot = images.labels.numpy() if is_multilabel(images.labels) else np.eye(len(classes), dtype=bool)[images.labels]
+    labels, multilabel = images.labels.numpy(), is_multilabel(images.labels)
     counts = class_counts(images.labels, len(classes)).tolist()
     rng = np.random.default_rng(seed)
     shown = classes[:GALLERY_CLASSES]
-    picks = [rng.choice(np.flatnonzero(hot[:, c]), min(per_class, counts[c]), replace=False) for c in range(len(shown))]
-    order = np.concatenate(picks).astype(np.int64)
-    captions = [" + ".join(classes[c] for c in np.flatnonzero(hot[i])) for i in order]
+    members = [np.flatnonzero(labels[:, c] if multilabel else labels == c) for c in range(len(shown))]
+    order = np.concatenate([rng.choice(m, min(per_class, len(m)), replace=False) for m in members]).astype(np.int64)
+    captions = [
+        " + ".join(classes[c] for c in np.flatnonzero(labels[i])) if multilabel else classes[labels[i]] for i in order
+    ]
     plots.plot_gallery(images.images[order].numpy(), captions, output / "samples.png", columns=per_class)
     plots.plot_bars(classes, counts, output / "class_distribution.png", title=f"{name}: images per class")
     mean, std = channel_stats(images.images)

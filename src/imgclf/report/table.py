@@ -47,8 +47,8 @@ def columns(runs: list[dict]) -> list[Column]:
         accuracy = ("test_accuracy", "test accuracy (multi-label: exact match)", "{:.2%}")
         cols = COLUMNS[:at] + MULTILABEL_COLUMNS + [accuracy] + COLUMNS[at + 1 :]
     if any(r.get("reference_accuracy") is not None for r in runs):
-        at = [key for key, _, _ in COLUMNS].index("test_accuracy") + 1
-        cols = COLUMNS[:at] + REFERENCE_COLUMNS + COLUMNS[at:]
+        at = [key for key, _, _ in cols].index("test_accuracy") + 1
+        cols = cols[:at] + REFERENCE_COLUMNS + cols[at:]
     if len({r.get("engine") for r in runs}) > 1:
         cols = [*cols, ENGINE_COLUMN]
     return cols

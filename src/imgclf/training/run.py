@@ -42,9 +42,10 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     if cfg.is_transfer and cfg.pretrained and not cfg.weights:
         check_weights_available(cfg.model)  # before any data is prepared, for `train` and `study` alike
     with distributed.main_first():  # under torchrun rank 0 prepares the data (folder, download), the others read it
-        splits = run_splits(cfg, run.read_data_split(cfg) if resume else None)
+        card = run.read_card() if resume else None
+        splits = run_splits(cfg, run.read_data_split(cfg) if resume else None, card)
     if resume:
-        check_card(run.read_card(), splits, run)
+        check_card(card, splits, run)
     if cfg.is_transfer:
         trainer = TransferTrainer(cfg, run.path, splits)
         card = model_card(cfg, splits, trainer.tm.image_size, trainer.tm.mean, trainer.tm.std)

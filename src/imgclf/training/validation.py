@@ -7,6 +7,7 @@ from torch import nn
 
 from imgclf.core.device import autocast
 from imgclf.data.loader import BatchLoader
+from imgclf.data.multilabel import is_multilabel
 from imgclf.training import distributed
 from imgclf.training.losses import hits, multilabel_loss
 
@@ -34,30 +35,32 @@ def evaluate_loader(
 ) -> dict:
     """Mean cross-entropy loss, accuracy and balanced accuracy (mean recall over the classes present) of ``model``
     over ``loader`` (under torchrun: each rank's shard of it, the sums reduced across the ranks, so every rank gets
-    the whole split's figures; ``num_classes``: the model's output count, needed where a shard may be empty)."""
+    the whole split's figures; ``num_classes``: the model's output count, needed where a shard may be empty);
+    multi-hot labels get :func:`multilabel_validation`'s figures instead."""
     logits, labels = predict(model, loader, device, precision)
-    if loader.labels.ndim == 2:
-        return multilabel_scores(logits, labels, num_classes)
+    if is_multilabel(loader.labels):
+        return multilabel_validation(logits, labels, num_classes)
     k = num_classes if num_classes else (logits.shape[1] if logits.numel() else 0)
     # loss, correct, count, then correct and count per class: zero for an empty shard
     sums = torch.zeros(3 + 2 * k, dtype=torch.float64, device=device)
     if len(labels):
         loss = F.cross_entropy(logits, labels, reduction="sum")
-        hits = logits.argmax(1) == labels
-        sums[:3] = torch.stack([loss.double(), hits.sum().double(), sums.new_tensor(len(labels))])
-        sums[3 : 3 + k] = torch.bincount(labels[hits], minlength=k).double()
+        right = logits.argmax(1) == labels
+        sums[:3] = torch.stack([loss.double(), right.sum().double(), sums.new_tensor(len(labels))])
+        sums[3 : 3 + k] = torch.bincount(labels[right], minlength=k).double()
         sums[3 + k :] = torch.bincount(labels, minlength=k).double()
     sums = distributed.all_reduce_sum(sums)
     loss, correct, n = sums[:3].tolist()
-    hits, counts = sums[3 : 3 + k], sums[3 + k :]
+    found, counts = sums[3 : 3 + k], sums[3 + k :]
     present = counts > 0
-    balanced = (hits[present] / counts[present]).mean().item() if present.any() else 0.0
+    balanced = (found[present] / counts[present]).mean().item() if present.any() else 0.0
     return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "balanced_acc": balanced}
 
 
-def multilabel_scores(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+def multilabel_validation(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     """Mean binary cross-entropy (summed over classes), exact-match ratio at probability ½ and mean average
-    precision (scikit-learn's, over the classes with a positive image) of one rank's validation shard, gathered."""
+    precision (scikit-learn's, over the classes with a positive image; NaN for non-finite outputs, which no epoch
+    is then kept for) of the whole validation split, each rank's shard gathered."""
     from sklearn.metrics import average_precision_score
 
     k = num_classes or logits.shape[1]
@@ -66,6 +69,7 @@ def multilabel_scores(logits: torch.Tensor, labels: torch.Tensor, num_classes: i
     logits, labels = rows[:, :k], rows[:, k:]
     n = max(len(rows), 1)
     present = labels.sum(0) > 0
-    ap = average_precision_score(labels[:, present].numpy(), logits[:, present].numpy(), average="macro")
+    finite = bool(torch.isfinite(logits).all())
+    ap = average_precision_score(labels[:, present], logits[:, present], average="macro") if finite else float("nan")
     loss = float(multilabel_loss(logits, labels)) if len(rows) else 0.0
     return {"loss": loss, "acc": float(hits(logits, labels)) / n, "balanced_acc": 0.0, "map": float(ap)}
