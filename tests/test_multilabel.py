@@ -127,10 +127,14 @@ def test_balance_of_multilabel_data():
     loss = balance.loss_function("cpu")
     logits = torch.randn(4, 3)
     assert float(loss(logits, labels, 0.0)) == pytest.approx(float(multilabel_loss(logits, labels)))
-    with pytest.raises(ImgclfError, match="--balance sampler is for single-label data"):
+    with pytest.raises(ImgclfError, match=r"--balance sampler is for single-label data \(multi-label data trains"):
         class_balance(TrainConfig(balance="sampler"), labels, 3)
-    with pytest.raises(ImgclfError, match="--monitor val_acc is for single-label data"):
+    with pytest.raises(ImgclfError, match=r"--monitor val_acc is for single-label data \(multi-label data watches"):
         class_balance(TrainConfig(monitor="val_acc"), labels, 3)
+    with pytest.raises(ImgclfError, match="--monitor val_map is for multi-label data"):
+        class_balance(TrainConfig(monitor="val_map"), labels[:, 0].long(), 2)
+    with pytest.raises(ImgclfError, match="--balance weights is for single-label data"):  # before any data is read
+        TrainConfig(task="multilabel", balance="weights").validate()
 
 
 def test_thresholds_maximise_validation_f1():
@@ -273,6 +277,8 @@ def test_export_and_serve_return_the_same_labels(evaluated_run, mosaics, browser
     labels = {
         k: onnx_predictor.labels(v) if k == "onnxruntime" else torch_predictor.labels(v) for k, v in probs.items()
     }
+    parity = json.loads((multilabel_run / "model.parity.json").read_text())
+    assert parity["labels_agreement"] == 1.0 and parity["passed"]
     for i in range(len(files)):
         if not near[i].any():
             assert [c for c, _ in labels["torch"][i]] == [c for c, _ in labels["onnxruntime"][i]]

@@ -304,8 +304,9 @@ def command_export(args: argparse.Namespace) -> None:
         p = result["parity"]
         print(
             f"parity with PyTorch on {p['images']:,} test images: max |Δlogit| {p['max_abs_diff']:.2e} "
-            f"({p['relative_diff']:.1e} of the largest logit), top-1 agreement {p['top1_agreement']:.2%} "
-            f"— stored in {parity_path(Path(result['path']))}"
+            f"({p['relative_diff']:.1e} of the largest logit), top-1 agreement {p['top1_agreement']:.2%}"
+            + (f", labels agreement {p['labels_agreement']:.2%}" if "labels_agreement" in p else "")
+            + f" — stored in {parity_path(Path(result['path']))}"
         )
 
 

@@ -25,6 +25,25 @@ FRACTIONS = ("lr_start", "lr_end", "progressive_fraction")  # in [0, 1]
 BELOW_ONE = ("momentum", "label_smoothing", "val_fraction", "test_fraction", "ema_decay")  # in [0, 1)
 
 
+# options of single-label data only, and what multi-label data uses instead
+SINGLE_LABEL_ONLY = {
+    "balance": (("weights", "sampler", "logit-adjust"), "trains with --balance none"),
+    "monitor": (("val_acc", "val_balanced_acc"), "watches val_map"),
+}
+
+
+def check_task_options(task: str, balance: str, monitor: str) -> None:
+    """A one-line error for a balance mode or monitor that does not fit ``task`` (single or multilabel; ``auto`` is
+    checked again once the data is read and its task known)."""
+    if task == "multilabel":
+        for name, value in (("balance", balance), ("monitor", monitor)):
+            values, instead = SINGLE_LABEL_ONLY[name]
+            if value in values:
+                raise ImgclfError(f"{flag(name)} {value} is for single-label data (multi-label data {instead})")
+    if task == "single" and monitor == "val_map":
+        raise ImgclfError("--monitor val_map is for multi-label data")
+
+
 def check_ranges(v: Mapping[str, Any]) -> None:
     """A one-line error for the first value outside its range, or options that cannot go together (``v``: a
     config's values by option name)."""

@@ -5,7 +5,14 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from imgclf.config.checks import check_ranges, check_run_name, check_unfreeze, check_value, flag
+from imgclf.config.checks import (
+    check_ranges,
+    check_run_name,
+    check_task_options,
+    check_unfreeze,
+    check_value,
+    flag,
+)
 from imgclf.core.errors import ImgclfError, shown
 from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
 from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES, TASKS
@@ -320,6 +327,7 @@ class TrainConfig:
         if self.name is not None:
             check_run_name(self.name)
         check_ranges(dataclasses.asdict(self))
+        check_task_options(self.task, self.balance, self.monitor)
         return self
 
     @property

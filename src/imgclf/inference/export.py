@@ -81,7 +81,7 @@ def check_parity(reference: TorchPredictor, exported: OnnxPredictor, images: tor
     scale = float(np.abs(theirs).max())
     relative = max_abs / max(scale, 1e-12)
     agreement = float((ours.argmax(1) == theirs.argmax(1)).mean())
-    return {
+    record = {
         "images": len(images),
         "max_abs_diff": max_abs,
         "max_abs_logit": scale,
@@ -90,6 +90,10 @@ def check_parity(reference: TorchPredictor, exported: OnnxPredictor, images: tor
         "tolerance": TOLERANCE,
         "passed": relative <= TOLERANCE and agreement == 1.0,
     }
+    if reference.multilabel:  # the decisions at the thresholds, image by image
+        same = [sorted(a) == sorted(b) for a, b in zip(exported.labels(ours), reference.labels(theirs), strict=True)]
+        record["labels_agreement"] = float(np.mean(same))
+    return record
 
 
 def parity_images(

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from imgclf.config.checks import check_task_options
 from imgclf.config.options import TrainConfig
-from imgclf.core.errors import ImgclfError
 from imgclf.data.balance import IMBALANCED, chosen_balance, class_counts, class_weights, imbalance_ratio, log_prior
 from imgclf.data.balance import sample_weights as draw_weights
 from imgclf.data.multilabel import is_multilabel
@@ -101,12 +101,7 @@ def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> C
     counts = class_counts(labels, num_classes)
     ratio = imbalance_ratio(counts)
     multilabel = is_multilabel(labels)
-    if multilabel and cfg.balance not in ("auto", "none"):
-        raise ImgclfError(f"--balance {cfg.balance} is for single-label data; multi-label data trains with none")
-    if multilabel and cfg.monitor in ("val_acc", "val_balanced_acc"):
-        raise ImgclfError(f"--monitor {cfg.monitor} is for single-label data; multi-label data watches val_map")
-    if not multilabel and cfg.monitor == "val_map":
-        raise ImgclfError("--monitor val_map is for multi-label data")
+    check_task_options("multilabel" if multilabel else "single", cfg.balance, cfg.monitor)  # the data's own task
     monitor = cfg.monitor
     if monitor == "auto":
         monitor = "val_map" if multilabel else "val_balanced_acc" if ratio >= IMBALANCED else "val_acc"
