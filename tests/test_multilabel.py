@@ -361,5 +361,8 @@ def test_validation_map_under_torchrun_is_the_whole_splits(mosaics, tmp_path):
     recorded = run.read_history()[0]["val_map"]
     val = run_splits(run.read_config(), run.read_split()).val
     predictor = load_predictor(run.path, "cpu", runtime="torch", precision="fp32")
-    logits = predictor.dataset_logits(val)
-    assert recorded == pytest.approx(average_precision_score(val.labels.numpy(), logits, average="macro"), abs=1e-5)
+    logits, labels = predictor.dataset_logits(val), val.labels.numpy()
+    whole = average_precision_score(labels, logits, average="macro")
+    shards = [average_precision_score(labels[r::2], logits[r::2], average="macro") for r in (0, 1)]  # rank r's share
+    # the predictor's folded BatchNorm moves logits in the last digits: a tie or two in the ranking, not the shards'
+    assert abs(recorded - whole) < 5e-4 < abs(recorded - np.mean(shards))
