@@ -25,9 +25,9 @@ from imgclf.data.decode import decode_file
 from imgclf.data.images import stratified_split
 from imgclf.data.labelfile import LabelFormat, scan_label_file
 from imgclf.data.multilabel import multi_hot, strata
+from imgclf.evaluation.calibration import fit_temperature
 from imgclf.evaluation.multilabel import (
     binary_calibration,
-    fit_sigmoid_temperature,
     fit_thresholds,
     multilabel_scores,
     sigmoid,
@@ -167,7 +167,7 @@ def test_sigmoid_temperature_and_calibration():
     rng = np.random.default_rng(2)
     logits = rng.normal(0, 3, (4000, 5))
     labels = rng.uniform(size=logits.shape) < sigmoid(logits / 3)  # drawn from logits three times too confident
-    assert fit_sigmoid_temperature(logits, labels) == pytest.approx(3.0, rel=0.1)
+    assert fit_temperature(logits, labels) == pytest.approx(3.0, rel=0.1)
     assert (
         binary_calibration(sigmoid(logits, 3.0), labels)["ece"]
         < 0.02
@@ -225,7 +225,7 @@ def test_train_and_evaluate_fit_on_validation_and_read_test_once(multilabel_run,
     predictor = load_predictor(multilabel_run, "cpu", runtime="torch")
     val = run_splits(run.read_config(), run.read_split()).val
     val_logits, val_labels = predictor.dataset_logits(val), val.labels.numpy()
-    assert card.temperature == pytest.approx(fit_sigmoid_temperature(val_logits, val_labels), rel=1e-3)
+    assert card.temperature == pytest.approx(fit_temperature(val_logits, val_labels), rel=1e-3)
     expected = fit_thresholds(sigmoid(val_logits, card.temperature), val_labels)
     assert np.allclose(card.thresholds, expected, atol=1e-4)
     assert [v["threshold"] for v in metrics["per_class"].values()] == pytest.approx(card.thresholds)

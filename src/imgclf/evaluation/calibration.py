@@ -16,8 +16,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Per equal-width confidence bin: sample count, mean confidence and accuracy of the top-1 predictions."""
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    return binned(probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(np.float64), n_bins)
+
+
+def binned(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per equal-width bin of ``confidence`` (values in [0, 1]): the count, the mean confidence and the mean of
+    ``correct`` (1.0 for a right prediction, or a true label) — the reliability diagram's bars."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
     count = np.bincount(index, minlength=n_bins).astype(np.float64)
@@ -33,29 +37,38 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) ->
 def calibration_metrics(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
     """ECE and MCE over ``n_bins`` confidence bins, negative log-likelihood and multi-class Brier score."""
     probs = softmax(logits)
-    bins = reliability_bins(probs, labels, n_bins)
-    gaps = np.abs(bins["accuracy"] - bins["confidence"])
-    filled = bins["count"] > 0
     n = len(labels)
     onehot = np.eye(probs.shape[1])[labels]
     return {
-        "ece": float((bins["count"] * gaps).sum() / n),
-        "mce": float(gaps[filled].max()) if filled.any() else 0.0,
+        **bin_errors(reliability_bins(probs, labels, n_bins)),
         "nll": float(-np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()),
         "brier": float(((probs - onehot) ** 2).sum(axis=1).mean()),
     }
 
 
+def bin_errors(bins: dict[str, np.ndarray]) -> dict[str, float]:
+    """Expected (count-weighted mean) and maximum calibration error of reliability ``bins``."""
+    gaps = np.abs(bins["accuracy"] - bins["confidence"])
+    filled = bins["count"] > 0
+    return {
+        "ece": float((bins["count"] * gaps).sum() / max(bins["count"].sum(), 1)),
+        "mce": float(gaps[filled].max()) if filled.any() else 0.0,
+    }
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T > 0 minimising the NLL of ``logits / T`` (fit on validation logits only)."""
+    """The temperature T > 0 minimising the NLL of ``logits / T`` (fit on validation logits only): softmax
+    cross-entropy against class indices (N,), binary cross-entropy against multi-hot labels (N, C)."""
     x = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    multilabel = np.ndim(labels) == 2
+    y = torch.as_tensor(labels, dtype=torch.float64 if multilabel else torch.long)
+    nll = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(x / log_t.exp(), y)
+        loss = nll(x / log_t.exp(), y)
         loss.backward()
         return loss
 

@@ -27,7 +27,6 @@ from imgclf.evaluation.metrics import classification_metrics, most_confused_pair
 from imgclf.evaluation.multilabel import (
     binary_calibration,
     binary_reliability,
-    fit_sigmoid_temperature,
     fit_thresholds,
     multilabel_scores,
     per_class_ap,
@@ -110,14 +109,13 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> float:
 
 def fit_on_validation(card: ModelCard, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
     """Set the card's temperature (and, for multi-hot ``labels``, per-class thresholds) from validation."""
-    if labels is not None and labels.ndim == 2:
-        card.temperature = fit_sigmoid_temperature(logits, labels)
-        card.thresholds = fit_thresholds(sigmoid(logits, card.temperature), labels).tolist()
-    elif logits is not None:
-        card.temperature = fit_temperature(logits, labels)
-    else:  # no validation split: nothing to fit on
+    if logits is None:  # no validation split: nothing to fit on
         card.temperature = 1.0
         card.thresholds = [0.5] * card.num_classes if card.task == "multilabel" else None
+        return
+    card.temperature = fit_temperature(logits, labels)
+    if labels.ndim == 2:
+        card.thresholds = fit_thresholds(sigmoid(logits, card.temperature), labels).tolist()
 
 
 def multilabel_held_out(logits: np.ndarray, labels: np.ndarray, classes: list[str], card: ModelCard) -> dict:

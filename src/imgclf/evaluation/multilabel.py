@@ -2,14 +2,12 @@
 a held-out split (scikit-learn computes them).
 
 Small pure functions over arrays: ``logits`` (N, C) float, ``labels`` (N, C) multi-hot. Probabilities are
-``sigmoid(logits / T)`` with the temperature ``T`` fitted on validation (:func:`fit_sigmoid_temperature`); the
+``sigmoid(logits / T)`` with the temperature ``T`` fitted on validation (``calibration.fit_temperature``); the
 thresholds apply to those probabilities. Each class's average precision (AP) ranks the split's images by that
 class's probability; mAP is their mean over the classes with a positive image.
 """
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import special
 from sklearn.metrics import (
     accuracy_score,
@@ -20,29 +18,14 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from imgclf.evaluation.calibration import bin_errors, binned
+
 DEFAULT_THRESHOLD = 0.5  # a class with no positive validation image keeps it
 
 
 def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Element-wise probabilities of ``logits / temperature`` (float64, stable for large logits)."""
     return special.expit(np.asarray(logits, dtype=np.float64) / temperature)
-
-
-def fit_sigmoid_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T > 0 minimising the binary cross-entropy of ``logits / T`` (fit on validation only)."""
-    x = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.float64)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp())
 
 
 def fit_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -104,28 +87,14 @@ def multilabel_scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndar
 def binary_reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Reliability over every class-probability: per equal-width probability bin, the count, mean probability
     ('confidence') and the share of them that are true labels ('accuracy')."""
-    p, y = probs.reshape(-1), labels.reshape(-1).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
-    count = np.bincount(index, minlength=n_bins).astype(np.float64)
-    safe = np.maximum(count, 1)
-    return {
-        "edges": edges,
-        "count": count,
-        "confidence": np.bincount(index, weights=p, minlength=n_bins) / safe,
-        "accuracy": np.bincount(index, weights=y, minlength=n_bins) / safe,
-    }
+    return binned(probs.reshape(-1), labels.reshape(-1).astype(np.float64), n_bins)
 
 
 def binary_calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
     """ECE and MCE over every class-probability, mean binary NLL per class-probability and Brier score."""
-    bins = binary_reliability(probs, labels, n_bins)
-    gaps = np.abs(bins["accuracy"] - bins["confidence"])
-    filled = bins["count"] > 0
     p, y = np.clip(probs, 1e-12, 1 - 1e-12), labels.astype(np.float64)
     return {
-        "ece": float((bins["count"] * gaps).sum() / max(bins["count"].sum(), 1)),
-        "mce": float(gaps[filled].max()) if filled.any() else 0.0,
+        **bin_errors(binary_reliability(probs, labels, n_bins)),
         "nll": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()),
         "brier": float(((probs - y) ** 2).sum(axis=1).mean()),
     }
