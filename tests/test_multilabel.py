@@ -3,10 +3,8 @@ and the whole path — train → evaluate → predict → export → serve (JSON
 
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, f1_score
+from test_serve import serving
 
 import imgclf.data.images as images_module
 from imgclf.artifacts.runs import RunDir, run_splits
@@ -257,12 +256,6 @@ def test_predict_gives_the_labels_above_their_thresholds(evaluated_run, mosaics,
     assert header.startswith("path,labels,class_1,probability_1")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_export_and_serve_return_the_same_labels(evaluated_run, mosaics, browser, tmp_path):
     multilabel_run = evaluated_run
     assert main(["export", str(multilabel_run), "--check-images", "40"]) == 0
@@ -283,31 +276,7 @@ def test_export_and_serve_return_the_same_labels(evaluated_run, mosaics, browser
         if not near[i].any():
             assert [c for c, _ in labels["torch"][i]] == [c for c, _ in labels["onnxruntime"][i]]
     # the server (torch runtime): JSON and the page show those labels
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "imgclf.cli",
-        "serve",
-        str(multilabel_run),
-        "--port",
-        str(port),
-        "--runtime",
-        "torch",
-    ]
-    log = tmp_path / "server.log"
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with serving(multilabel_run, tmp_path / "server.log", "--runtime", "torch") as (url, _):
         uploads = [("files", (f.name, f.read_bytes(), "image/png")) for f in files[:4]]
         body = httpx.post(f"{url}/predict", files=uploads, timeout=30).json()
         for i, prediction in enumerate(body["predictions"]):
@@ -322,9 +291,6 @@ def test_export_and_serve_return_the_same_labels(evaluated_run, mosaics, browser
         shown = page.locator(".prediction .labels").first.inner_text()
         assert shown == (f"labels: {', '.join(expected)}" if expected else "no class above its threshold")
         page.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_study_compares_scratch_and_transfer_on_multilabel_data(mosaics, tmp_path, capsys):

@@ -2,6 +2,7 @@
 right 4xx, the server alive, its memory flat), micro-batching, and the page driven in Chromium."""
 
 import asyncio
+import contextlib
 import io
 import json
 import shutil
@@ -72,12 +73,11 @@ def exported_run(folder_run, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def server(exported_run, tmp_path_factory):
-    """`imgclf serve` in a process of its own on a free loopback port: (base URL, process id)."""
+@contextlib.contextmanager
+def serving(run: Path, log: Path, *flags: str):
+    """`imgclf serve RUN FLAGS` in a process of its own on a free loopback port, ready: (base URL, process id)."""
     port = free_port()
-    command = [sys.executable, "-m", "imgclf.cli", "serve", str(exported_run), "--port", str(port), *SERVER_LIMITS]
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    command = [sys.executable, "-m", "imgclf.cli", "serve", str(run), "--port", str(port), *flags]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -91,9 +91,18 @@ def server(exported_run, tmp_path_factory):
             process.kill()
             pytest.fail(f"the server did not start: {log.read_text()}")
         time.sleep(0.2)
-    yield url, process.pid
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(exported_run, tmp_path_factory):
+    """`imgclf serve` of the exported run with tight limits: (base URL, process id)."""
+    with serving(exported_run, tmp_path_factory.mktemp("server") / "server.log", *SERVER_LIMITS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
