@@ -10,10 +10,12 @@ official order (5,000 airplanes down to 50 trucks, 12,406 in all), written lossl
 the 10,000 test images as DIR/test/<class>/…. imgclf holds its validation split out of train/ (stratified, 10%),
 so a run trains on ~11,170 images and selects its epoch on the validation split, never the test split.
 Writes benchmarks/results/long_tail_TAG.json: one row per (balance, seed) with test_accuracy, balanced_accuracy and
-wall_seconds, and per balance mode the mean ± spread over seeds. Flags after ``--`` go to `imgclf train`.
+wall_seconds, and per balance mode the mean ± spread over seeds (``--append``: adds to the file's rows, e.g. more
+seeds later, keeping every command). Flags after ``--`` go to `imgclf train`.
 """
 
 import argparse
+import json
 import shlex
 import shutil
 import statistics
@@ -26,10 +28,11 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, write_result
+from common import REPO, RESULTS, command_line, write_result
 
 IMBALANCE = 100
 HEAD = 5000  # images of class 0
+SPREAD_KEYS = ("test_accuracy", "tta_test_accuracy", "balanced_accuracy", "wall_seconds")
 
 
 def lt_counts(classes: int = 10, imbalance: int = IMBALANCE, head: int = HEAD) -> list[int]:
@@ -94,7 +97,9 @@ def run_one(folder: Path, config: str, balance: str, seed: int, extra: list[str]
 
 def spread(rows: list[dict], key: str) -> dict:
     """Mean, standard deviation, min and max of ``key`` over ``rows``."""
-    values = [r[key] for r in rows]
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return {}
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.mean(values), "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
 
@@ -108,27 +113,31 @@ def main() -> None:
     parser.add_argument("--balance", nargs="+", default=["none", "logit-adjust"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tag", default="")
+    parser.add_argument("--append", action="store_true", help="add the rows to long_tail_TAG.json's (other seeds)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
     if args.action == "make":
         return make(args.folder, args.data_dir)
-    rows = []
     tag = args.tag or args.config
+    earlier = json.loads((RESULTS / f"long_tail_{tag}.json").read_text()) if args.append else {}
+    rows, commands = earlier.get("rows", []), earlier.get("commands", [earlier["command"]] if earlier else [])
+    commands.append(command_line())
     for seed in args.seeds:  # seeds outermost: the modes alternate, so drift of the machine hits each alike
         for balance in args.balance:
             rows.append(run_one(args.folder, args.config, balance, seed, extra, tag))
             record = {
                 "benchmark": "long_tail",
                 "model": args.config,
-                "command": command_line(),
-                "seed": args.seeds,
+                "command": commands[-1],
+                "commands": commands,
+                "seed": sorted({r["seed"] for r in rows}),
                 "imbalance_ratio": IMBALANCE,
                 "train_images": sum(lt_counts()),
                 "wall_seconds": round(sum(r["wall_seconds"] for r in rows), 1),
                 "rows": rows,
                 "by_balance": {
-                    b: {k: spread([r for r in rows if r["balance"] == b], k) for k in ("test_accuracy", "wall_seconds")}
+                    b: {k: spread([r for r in rows if r["balance"] == b], k) for k in SPREAD_KEYS}
                     for b in dict.fromkeys(r["balance"] for r in rows)
                 },
             }

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from imgclf.artifacts.audits import audit_line, find_audit
 from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
 from imgclf.config.build import build_config
 from imgclf.config.files import coerce, config_values, load_config_file
@@ -179,7 +180,9 @@ def run_study(
     distributed.barrier()  # the other ranks wait for rank 0's last evaluation
     if not main:
         return record
-    compare([output / name for name in configs], output / "comparison", list(configs))
+    audited = find_audit(next(iter(configs.values())).data)
+    notes = [audit_line(audited)] if audited else []
+    compare([output / name for name in configs], output / "comparison", list(configs), notes)
     record["wall_seconds"] = time.perf_counter() - start
     write_json(output / "study.json", record)
     return record

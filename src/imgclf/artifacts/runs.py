@@ -361,6 +361,7 @@ def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, card
         progress=cfg.progress,
         lists=lists,
         fmt=cfg.label_format,
+        edits=cfg.edits,
     )
 
 

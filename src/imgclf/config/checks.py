@@ -86,6 +86,10 @@ def check_ranges(v: Mapping[str, Any]) -> None:
         )
     if not 0 < v["reduce_lr_factor"] <= 1:
         raise ImgclfError(f"--reduce-lr-factor must be in (0, 1], got {v['reduce_lr_factor']}")
+    if v.get("monitor") == "last" and (v["early_stopping"] or v["reduce_lr_patience"]):
+        raise ImgclfError(
+            "--monitor last keeps the final epoch: --early-stopping and --reduce-lr-patience need a metric"
+        )
     if v["val_fraction"] == 0 and (v["early_stopping"] or v["reduce_lr_patience"]):
         raise ImgclfError("early stopping and reduce-LR-on-plateau need a validation split (--val-fraction > 0)")
 

@@ -14,6 +14,7 @@ from imgclf.config.checks import (
     flag,
 )
 from imgclf.core.errors import ImgclfError, shown
+from imgclf.data.edits import NO_EDITS, Edits, edit_file, read_edits
 from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
 from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES, TASKS
 
@@ -208,6 +209,14 @@ class TrainConfig:
         TASKS,
         group=DATA,
     )
+    exclude: str | None = option(
+        None,
+        "CSV of files to leave out of every split: audit.csv, its page's download, or any list with a file column",
+        group=DATA,
+    )
+    relabel: str | None = option(
+        None, "CSV of files and their new labels (file, new_label or suggested column): audit.csv works", group=DATA
+    )
     data_size: int = option(
         0,
         "side the images are stored and trained at (0: 32 from scratch, the input side of a transfer backbone)",
@@ -255,8 +264,9 @@ class TrainConfig:
     monitor: str = option(
         "auto",
         "validation metric the callbacks watch and the kept model is chosen on (auto: mean average precision for "
-        "multi-label data, balanced accuracy when the training split is imbalanced, else accuracy)",
-        ("auto", "val_acc", "val_balanced_acc", "val_map", "val_loss"),
+        "multi-label data, balanced accuracy when the training split is imbalanced, else accuracy; last: keep the "
+        "final epoch, for a validation split too small to choose by, e.g. a handful of images in a class)",
+        ("auto", "val_acc", "val_balanced_acc", "val_map", "val_loss", "last"),
         group=CALLBACKS,
     )
     early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)", group=CALLBACKS)
@@ -328,6 +338,9 @@ class TrainConfig:
             check_run_name(self.name)
         check_ranges(dataclasses.asdict(self))
         check_task_options(self.task, self.balance, self.monitor)
+        for what in ("exclude", "relabel"):
+            if getattr(self, what):
+                edit_file(getattr(self, what), what)
         return self
 
     @property
@@ -341,6 +354,13 @@ class TrainConfig:
     def label_format(self) -> LabelFormat:
         """How a label file of this run is read: its columns, separator and task."""
         return LabelFormat.of(vars(self))
+
+    @property
+    def edits(self) -> Edits:
+        """The files this run leaves out and relabels (``--exclude``, ``--relabel``)."""
+        return (
+            read_edits(self.exclude, self.relabel, self.label_separator) if self.exclude or self.relabel else NO_EDITS
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ from torchvision.datasets.utils import check_integrity
 
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import cache_dir
+from imgclf.data.edits import NO_EDITS, Edits, edit_labels, edit_record, unknown_files
 from imgclf.data.images import ImageSet, Splits, train_val_indices
 
 DEFAULT_DATA_DIR = cache_dir("data")
@@ -92,6 +93,21 @@ def resize_images(images: torch.Tensor, side: int, chunk: int = 2048) -> torch.T
     return torch.cat(out) if out else images.new_zeros(0, 3, side, side)
 
 
+def cifar_names(split: str, count: int) -> list[str]:
+    """The names of CIFAR's images in ``split`` as audits and ``--exclude`` files give them: ``train/00000`` … in
+    the official order."""
+    return [f"{split}/{i:05d}" for i in range(count)]
+
+
+def edit_cifar(data: ImageSet, split: str, edits: Edits) -> tuple[ImageSet, list[dict], list[dict]]:
+    """``data`` (CIFAR's ``split``) without the images ``edits`` exclude and with the labels it gives; then the
+    excluded and the relabelled images."""
+    names = cifar_names(split, len(data))
+    kept, labels, excluded, changed = edit_labels(names, data.labels.tolist(), edits, data.classes, False)
+    rows = torch.tensor([int(name.split("/")[1]) for name in kept], dtype=torch.long)
+    return ImageSet(data.images[rows], torch.tensor(labels, dtype=torch.long), data.classes), excluded, changed
+
+
 def cifar_splits(
     source: str,
     data_dir: str | os.PathLike | None,
@@ -101,11 +117,19 @@ def cifar_splits(
     train_subset: int = 0,
     test_subset: int = 0,
     side: int = 0,
+    edits: Edits = NO_EDITS,
 ) -> Splits:
     """CIFAR's training set split into (train, validation) as a run with these options splits it; its test set
-    (optionally its first ``test_subset`` images) is loaded when :meth:`Splits.test` is called."""
+    (optionally its first ``test_subset`` images) is loaded when :meth:`Splits.test` is called. ``edits`` leave
+    images out of both and relabel others (names ``train/00042``, ``test/00042``)."""
     _, name, mean, std = CIFAR_SOURCES[source]
     full = load_cifar("train", data_dir, download, source)
+    info = {"source": source}
+    if edits:
+        unknown_files(edits, {*cifar_names("train", 50_000), *cifar_names("test", 10_000)}, name)
+        full, excluded, changed = edit_cifar(full, "train", edits)
+        info.update(edit_record(edits, excluded, changed, full.classes))
+        info["test_edits"] = {k: sum(f.startswith("test/") for f in getattr(edits, k)) for k in ("exclude", "relabel")}
     side = side or CIFAR_SIDE
     if side != CIFAR_SIDE:
         full = ImageSet(resize_images(full.images, side), full.labels, full.classes)
@@ -113,6 +137,8 @@ def cifar_splits(
 
     def load_test() -> ImageSet:
         test = load_cifar("test", data_dir, download, source)
+        if edits:
+            test = edit_cifar(test, "test", edits)[0]
         if test_subset:
             test = test.subset(torch.arange(min(test_subset, len(test))))
         return ImageSet(resize_images(test.images, side), test.labels, test.classes) if side != CIFAR_SIDE else test
@@ -127,5 +153,5 @@ def cifar_splits(
         side=side,
         fingerprint=source,  # the official files, verified by their checksums
         load_test=load_test,
-        info={"source": source, "train": len(train_idx), "val": len(val_idx)},
+        info={**info, "train": len(train_idx), "val": len(val_idx)},
     )

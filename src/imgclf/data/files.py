@@ -2,17 +2,19 @@
 split; the same steps and checks whichever the scan came from."""
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imgclf.core.errors import ImgclfError
+from imgclf.data.edits import NO_EDITS, Edits, edit_scan
 from imgclf.data.folder import scan_folder
 from imgclf.data.images import ImageSet, MappedImages, Splits, channel_stats, stratified_split, val_subset_size
 from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat, is_label_file, scan_label_file
 from imgclf.data.multilabel import multi_hot, strata
-from imgclf.data.prepare import preparation_key, prepare
+from imgclf.data.prepare import Prepared, preparation_key, prepare
 from imgclf.data.scan import Scan, warn
 
 TEST_SPLIT_SEED = 0
@@ -107,6 +109,54 @@ def check_lists(lists: dict[str, list[str]], row_of: dict[str, int], reasons: li
                 raise ImgclfError(f"file {name} of the run's {split} split is missing or unreadable in {scan.origin}")
 
 
+@dataclass
+class ReadFiles:
+    """A scanned and prepared dataset of files: each file's row and label, and the readable files of each split."""
+
+    scan: Scan
+    prepared: Prepared
+    row_of: dict[str, int]  # file → its row of the prepared array
+    label_of: dict  # file → its label (class index, or a tuple of them)
+    readable: dict[str, list[str]]  # split as scanned → its decodable files
+    skipped: list[dict]  # files left out, with their reasons
+
+    def image_set(self, names: list[str]) -> ImageSet:
+        """The prepared images and labels of the files ``names``."""
+        rows = np.array([self.row_of[f] for f in names], dtype=np.int64)
+        labels = [self.label_of[f] for f in names]
+        if self.scan.task == "multilabel":
+            tensor = multi_hot(labels, len(self.scan.classes))
+        else:
+            tensor = torch.tensor(labels, dtype=torch.long)
+        return ImageSet(MappedImages(self.prepared.array, rows, self.prepared.key), tensor, self.scan.classes)
+
+
+def read_files(
+    source: str,
+    fmt: LabelFormat,
+    side: int,
+    resize: str,
+    prepare_dir: str | None,
+    workers: int,
+    progress: bool,
+    edits: Edits = NO_EDITS,
+) -> ReadFiles:
+    """Scan ``source``, prepare its images at ``side`` and check that enough of them are readable; ``edits`` then
+    leave files out (listed as skipped, with their reasons) and relabel others (preparation sees every file, so its
+    cache serves runs with and without edits)."""
+    whole = scan_source(source, fmt)
+    order = whole.all_files
+    prepared = prepare(whole.root, order, side, resize, prepare_dir, workers, progress)
+    scan = edit_scan(whole, edits)
+    label_of = dict(zip(scan.all_files, scan.all_labels, strict=True))
+    row_of = {f: i for i, f in enumerate(order)}
+    unreadable = [{"file": f, "reason": r} for f, r in zip(order, prepared.reasons, strict=True) if r and f in label_of]
+    skipped = scan.skipped + unreadable
+    readable = {s: [f for f in scan.files[s] if not prepared.reasons[row_of[f]]] for s in scan.files}
+    check_readable(scan, readable, label_of, skipped)
+    return ReadFiles(scan, prepared, row_of, label_of, readable, skipped)
+
+
 def file_splits(
     source: str,
     *,
@@ -122,37 +172,31 @@ def file_splits(
     progress: bool,
     lists: dict[str, list[str]] | None,
     fmt: LabelFormat = DEFAULT_FORMAT,
+    edits: Edits = NO_EDITS,
 ) -> Splits:
-    """The splits of the image folder or label file ``source`` (``lists``: a run's saved file lists, used exactly;
-    ``fmt``: how a label file is read)."""
-    scan = scan_source(source, fmt)
-    order = scan.all_files
-    label_of = dict(zip(order, scan.all_labels, strict=True))
-    prepared = prepare(scan.root, order, side, resize, prepare_dir, workers, progress)
-    row_of = {f: i for i, f in enumerate(order)}
-    skipped = skipped_files(scan, prepared.reasons)
-    readable = {s: [f for f in scan.files[s] if not prepared.reasons[row_of[f]]] for s in scan.files}
-    check_readable(scan, readable, label_of, skipped)
+    """The splits of the image folder or label file ``source`` (``lists``: a run's saved file lists, used exactly but
+    for the files ``edits`` exclude; ``fmt``: how a label file is read)."""
+    files = read_files(source, fmt, side, resize, prepare_dir, workers, progress, edits)
+    if lists is not None and edits.exclude:
+        lists = {split: [f for f in names if f not in edits.exclude] for split, names in lists.items()}
+    scan, prepared, skipped = files.scan, files.prepared, files.skipped
     if lists is None:
-        lists = split_lists(readable, label_of, seed, val_fraction, test_fraction, train_subset, test_subset)
-    check_lists(lists, row_of, prepared.reasons, scan)
+        lists = split_lists(
+            files.readable, files.label_of, seed, val_fraction, test_fraction, train_subset, test_subset
+        )
+    check_lists(lists, files.row_of, prepared.reasons, scan)
 
     def image_set(split: str) -> ImageSet:
-        names = lists[split]
-        rows = np.array([row_of[f] for f in names], dtype=np.int64)
-        if scan.task == "multilabel":
-            labels = multi_hot([label_of[f] for f in names], len(scan.classes))
-        else:
-            labels = torch.tensor([label_of[f] for f in names], dtype=torch.long)
-        return ImageSet(MappedImages(prepared.array, rows, prepared.key), labels, scan.classes)
+        return files.image_set(lists[split])
 
     train = image_set("train")
     mean, std = channel_stats(train.images.take(sample_rows(len(train), STATS_SAMPLE)))
-    duplicates = warn_of_duplicates({s: [prepared.digests[row_of[f]] for f in lists[s]] for s in lists}, lists)
+    digests = {s: [prepared.digests[files.row_of[f]] for f in lists[s]] for s in lists}
+    duplicates = warn_of_duplicates(digests, lists)
     info = {
         "source": str(scan.origin),
         "layout": scan.layout,
-        "files": len(order) + len(scan.skipped),
+        "files": len(scan.all_files) + len(scan.skipped),
         "ignored_files": scan.ignored,
         "skipped_files": len(skipped),
         **scan.notes,
@@ -195,6 +239,16 @@ def sample(names: list[str], n: int, seed: int) -> list[str]:
     return [names[i] for i in sample_rows(len(names), n, seed)]
 
 
+def test_split(readable: dict[str, list[str]], label_of: dict, test_fraction: float) -> tuple[list[str], list[str]]:
+    """(the training pool, the test files) of ``readable``: its test folder or split as given, else a stratified
+    ``test_fraction`` of each class drawn with a fixed seed (the same whatever a run's seed)."""
+    pool = readable.get("all") or readable["train"]
+    if "test" in readable:
+        return pool, readable["test"]
+    keep, held = stratified_split(class_of([label_of[f] for f in pool]), test_fraction, TEST_SPLIT_SEED)
+    return [pool[i] for i in keep], [pool[i] for i in held]
+
+
 def split_lists(
     readable: dict[str, list[str]],
     label_of: dict,
@@ -208,12 +262,7 @@ def split_lists(
     the test files first, with a fixed seed (like CIFAR's, the test set is the same whatever ``seed`` a run has, so
     runs of several seeds are compared on the same images), then the validation files, seeded by ``seed``.
     ``*_subset`` draws that many files at random (seeded)."""
-    pool = readable.get("all") or readable["train"]
-    if "test" in readable:
-        test = readable["test"]
-    else:
-        keep, held = stratified_split(class_of([label_of[f] for f in pool]), test_fraction, TEST_SPLIT_SEED)
-        test, pool = [pool[i] for i in held], [pool[i] for i in keep]
+    pool, test = test_split(readable, label_of, test_fraction)
     if "val" in readable:
         train, val = pool, readable["val"]
     else:

@@ -3,6 +3,7 @@
 
 from imgclf.core.errors import ImgclfError
 from imgclf.data.cifar import CIFAR_SOURCES, cifar_splits
+from imgclf.data.edits import NO_EDITS, Edits
 from imgclf.data.files import file_splits
 from imgclf.data.images import Splits
 from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
@@ -30,14 +31,15 @@ def load_splits(
     progress: bool = True,
     lists: dict[str, list[str]] | None = None,
     fmt: LabelFormat = DEFAULT_FORMAT,
+    edits: Edits = NO_EDITS,
 ) -> Splits:
     """The splits of ``source`` (``cifar10``, ``cifar100``, a folder or a label file), split as a run with these
     options splits it; ``lists`` (a run's saved file lists) fixes the split exactly; ``fmt``: how a label file is read
-    (its columns, separator, task)."""
+    (its columns, separator, task); ``edits``: files to leave out and to relabel (``data/edits.py``)."""
     if is_builtin(source):
         if fmt.task == "multilabel":
             raise ImgclfError(f"{source} is single-label: --task multilabel needs a label file")
-        return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side)
+        return cifar_splits(source, data_dir, download, val_fraction, seed, train_subset, test_subset, side, edits)
     return file_splits(
         source,
         seed=seed,
@@ -52,4 +54,5 @@ def load_splits(
         progress=progress,
         lists=lists,
         fmt=fmt,
+        edits=edits,
     )

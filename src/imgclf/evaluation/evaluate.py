@@ -64,12 +64,22 @@ def mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate_run(
-    run_dir: str | Path, data_dir: str | None = None, device: str = "auto", tta: bool = False, data: str | None = None
+    run_dir: str | Path,
+    data_dir: str | None = None,
+    device: str = "auto",
+    tta: bool = False,
+    data: str | None = None,
+    edits: dict[str, str | None] | None = None,
 ) -> dict:
     """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run (``data``:
-    the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are)."""
+    the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are; ``edits``: ``exclude``
+    and ``relabel`` files that replace the run's own)."""
     run = RunDir(run_dir)
     cfg = run.read_config()  # a one-line error for a folder that is no run, before the lock touches it
+    given = {k: v for k, v in (edits or {}).items() if v}
+    if given:
+        cfg = dataclasses.replace(cfg, **given)
+        cfg.edits  # noqa: B018 - read now: a bad file is a one-line error before the lock is taken
     with run.lock():
         return evaluate_locked(run, cfg, data_dir, device, tta, data)
 

@@ -63,8 +63,11 @@ def add_impact(runs: list[dict]) -> None:
             run["impact"] = f"{delta * 100:+.2f} pts vs {previous['run']}"
 
 
-def compare(run_dirs: list[str | Path], output: str | Path, order: list[str] | None = None) -> list[dict]:
-    """Write results.{md,csv,html}, comparison figures and report.html for ``run_dirs`` into ``output``."""
+def compare(
+    run_dirs: list[str | Path], output: str | Path, order: list[str] | None = None, notes: list[str] | tuple = ()
+) -> list[dict]:
+    """Write results.{md,csv,html}, comparison figures and report.html for ``run_dirs`` into ``output`` (``notes``:
+    lines the report shows above the results, e.g. the dataset's audit)."""
     if not run_dirs:
         raise ImgclfError("compare needs at least one run directory")
     output = Path(output)
@@ -77,5 +80,5 @@ def compare(run_dirs: list[str | Path], output: str | Path, order: list[str] | N
     write_csv(runs, output / "results.csv")
     atomic_write(output / "results.html", lambda tmp: tmp.write_text(table(head, cells, css_class="results")))
     paths = figures.comparison_figures(runs, output / "figures")
-    comparison_report(output, runs, head, cells, paths)
+    comparison_report(output, runs, head, cells, paths, notes)
     return runs

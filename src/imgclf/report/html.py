@@ -241,9 +241,15 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
 
 
 def comparison_report(
-    output: Path, runs: list[dict], headers: list[str], rows: list[list[str]], figure_paths: list[Path]
+    output: Path,
+    runs: list[dict],
+    headers: list[str],
+    rows: list[list[str]],
+    figure_paths: list[Path],
+    notes: list[str] | tuple = (),
 ) -> Path:
-    """``report.html`` comparing several runs: results table (formatted ``rows``), figures, configs."""
+    """``report.html`` comparing several runs: ``notes`` (lines about the data), results table (formatted ``rows``),
+    figures, configs."""
     captions = {
         "curves": "Validation accuracy and loss per epoch",
         "accuracy_vs_parameters": "Test accuracy vs parameters",
@@ -254,6 +260,7 @@ def comparison_report(
     best = max(runs, key=lambda r: r["test_accuracy"])
     body = [
         cards([("runs", str(len(runs))), ("best", f"{best['run']}: {best['test_accuracy']:.2%}")]),
+        *(f'<p class="note">{html.escape(n)}</p>' for n in notes),
         "<h2>Results</h2>",
         table(headers, rows, css_class="results"),
         "<h2>Figures</h2>",

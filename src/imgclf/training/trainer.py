@@ -68,6 +68,8 @@ class Trainer:
         self.loss = phase.balance.loss_function(self.device)  # its class weights or prior moved to the device once
         self.train_loader.sample_weights = phase.balance.sample_weights(self.train_loader.labels)  # sampler: a draw
         self.monitor = self.balance.monitor if cfg.monitor == "auto" else cfg.monitor
+        # what the callbacks watch: the epoch (so the last one is kept) for --monitor last or without validation
+        self.watch = "epoch" if self.monitor == "last" or self.val_loader is None else self.monitor
         if distributed.world_size() > 1:
             self.train_loader.set_shard(distributed.rank(), distributed.world_size())
             if self.val_loader is not None:  # each rank validates its share of the split
@@ -116,17 +118,14 @@ class Trainer:
     def build_callbacks(self) -> dict[str, Callback]:
         """The callbacks, by the name their state has in a checkpoint, in the order they are called."""
         cfg = self.cfg
-        monitor = dict(monitor=self.monitor, mode="min" if self.monitor == "val_loss" else "max")
+        monitor = dict(monitor=self.watch, mode="min" if self.watch == "val_loss" else "max")
         callbacks: dict[str, Callback] = {}
         if self.val_loader is not None:
             callbacks["early_stopping"] = EarlyStopping(patience=cfg.early_stopping, **monitor)
             callbacks["plateau"] = ReduceLROnPlateau(
                 patience=cfg.reduce_lr_patience, factor=cfg.reduce_lr_factor, **monitor
             )
-        # without a validation split the last epoch is the selected model
-        callbacks["best"] = BestCheckpoint(
-            self.run_dir / BEST_WEIGHTS, **(monitor if self.val_loader else {"monitor": "epoch"})
-        )
+        callbacks["best"] = BestCheckpoint(self.run_dir / BEST_WEIGHTS, **monitor)
         return callbacks
 
     @property
@@ -341,7 +340,7 @@ class Trainer:
                 if due:
                     self.save_checkpoint()
                     next_checkpoint = self.train_seconds + cfg.checkpoint_every
-                distributed.say(epoch_line(metrics, phase.epochs, self.monitor == "val_balanced_acc"))
+                distributed.say(epoch_line(metrics, phase.epochs, self.balance.monitor == "val_balanced_acc"))
         finally:
             bar.close()
             if history is not None:
@@ -366,7 +365,7 @@ class Trainer:
             "epochs_run": self.epoch,
             "stopped_early": self.stop,
             "best_epoch": best.best_epoch,
-            f"best_{self.monitor}": best.best if self.val_loader is not None else None,
+            **({} if self.monitor == "last" else {f"best_{self.monitor}": best.best if self.val_loader else None}),
             "balance": {**self.balance.record(), "monitor": self.monitor},
             "num_train": self.num_train,
             "num_val": self.num_val,

@@ -7,36 +7,37 @@ imgclf evaluate runs/resnet20-20261124-151500
 imgclf predict runs/resnet20-20261124-151500 photos/ --top-k 3
 imgclf export runs/resnet20-20261124-151500             # RUN/model.onnx, checked against PyTorch
 imgclf serve runs/resnet20-20261124-151500              # http://127.0.0.1:8000
+imgclf audit photos/                                    # suspected label errors, leaks and strays
 imgclf models
+
+The shared flags live in cli/flags.py, predict's and serve's options in cli/serve.py, audit's in cli/audit.py.
 """
 
 import argparse
 import dataclasses
 import json
-import math
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import NoReturn
 
-from imgclf.config.checks import MAX_IMAGE_SIDE, flag
-from imgclf.config.files import CONFIG_DIR, FINETUNE, load_config_file
-from imgclf.config.options import GROUPS, RUNTIME_OPTIONS, TrainConfig, field_types
+from imgclf.cli.audit import add_audit_parser, command_audit
+from imgclf.cli.flags import DATA_HELP, LABEL_FORMAT_OPTIONS, MOVED_HELP, add_config_flags
+from imgclf.cli.serve import add_predict_parser, add_serve_parser, command_serve, serve_limits
+from imgclf.config.checks import MAX_IMAGE_SIDE
+from imgclf.config.files import CONFIG_DIR, load_config_file
+from imgclf.config.options import RUNTIME_OPTIONS
 from imgclf.core.cli import OneLineErrorParser, describe_os_error
 from imgclf.core.errors import ImgclfError, one_line
 from imgclf.core.io import check_writable_folder
 from imgclf.data.labelfile import LabelFormat
 from imgclf.data.policies import IMBALANCED, RESIZE_POLICIES
-from imgclf.inference.options import EXPORT_FORMATS, OUTPUT_FORMATS, PARITY_IMAGES, RUNTIMES, Limits
+from imgclf.inference.options import EXPORT_FORMATS, PARITY_IMAGES
+
+__all__ = ["build_parser", "main", "serve_limits"]
 
 EXPLORE_MAX_PER_CLASS = 64
-DATA_HELP = "cifar10, cifar100, a folder of images or a label file (.csv, .tsv, .jsonl)"
-MOVED_HELP = "runs on a folder or label file: where it is now, if it moved"
-LABEL_FORMAT_OPTIONS = tuple(f.name for f in dataclasses.fields(LabelFormat))  # explore reads label files too
-RAW_HELP = (
-    "probabilities not calibrated by the run's temperature (multi-label labels are still decided on calibrated ones)"
-)
 RESUME_HINT = "resume a training run with `imgclf train --resume RUN_DIR` (also under another world size)"
 
 
@@ -57,29 +58,6 @@ def check_explore_args(args: argparse.Namespace) -> None:
         raise ImgclfError(f"--data-size must be in 0..{MAX_IMAGE_SIDE} (0: the default), got {args.data_size}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] = (), defaults: bool = False) -> None:
-    """One flag per :class:`TrainConfig` field (``only``: those fields), under its group's heading in ``--help``;
-    unset flags stay absent so config files can fill them (``defaults``: unset flags take the field's default)."""
-    types, groups = field_types(), {name: parser.add_argument_group(f"{name} options") for name in GROUPS}
-    finetune = load_config_file(FINETUNE)
-    for f in dataclasses.fields(TrainConfig):
-        if only and f.name not in only:
-            continue
-        name = flag(f.name)
-        kind = types[f.name]
-        default = f.metadata["cli_default"]
-        if f.name in finetune and finetune[f.name] != default:
-            default = f"{default}; timm models: {finetune[f.name]}"
-        kwargs = dict(
-            default=f.default if defaults else argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})"
-        )
-        group = groups[f.metadata["group"]]
-        if kind is bool:
-            group.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            group.add_argument(name, type=kind, metavar=f.name.upper(), choices=f.metadata["choices"], **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="imgclf", description="Train, evaluate and compare image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
@@ -93,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help=MOVED_HELP)
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
+    evaluate.add_argument("--exclude", metavar="CSV", help="files to leave out, e.g. test images an audit found leaked")
+    evaluate.add_argument("--relabel", metavar="CSV", help="files and their corrected labels (file, new_label)")
     add_predict_parser(sub)
     export = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch on test images")
     export.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `imgclf train`")
@@ -114,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--resize", default="crop", choices=RESIZE_POLICIES, help="folder images to squares")
     explore.add_argument("--output", default="runs/explore", help="folder for the figures and stats.json")
     explore.add_argument("--per-class", type=int, default=8, help="sample images shown per class")
+    add_audit_parser(sub)
     comp = sub.add_parser("compare", help="results table, impact of each step and figures across evaluated runs")
     comp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
     comp.add_argument("--order", nargs="+", metavar="NAME", help="run or model names in the order of the study")
@@ -124,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--output", default="runs/study", help="folder of the study's runs and comparison")
     study.add_argument("--data", help=f"{DATA_HELP}: every run trains on it (default: cifar10)")
     study.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
+    study.add_argument("--exclude", metavar="CSV", help="files every run leaves out (audit.csv or any file list)")
+    study.add_argument("--relabel", metavar="CSV", help="files and their new labels for every run (file, new_label)")
     study.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an option of every run"
     )
@@ -134,75 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("models", help="list the available models with their parameter counts")
     return parser
-
-
-def add_predict_parser(sub) -> None:
-    """`imgclf predict`'s options."""
-    predict = sub.add_parser("predict", help="top-k classes of image files, folders and globs with a trained model")
-    predict.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or globs")
-    predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
-    predict.add_argument("--format", default="table", choices=OUTPUT_FORMATS, help="output format (default: table)")
-    predict.add_argument("--output", dest="output_file", metavar="FILE", help="write to FILE instead of stdout")
-    predict.add_argument("--raw", action="store_true", help=RAW_HELP)
-    predict.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
-    predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")
-    predict.add_argument("--strict", action="store_true", help="exit with status 1 when any file is skipped")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    predict.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
-    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-# imgclf serve's limit options: flag → (Limits field, type, help); the defaults are Limits' own
-SERVE_LIMITS = {
-    "--top-k": ("top_k", int, "classes returned per image"),
-    "--max-body-mb": ("max_body_bytes", float, "request body limit in MB"),
-    "--max-pixels": ("max_pixels", int, "pixels per image (larger: 413, refused from the header)"),
-    "--max-images": ("max_images", int, "images per request"),
-    "--timeout": ("timeout_seconds", float, "seconds a request may take"),
-    "--max-concurrency": ("max_concurrency", int, "requests handled at once (more: 503)"),
-    "--batch-window-ms": ("batch_window_ms", float, "wait this long for more requests before predicting a batch"),
-    "--max-batch": ("max_batch", int, "images per inference batch"),
-}
-MEGABYTE = 1_000_000
-
-
-def add_serve_parser(sub) -> None:
-    """`imgclf serve`'s options: where to listen, and each limit of :class:`~imgclf.inference.options.Limits`."""
-    serve = sub.add_parser("serve", help="serve a trained model over HTTP: JSON API, metrics and a page for people")
-    serve.add_argument("model", metavar="RUN_DIR|MODEL", help="run directory, its best.safetensors or an .onnx file")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    serve.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
-    serve.add_argument("--raw", action="store_true", help=RAW_HELP)
-    defaults = Limits()
-    for option, (field, kind, text) in SERVE_LIMITS.items():
-        default = getattr(defaults, field)
-        default = default / MEGABYTE if option == "--max-body-mb" else default
-        shown = f"{default:,}" if isinstance(default, int) else f"{default:g}"
-        serve.add_argument(option, type=kind, default=default, help=f"{text} (default: {shown})")
-
-
-def serve_limits(args: argparse.Namespace) -> Limits:
-    """The server's limits from `imgclf serve`'s options, each checked."""
-    values = {}
-    for option, (field, _, _) in SERVE_LIMITS.items():
-        value = getattr(args, option[2:].replace("-", "_"))
-        window = option == "--batch-window-ms"  # may be 0 (off); every other limit must be positive
-        if not (math.isfinite(value) and (0 <= value <= 1000 if window else value > 0)):
-            raise ImgclfError(f"{option} must be {'in 0..1000' if window else 'a positive number'}, got {value}")
-        values[field] = round(value * MEGABYTE) if option == "--max-body-mb" else value
-    if not 0 <= args.port <= 65535:
-        raise ImgclfError(f"--port must be in 0..65535, got {args.port}")
-    return Limits(**values)
-
-
-def command_serve(args: argparse.Namespace) -> None:
-    limits = serve_limits(args)
-    from imgclf.inference.serve import serve
-
-    serve(args.model, args.host, args.port, limits, args.device, args.runtime, raw=args.raw)
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -266,7 +180,9 @@ def command_evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluation.evaluate import evaluate_run
     from imgclf.report.run_report import render_evaluation
 
-    metrics = render_evaluation(evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data))
+    edits = {"exclude": args.exclude, "relabel": args.relabel}
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data, edits=edits)
+    metrics = render_evaluation(metrics)
     print_metrics(metrics, Path(args.run_dir))
 
 
@@ -344,10 +260,9 @@ def command_study(args: argparse.Namespace) -> None:
     from imgclf.study import parse_overrides, run_study
 
     overrides = parse_overrides(args.set)
-    if args.data:
-        overrides["data"] = args.data
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
+    for key in ("data", "data_dir", "exclude", "relabel"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
     if args.no_progress:
         overrides["progress"] = False
     if args.tta:
@@ -401,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "output", None) is not None:
             check_writable_folder(args.output, "--output")
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
-        commands.update(compare=command_compare, models=command_models, study=command_study)
+        commands.update(compare=command_compare, models=command_models, study=command_study, audit=command_audit)
         commands.update(predict=command_predict, export=command_export, serve=command_serve)
         return commands[args.command](args) or 0
     except ImgclfError as exc:
@@ -425,7 +340,3 @@ def main(argv: list[str] | None = None) -> int:
         if handles_signals:
             signal.signal(signal.SIGTERM, previous_handler)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`imgclf audit DATA`: read every image, audit it (``analysis/``), write audit.csv, audit.json and audit.html."""
+
+from pathlib import Path
+
+from imgclf.artifacts.audits import record_audit
+from imgclf.core.errors import ImgclfError
+from imgclf.core.io import atomic_write, write_json
+from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
+
+CSV_NAME, JSON_NAME, PAGE_NAME, SCORES_NAME = "audit.csv", "audit.json", "audit.html", "scores.csv"
+
+
+def default_backbone() -> str:
+    """The best backbone whose ImageNet weights are installed, or a one-line error saying how to choose one."""
+    from imgclf.models.backbones import best_installed_backbone
+
+    name = best_installed_backbone()
+    if name is None:
+        raise ImgclfError("no pretrained backbone is installed: pass --backbone NAME (a timm model with weights)")
+    return name
+
+
+def embedding_side(data: str, fmt: LabelFormat) -> int:
+    """The side images are embedded at: the no-flag transfer side for images of this dataset's typical size."""
+    from imgclf.config.auto import BUILTIN_SIDE, auto_side
+    from imgclf.data.files import typical_side
+    from imgclf.data.sources import is_builtin
+
+    return auto_side(BUILTIN_SIDE if is_builtin(data) else typical_side(data, fmt))
+
+
+def run_audit(
+    data: str,
+    output: str | Path,
+    *,
+    backbone: str = "",
+    side: int = 0,
+    folds: int = 5,
+    seed: int = 0,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    prepare_dir: str | None = None,
+    progress: bool = True,
+    fmt: LabelFormat = DEFAULT_FORMAT,
+) -> dict:
+    """Audit ``data`` into the folder ``output``: audit.html, audit.csv (the suspects), scores.csv (every image's
+    scores) and audit.json (the summary, also returned)."""
+    from imgclf.analysis.audit import CSV_FIELDS, SCORE_FIELDS, audit, csv_text, scores_rows
+    from imgclf.analysis.embed import Embedder
+    from imgclf.data.inventory import inventory
+    from imgclf.report.audit_page import audit_page
+
+    if folds < 2:
+        raise ImgclfError(f"--folds must be 2 or more, got {folds}")
+    side = side or embedding_side(data, fmt)
+    inv = inventory(data, side=side, data_dir=data_dir, prepare_dir=prepare_dir, progress=progress, fmt=fmt)
+    embedder = Embedder(backbone or default_backbone(), side, cache_dir=cache_dir, progress=progress)
+    result = audit(inv, embedder, folds=folds, seed=seed)
+    output = Path(output)
+    summary = {"dataset": inv.name, **inv.info, **result.summary, "confusable_classes": result.confusable}
+    atomic_write(output / CSV_NAME, lambda tmp: tmp.write_text(csv_text(result.rows), encoding="utf-8"))
+    scores = csv_text(scores_rows(inv, result.scores), SCORE_FIELDS)
+    atomic_write(output / SCORES_NAME, lambda tmp: tmp.write_text(scores, encoding="utf-8"))
+    write_json(output / JSON_NAME, summary)
+    record_audit(data, output, summary)
+    audit_page(
+        output / PAGE_NAME, inv.name, result.rows, summary, result.confusable, inv.images.images, inv.names, CSV_FIELDS
+    )
+    return summary

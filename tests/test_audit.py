@@ -1,0 +1,271 @@
+"""`imgclf audit` on a small folder of real CIFAR-10 images with planted problems: label flips, altered and exact
+copies of training images in the test split, and noise images; then the page in Chromium."""
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.analysis import duplicates, labels, strays
+from imgclf.analysis.neighbours import nearest_neighbours
+from imgclf.cli import main
+
+CLASSES = {"airplane": 0, "frog": 6, "truck": 9}
+TRAIN, TEST = 40, 12
+FLIPS = 6
+BACKBONE = ["--backbone", "tf_efficientnet_lite0", "--side", "96", "--folds", "4"]
+
+
+def save(image: np.ndarray, path: Path) -> str:
+    """Write uint8 (3, H, W) ``image`` as a PNG at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(path)
+    return path.as_posix()
+
+
+@pytest.fixture(scope="module")
+def planted(cifar_train, tmp_path_factory) -> dict:
+    """DIR/train|test/<class>/ of real CIFAR-10 images, and the files planted in it: label flips in train, altered and
+    exact copies of training images in test, noise images in train."""
+    root = tmp_path_factory.mktemp("audit") / "planted"
+    rng = np.random.default_rng(0)
+    y = cifar_train.labels.numpy()
+    facts = {"root": root, "flips": [], "copies": {}, "exact": {}, "noise": []}
+    names = list(CLASSES)
+    for name, c in CLASSES.items():
+        rows = np.flatnonzero(y == c)[: TRAIN + TEST]
+        for k, row in enumerate(rows):
+            split = "train" if k < TRAIN else "test"
+            save(cifar_train.images[row].numpy(), root / split / name / f"{row}.png")
+    for k in range(FLIPS):  # move training images into another class's folder
+        name = names[k % 3]
+        source = sorted((root / "train" / name).iterdir())[k]
+        target = root / "train" / names[(k + 1) % 3] / f"flipped_{source.name}"
+        source.rename(target)
+        facts["flips"].append(f"train/{names[(k + 1) % 3]}/{target.name}")
+    for k, name in enumerate(names):  # an altered copy of a training image in test, and an exact one
+        source = sorted((root / "train" / name).iterdir())[-1]
+        image = np.asarray(Image.open(source)).transpose(2, 0, 1)
+        facts["copies"][f"test/{name}/copy_{k}.png"] = f"train/{name}/{source.name}"
+        save(duplicates.alter(image, rng), root / "test" / name / f"copy_{k}.png")
+    source = sorted((root / "train" / "truck").iterdir())[0]
+    shutil.copy(source, root / "test" / "truck" / "exact.png")
+    facts["exact"]["test/truck/exact.png"] = f"train/truck/{source.name}"
+    for k in range(2):  # noise: no class at all
+        noise = (
+            rng.integers(0, 256, (3, 32 // (k + 1), 32 // (k + 1)), dtype=np.uint8).repeat(k + 1, 1).repeat(k + 1, 2)
+        )
+        save(noise, root / "train" / names[k] / f"noise_{k}.png")
+        facts["noise"].append(f"train/{names[k]}/noise_{k}.png")
+    return facts
+
+
+@pytest.fixture(scope="module")
+def audited(planted, tmp_path_factory):
+    """The audit's report folder (its index of audits kept in the test's folder, not the user's cache)."""
+    out = tmp_path_factory.mktemp("audit_out")
+    patch = pytest.MonkeyPatch()
+    patch.setattr("imgclf.artifacts.audits.INDEX", out / "index")
+    args = ["audit", str(planted["root"]), "--output", str(out / "report"), *BACKBONE, "--no-progress"]
+    args += ["--cache-dir", str(out / "cache"), "--prepare-dir", str(out / "prep")]
+    assert main(args) == 0
+    yield out / "report"
+    patch.undo()
+
+
+def read_rows(report: Path) -> list[dict]:
+    with (report / "audit.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_audit_finds_what_was_planted(planted, audited):
+    rows = read_rows(audited)
+    assert list(rows[0]) == ["file", "split", "issue", "score", "given", "suggested", "other"]
+    label = [r for r in rows if r["issue"] == "label"]
+    found = {r["file"] for r in label}
+    assert len(found & set(planted["flips"])) >= FLIPS - 1, found  # confident learning flags the flips
+    top = [r["file"] for r in label[:FLIPS]]
+    assert len(set(top) & set(planted["flips"])) >= FLIPS - 2, top  # and ranks them first
+    assert all(r["suggested"] != r["given"] for r in label if r["file"] in planted["flips"])
+    leaks = {(r["file"], r["other"]) for r in rows if r["issue"] == "leak"}
+    for copy, original in planted["copies"].items():
+        assert (copy, original) in leaks and (original, copy) in leaks
+    exact, original = next(iter(planted["exact"].items()))
+    assert (exact, f"exact copy of {original}") in leaks
+    assert len(leaks) <= 2 * (len(planted["copies"]) + 1) + 2  # no more than one spurious pair
+    stray = [r["file"] for r in rows if r["issue"] == "stray"]
+    assert set(planted["noise"]) <= set(stray[:4]), stray
+
+
+def test_audit_summary_and_rerun_reuses_the_cache(planted, audited, tmp_path):
+    import json
+
+    summary = json.loads((audited / "audit.json").read_text())
+    assert summary["images"] == 3 * (TRAIN + TEST) + 3 + 1 + 2
+    assert summary["leaks"] >= 4 and summary["label_issues"] >= FLIPS - 1
+    assert summary["embedding"]["computed"] >= 2  # the first audit computed the embeddings (and mirrored ones)
+    cache = audited.parent / "cache"
+    args = ["audit", str(planted["root"]), "--output", str(tmp_path), *BACKBONE, "--no-progress"]
+    assert main([*args, "--cache-dir", str(cache), "--prepare-dir", str(audited.parent / "prep")]) == 0
+    again = json.loads((tmp_path / "audit.json").read_text())
+    assert again["embedding"]["read"] >= 2 and again["embedding"]["computed"] == 2  # only the calibration copies
+    assert read_rows(tmp_path) == read_rows(audited)
+
+
+def test_label_ranking_and_strays_on_arrays():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 4
+    y = np.repeat(np.arange(3), 60)
+    x = centres[y] + rng.normal(size=(180, 16))
+    noisy = y.copy()
+    flipped = rng.choice(180, 12, replace=False)
+    noisy[flipped] = (noisy[flipped] + 1) % 3
+    probs = labels.out_of_fold_probabilities(x, noisy, 3, folds=5, progress=False)
+    flagged, quality = labels.label_issues(noisy, probs)
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.isin(np.arange(180), flipped)
+    assert roc_auc_score(truth, -quality) > 0.97
+    assert flagged[flipped].mean() >= 0.6 and flagged[~truth].mean() <= 0.05  # confident learning errs on caution
+    far = np.vstack([x, rng.normal(size=(2, 16)) * 40])
+    d, _ = nearest_neighbours(far, 10, progress=False)
+    scores = strays.stray_scores(d)
+    assert set(np.argsort(-scores)[:2]) == {180, 181} and strays.stray_flags(scores)[180:].all()
+
+
+def test_nearest_neighbours_never_return_the_row_itself():
+    emb = np.vstack([np.ones((5, 4)), np.eye(4)]).astype(np.float32)  # five exact copies
+    d, idx = nearest_neighbours(emb, 3, progress=False)
+    assert (idx != np.arange(9)[:, None]).all()
+    assert np.allclose(d[:5], 0)
+
+
+def test_near_pairs_put_leaks_first():
+    distances = np.array([[0.1], [0.1], [0.05], [0.05]])
+    indices = np.array([[1], [0], [3], [2]])
+    splits = np.array(["train", "test", "train", "train"])
+    pairs = duplicates.near_pairs(distances, indices, 0.2, splits, np.arange(4))
+    assert [(p["a"], p["b"], p["leak"]) for p in pairs] == [(0, 1, True), (2, 3, False)]
+
+
+def test_the_page_ticks_rows_into_a_csv(audited, browser, tmp_path):
+    page = browser.new_page()
+    page.goto((audited / "audit.html").as_uri())
+    assert page.locator("h2#label").count() == 1 and page.locator("h2#leak").count() == 1
+    first = page.locator('tr[data-issue="label"]').first
+    first.locator("input").check()
+    assert page.locator("#ticked").inner_text() == "1 ticked"
+    with page.expect_download() as info:
+        page.get_by_text("download ticked rows as CSV").click()
+    text = Path(info.value.path()).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    expected = next(r for r in read_rows(audited) if r["issue"] == "label")
+    assert rows == [expected]
+    page.locator("input[type=search]").fill("copy_")
+    assert page.locator("tr[data-row]:not([hidden])").count() >= 3
+    page.close()
+
+
+def test_audit_argument_errors(planted, tmp_path, capsys):
+    assert main(["audit", str(planted["root"]), "--folds", "1", "--output", str(tmp_path)]) == 2
+    assert "--folds must be 2 or more" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgclf: error:") and len(err.strip().splitlines()) == 1
+
+
+def folder_options(tmp_path: Path) -> list[str]:
+    """Flags of a seconds-long run on a folder: simple_cnn, one epoch, no evaluation."""
+    return [
+        "--model", "simple_cnn", "--epochs", "1", "--batch-size", "32", "--output", str(tmp_path), "--no-progress",
+        "--no-tensorboard", "--prepare-dir", str(tmp_path / "prep"), "--precision", "fp32",
+    ]  # fmt: skip
+
+
+def test_exclude_and_relabel_change_the_run_and_are_recorded(planted, audited, tmp_path):
+    import json
+
+    label = [r for r in read_rows(audited) if r["issue"] == "label"]
+    exclude = tmp_path / "exclude.csv"
+    exclude.write_text((audited / "audit.csv").read_text())  # the audit's own CSV: every suspect left out
+    args = ["train", "--data", str(planted["root"]), "--exclude", str(exclude), "--name", "excluded"]
+    assert main([*args, *folder_options(tmp_path), "--no-evaluate"]) == 0
+    run = tmp_path / "excluded"
+    lists = json.loads((run / "split.json").read_text())
+    listed = {f for names in lists.values() for f in names}
+    suspects = {r["file"] for r in read_rows(audited)}
+    assert not listed & suspects and len(listed) == 3 * (TRAIN + TEST) + 6 - len(suspects)
+    data = json.loads((run / "data.json").read_text())
+    assert data["excluded"] == len(suspects) and data["edits"] == {"exclude": str(exclude)}
+    skipped = json.loads((run / "skipped.json").read_text())
+    assert {s["file"] for s in skipped if s["reason"].startswith("excluded")} == suspects
+    assert any(s["reason"] == "excluded (label)" for s in skipped)
+
+    relabel = tmp_path / "relabel.csv"  # the page's download: ticked label rows, relabelled to the suggestion
+    relabel.write_text("\ufefffile,split,issue,score,given,suggested,other\r\n" + "".join(
+        f'"{r["file"]}",{r["split"]},label,{r["score"]},{r["given"]},{r["suggested"]},\r\n' for r in label
+    ))  # fmt: skip
+    args = ["train", "--data", str(planted["root"]), "--relabel", str(relabel), "--name", "relabelled"]
+    assert main([*args, *folder_options(tmp_path)]) == 0
+    data = json.loads((tmp_path / "relabelled" / "data.json").read_text())
+    assert {(c["file"], c["from"], c["to"]) for c in data["relabelled"]} == {
+        (r["file"], r["given"], r["suggested"]) for r in label
+    }
+    leaks = [r for r in read_rows(audited) if r["issue"] == "leak" and r["split"] == "test"]
+    leaked = tmp_path / "leaked.csv"
+    leaked.write_text("file\n" + "".join(f"{r['file']}\n" for r in leaks))
+    assert main(["evaluate", str(tmp_path / "relabelled"), "--exclude", str(leaked)]) == 0
+    metrics = json.loads((tmp_path / "relabelled" / "metrics.json").read_text())
+    assert metrics["test_images"] == 3 * TEST + 4 - len({r["file"] for r in leaks})
+
+
+def test_cifar_runs_take_exclude_files_by_index(tiny_options, tmp_path):
+    import json
+
+    exclude = tmp_path / "x.csv"
+    exclude.write_text("file,issue\ntrain/00000,label\ntrain/00001,leak\ntest/00003,leak\nnot/a/file,label\n")
+    assert main(["train", "--model", "simple_cnn", "--epochs", "1", "--exclude", str(exclude), *tiny_options]) == 0
+    data = json.loads(next(tmp_path.glob("*/data.json")).read_text())
+    assert data["excluded"] == 2 and data["test_edits"] == {"exclude": 1, "relabel": 0}
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "message"),
+    [
+        ("--exclude", "name,reason\na.png,x\n", "has no file column"),
+        ("--exclude", 'file\n"a.png\n', "line"),
+        ("--relabel", "file,label\ntrain/00000,\n", "needs a file and a new label"),
+        ("--relabel", "file,label\ntrain/00000,zebra\n", "'zebra' of train/00000 is not a class"),
+        ("--relabel", "file,new_label\ntrain/00000,cat\ntrain/00000,dog\n", "two new labels"),
+        ("--relabel", "file\ntrain/00000\n", "no new-label column"),
+        ("--exclude", b"\xff\xfe\x00file\n", "not UTF-8"),
+    ],
+)
+def test_hostile_edit_files_are_one_line_errors(tiny_options, tmp_path, capsys, option, text, message):
+    path = tmp_path / "edits.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["train", "--model", "simple_cnn", "--epochs", "1", option, str(path), *tiny_options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("imgclf: error:"), err
+
+
+def test_a_missing_edit_file_is_refused_before_any_data_is_read(tmp_path, capsys):
+    assert main(["train", "--data", "cifar10", "--exclude", str(tmp_path / "nope.csv"), "--output", str(tmp_path)]) == 2
+    assert "--exclude file not found" in capsys.readouterr().err
+
+
+def test_the_study_report_names_the_last_audit(planted, audited, evaluated_runs, tmp_path):
+    from imgclf.artifacts.audits import audit_line, find_audit
+    from imgclf.report.compare import compare
+
+    entry = find_audit(str(planted["root"]))
+    assert entry is not None and entry["output"] == str(audited.resolve())
+    assert find_audit(str(tmp_path)) is None
+    line = audit_line(entry)
+    assert f"{entry['label_issues']:,} suspected label errors" in line and "cross-split near-copies" in line
+    compare(list(evaluated_runs.values()), tmp_path / "comparison", notes=[line])
+    assert line in (tmp_path / "comparison" / "report.html").read_text()
