@@ -9,7 +9,7 @@ from a cold start (empty preparation and embedding caches) and scores its flags:
 images flagged as label issues, and the AUROC of its per-image label-quality ranking. Beside it, from the same
 embeddings and classifier, the baseline users have today: a model fitted on all images, its in-sample loss as the
 ranking and its disagreements with the given labels as the flags (fastai's top losses).
-Writes benchmarks/results/audit_labels.json.
+Writes benchmarks/results/audit_labels.json (``--tag T``: audit_labels_T.json).
 """
 
 import argparse
@@ -72,10 +72,13 @@ def in_sample_baseline(folder: Path, cache: Path, side: int) -> tuple[np.ndarray
     """(flagged, loss, files) of the in-sample baseline: the audit's classifier fitted on every image."""
     from imgclf.analysis.embed import Embedder
     from imgclf.analysis.labels import DEFAULT_C, classifier
-    from imgclf.audit import default_backbone
+    from imgclf.audit import default_backbone, preparation_side
     from imgclf.data.inventory import inventory
+    from imgclf.data.labelfile import DEFAULT_FORMAT
 
-    inv = inventory(str(folder / "labels.csv"), side=side, prepare_dir=str(cache / "prep"), progress=False)
+    source = str(folder / "labels.csv")
+    stored = preparation_side(source, DEFAULT_FORMAT, side)  # as the audit stored them: its embeddings are reused
+    inv = inventory(source, side=stored, prepare_dir=str(cache / "prep"), progress=False)
     emb = Embedder(default_backbone(), side, cache_dir=str(cache / "emb"), progress=False).embed(inv.images)
     y = inv.images.labels.numpy()
     probs = classifier(False, DEFAULT_C).fit(emb, y).predict_proba(emb)
@@ -83,7 +86,7 @@ def in_sample_baseline(folder: Path, cache: Path, side: int) -> tuple[np.ndarray
     return probs.argmax(1) != y, loss, inv.names
 
 
-def run(folder: Path, extra: list[str]) -> None:
+def run(folder: Path, extra: list[str], tag: str = "") -> None:
     """Time the audit from empty caches, then score it and the baseline."""
     truth_files = {row["file"] for row in read_csv(folder / "truth.csv")}
     with tempfile.TemporaryDirectory(dir=Path.home() / ".cache") as tmp:
@@ -122,7 +125,7 @@ def run(folder: Path, extra: list[str]) -> None:
         "baseline": baseline,
         "embedding": summary["embedding"],
     }
-    path = write_result("audit_labels", record)
+    path = write_result(f"audit_labels{'_' + tag if tag else ''}", record)
     print(f"F1 {tool['f1']:.3f} AUROC {tool['auroc']:.4f} (baseline {baseline['f1']:.3f} / {baseline['auroc']:.4f})")
     print(f"in {wall / 60:.1f} min; wrote {path}")
 
@@ -132,12 +135,13 @@ def main() -> None:
     parser.add_argument("action", choices=("make", "run"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
+    parser.add_argument("--tag", default="", help="results file audit_labels_TAG.json (e.g. another --side)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
     if args.action == "make":
         return make(args.folder, args.data_dir)
-    run(args.folder, extra)
+    run(args.folder, extra, args.tag)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,10 @@ def planted(cifar_train, tmp_path_factory) -> dict:
         target = root / "train" / names[(k + 1) % 3] / f"flipped_{source.name}"
         source.rename(target)
         facts["flips"].append(f"train/{names[(k + 1) % 3]}/{target.name}")
-    for k, name in enumerate(names):  # an altered copy of a training image in test, and an exact one
+    for k, name in enumerate(names):  # a mirrored copy of a training image in test (other pixels, same embedding)
         source = sorted((root / "train" / name).iterdir())[-1]
-        image = np.asarray(Image.open(source)).transpose(2, 0, 1)
         facts["copies"][f"test/{name}/copy_{k}.png"] = f"train/{name}/{source.name}"
-        save(duplicates.alter(image, rng), root / "test" / name / f"copy_{k}.png")
+        Image.open(source).transpose(Image.FLIP_LEFT_RIGHT).save(root / "test" / name / f"copy_{k}.png")
     source = sorted((root / "train" / "truck").iterdir())[0]
     shutil.copy(source, root / "test" / "truck" / "exact.png")
     facts["exact"]["test/truck/exact.png"] = f"train/truck/{source.name}"
@@ -87,9 +86,11 @@ def test_the_audit_finds_what_was_planted(planted, audited):
     assert list(rows[0]) == ["file", "split", "issue", "score", "given", "suggested", "other"]
     label = [r for r in rows if r["issue"] == "label"]
     found = {r["file"] for r in label}
-    assert len(found & set(planted["flips"])) >= FLIPS - 1, found  # confident learning flags the flips
-    top = [r["file"] for r in label[:FLIPS]]
-    assert len(set(top) & set(planted["flips"])) >= FLIPS - 2, top  # and ranks them first
+    with open(audited / "scores.csv", newline="") as f:  # every image, ranked by the quality of its label
+        ranked = [r["file"] for r in sorted(csv.DictReader(f), key=lambda r: float(r["label_quality"]))]
+    assert len(set(ranked[: 2 * FLIPS]) & set(planted["flips"])) >= FLIPS - 1, ranked[: 2 * FLIPS]
+    # flagged: as many as cleanlab estimates are wrong, cautious on 170 images
+    assert len(found & set(planted["flips"])) >= 2 and len(found - set(planted["flips"])) <= 2, found
     assert all(r["suggested"] != r["given"] for r in label if r["file"] in planted["flips"])
     leaks = {(r["file"], r["other"]) for r in rows if r["issue"] == "leak"}
     for copy, original in planted["copies"].items():
@@ -97,8 +98,11 @@ def test_the_audit_finds_what_was_planted(planted, audited):
     exact, original = next(iter(planted["exact"].items()))
     assert (exact, f"exact copy of {original}") in leaks
     assert len(leaks) <= 2 * (len(planted["copies"]) + 1) + 2  # no more than one spurious pair
+    with open(audited / "scores.csv", newline="") as f:  # the noise images lie farthest from every other image
+        far = [r["file"] for r in sorted(csv.DictReader(f), key=lambda r: -float(r["stray_score"]))]
+    assert set(planted["noise"]) <= set(far[:3]), far[:5]
     stray = [r["file"] for r in rows if r["issue"] == "stray"]
-    assert set(planted["noise"]) <= set(stray[:4]), stray
+    assert set(stray) <= set(far[: len(stray)])  # the flagged strays are the farthest ones
 
 
 def test_audit_summary_and_rerun_reuses_the_cache(planted, audited, tmp_path):
@@ -106,13 +110,15 @@ def test_audit_summary_and_rerun_reuses_the_cache(planted, audited, tmp_path):
 
     summary = json.loads((audited / "audit.json").read_text())
     assert summary["images"] == 3 * (TRAIN + TEST) + 3 + 1 + 2
-    assert summary["leaks"] >= 4 and summary["label_issues"] >= FLIPS - 1
-    assert summary["embedding"]["computed"] >= 2  # the first audit computed the embeddings (and mirrored ones)
+    assert summary["leaks"] >= 4 and summary["label_issues"] >= 2
+    calibration = summary["calibration"]
+    assert 0 < calibration["threshold"] <= calibration["nearest_impostor"] and 0 <= calibration["expected_recall"] <= 1
+    assert summary["embedding"]["computed"] == 4  # images and altered copies, each also mirrored
     cache = audited.parent / "cache"
     args = ["audit", str(planted["root"]), "--output", str(tmp_path), *BACKBONE, "--no-progress"]
     assert main([*args, "--cache-dir", str(cache), "--prepare-dir", str(audited.parent / "prep")]) == 0
     again = json.loads((tmp_path / "audit.json").read_text())
-    assert again["embedding"]["read"] >= 2 and again["embedding"]["computed"] == 2  # only the calibration copies
+    assert again["embedding"]["read"] == 4 and again["embedding"]["computed"] == 0  # images and seeded copies
     assert read_rows(tmp_path) == read_rows(audited)
 
 
@@ -259,13 +265,52 @@ def test_a_missing_edit_file_is_refused_before_any_data_is_read(tmp_path, capsys
 
 
 def test_the_study_report_names_the_last_audit(planted, audited, evaluated_runs, tmp_path):
+    import json
+
     from imgclf.artifacts.audits import audit_line, find_audit
     from imgclf.report.compare import compare
 
-    entry = find_audit(str(planted["root"]))
-    assert entry is not None and entry["output"] == str(audited.resolve())
+    entry = find_audit(str(planted["root"]))  # the last audit of the folder (this module's first or its rerun)
+    assert entry is not None and json.loads((Path(entry["output"]) / "audit.json").read_text())["images"] == 162
     assert find_audit(str(tmp_path)) is None
     line = audit_line(entry)
     assert f"{entry['label_issues']:,} suspected label errors" in line and "cross-split near-copies" in line
     compare(list(evaluated_runs.values()), tmp_path / "comparison", notes=[line])
     assert line in (tmp_path / "comparison" / "report.html").read_text()
+
+
+def test_a_multilabel_audit_flags_labels_taken_away_or_added(data_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    script = [sys.executable, str(repo / "benchmarks" / "multilabel.py"), "make", str(tmp_path / "m")]
+    subprocess.run([*script, "--data-dir", str(data_dir), "--train", "400", "--test", "40"], check=True)
+    path = tmp_path / "m" / "labels.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    classes = sorted({c for r in rows for c in r["labels"]})
+    planted = set()
+    for k, row in enumerate(rows[:400:20]):  # every 20th training mosaic loses a label or gains a wrong one
+        wrong = next(c for c in classes if c not in row["labels"])
+        row["labels"] = row["labels"][1:] if k % 2 and len(row["labels"]) > 1 else [*row["labels"], wrong]
+        planted.add(row["file"])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    args = ["audit", str(path), "--output", str(out), *BACKBONE, "--no-progress", "--cache-dir", str(tmp_path / "c")]
+    assert main([*args, "--prepare-dir", str(tmp_path / "p")]) == 0
+    flagged = {r["file"] for r in read_rows(out) if r["issue"] == "label"}
+    assert len(flagged & planted) >= len(planted) // 2, (len(flagged & planted), len(flagged))
+    with open(out / "scores.csv", newline="") as f:  # every image's scores: the planted ones rank low in quality
+        every = {r["file"]: float(r["label_quality"]) for r in csv.DictReader(f)}
+    clean = [q for name, q in every.items() if name not in planted]
+    assert np.median([every[name] for name in planted]) < np.median(clean)
+
+
+def test_folds_follow_the_smallest_class():
+    from imgclf.core.errors import ImgclfError
+
+    assert labels.usable_folds(np.array([0, 0, 0, 1, 1, 1, 1, 1, 1]), ["a", "b"], 5) == 3
+    assert labels.usable_folds(np.array([[1, 0], [1, 1], [0, 1], [1, 0]]), ["a", "b"], 5) == 2
+    with pytest.raises(ImgclfError, match="class 'b' has 1 image"):
+        labels.usable_folds(np.array([0, 0, 1]), ["a", "b"], 5)

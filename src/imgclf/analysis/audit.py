@@ -82,12 +82,15 @@ def calibrate(embedder: Embedder, images: ImageSet, emb: np.ndarray, seed: int) 
     altered = torch.from_numpy(np.stack([duplicates.alter(x, rng) for x in originals]))
     copies = embedder.embed(ImageSet(altered, torch.zeros(len(altered), dtype=torch.long), images.classes), "copies")
     distances = duplicates.copy_distances(emb[picked], copies)
-    threshold = duplicates.threshold_from(distances)
+    impostor = duplicates.impostor_distances(copies, emb, picked)
+    threshold = duplicates.threshold_from(distances, impostor)
     facts = {
         "images": len(picked),
-        "quantile": duplicates.COPY_QUANTILE,
+        "copy_quantile": duplicates.COPY_QUANTILE,
         "copy_distance_median": round(float(np.median(distances)), 4),
+        "nearest_impostor": round(float(impostor.min()), 4),
         "threshold": round(threshold, 4),
+        "expected_recall": round(float(np.mean(distances <= threshold)), 4),
     }
     return threshold, facts
 
@@ -114,8 +117,9 @@ def name_rows(rows: list[dict], inv: Inventory) -> list[dict]:
 
 def audit(inv: Inventory, embedder: Embedder, folds: int = labels.DEFAULT_FOLDS, seed: int = 0) -> Audit:
     """Audit every image of ``inv`` with ``embedder``'s embeddings."""
-    emb = embedder.embed(inv.images)
     y = inv.images.labels.numpy()
+    folds = labels.usable_folds(y, inv.images.classes, folds)
+    emb = embedder.embed(inv.images)
     probs = labels.out_of_fold_probabilities(emb, y, len(inv.images.classes), folds, seed, progress=embedder.progress)
     rows, summary, quality = label_rows(inv, probs)
     distances, indices = nearest_neighbours(emb, NEIGHBOURS, embedder.progress)
@@ -134,6 +138,7 @@ def audit(inv: Inventory, embedder: Embedder, folds: int = labels.DEFAULT_FOLDS,
         embedding=embedder.record(),
         folds=folds,
         seed=seed,
+        label_model=labels.METHOD,
     )
     confusable = strays.confusable_classes(y, probs, inv.images.classes) if y.ndim == 1 else []
     scores = {"label_quality": quality, "stray_score": stray, "nearest_distance": distances[:, 0]}

@@ -37,6 +37,7 @@ class Embedder:
         self.cache = ActivationCache(
             self.cache_dir, prefix.eval(), self.side, prep.mean, prep.std, device, precision, progress=self.progress
         )
+        self.cache.fast_min_images = 0  # one engine for every set: a few altered copies compare with their originals
 
     def embed(self, images: ImageSet, desc: str = "embeddings") -> np.ndarray:
         """(N, D) float32 unit vectors: the mean of each image's and its mirror's pooled features, normalised."""

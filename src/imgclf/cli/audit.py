@@ -14,7 +14,7 @@ def add_audit_parser(sub) -> None:
     add_config_flags(audit, LABEL_FORMAT_OPTIONS, defaults=True)
     audit.add_argument("--output", default="runs/audit", help="folder for audit.html, audit.csv and audit.json")
     audit.add_argument("--backbone", default="", help="timm model embedding the images (default: best installed)")
-    audit.add_argument("--side", type=int, default=0, help="side images are embedded at (0: suited to the images)")
+    audit.add_argument("--side", type=int, default=0, help="side images are embedded at (default: 224)")
     audit.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold predictions (default: 5)")
     audit.add_argument("--seed", type=int, default=0, help="seed of the folds and the calibration sample")
     audit.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")

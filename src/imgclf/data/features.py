@@ -82,6 +82,7 @@ class ActivationCache:
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         self.device, self.precision = device, precision
         self.batch_size, self.compile, self.progress = batch_size, compile, progress
+        self.fast_min_images = FAST_MIN_IMAGES  # fewer images than this are computed eagerly (0: never)
         self.threads = threads  # CPU threads: 0 follows the cores other processes leave free (device.CpuShare)
         self._prefix_key = module_digest(prefix)
         self._runners: dict[str, object] = {}  # engine → callable on a normalised float batch
@@ -101,7 +102,7 @@ class ActivationCache:
 
     def engine(self, n_images: int) -> str:
         """What computes the activations of ``n_images`` images: onnxruntime, torch.compile or eager PyTorch."""
-        if not self.compile or n_images < FAST_MIN_IMAGES or self.device.type != "cpu":
+        if not self.compile or n_images < self.fast_min_images or self.device.type != "cpu":
             return "eager"
         return "compiled" if self.onnx_failed else "onnxruntime"
 

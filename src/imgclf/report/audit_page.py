@@ -47,6 +47,11 @@ document.addEventListener('change', count);
 """
 
 
+def image_at(images, i: int) -> np.ndarray:
+    """Image ``i`` of a uint8 (N, 3, H, W) tensor or memory-mapped set, as a (3, H, W) array."""
+    return np.asarray(images[i : i + 1])[0]
+
+
 def thumbnail(image: np.ndarray) -> str:
     """A uint8 (3, H, W) image as an <img> with an embedded PNG of side :data:`THUMB`."""
     pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
@@ -76,8 +81,8 @@ def issue_section(issue: str, rows: list[dict], images, index_of: dict[str, int]
     body = []
     for row in shown:
         other = row.get("other", "").removeprefix("exact copy of ")
-        pair = thumbnail(np.asarray(images[index_of[other]])) if other in index_of else ""
-        body.append(suspect_row(row, thumbnail(np.asarray(images[row["index"]])), pair, fields))
+        pair = thumbnail(image_at(images, index_of[other])) if other in index_of else ""
+        body.append(suspect_row(row, thumbnail(image_at(images, row["index"])), pair, fields))
     more = f" (the first {len(shown):,} of {len(rows):,}; audit.csv lists all)" if len(rows) > len(shown) else ""
     buttons = (
         f"<button onclick=\"tickIssue('{issue}', true)\">tick all shown</button>"

@@ -87,9 +87,10 @@ class ClassBalance:
             "sampler": "drawing every class equally often",
             "none": "training on the imbalance as it is (--balance none)",
         }[self.mode]
+        kept = "the final epoch" if self.monitor == "last" else f"the epoch of best {self.monitor.replace('_', ' ')}"
         return (
             f"the training split is imbalanced: {largest:,} images in its largest class, {smallest:,} in its smallest "
-            f"({self.ratio:.0f}:1); {remedy}, and keeping the epoch of best {self.monitor.replace('_', ' ')}"
+            f"({self.ratio:.0f}:1); {remedy}, and keeping {kept}"
         )
 
 
