@@ -12,21 +12,17 @@ ranking and its disagreements with the given labels as the flags (fastai's top l
 Writes benchmarks/results/audit_labels.json (``--tag T``: audit_labels_T.json).
 """
 
-import argparse
 import csv
 import json
 import shlex
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, write_result
+from common import cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
 
 IMAGES, NOISE, SEED = 10_000, 0.08, 0
 
@@ -51,12 +47,6 @@ def make(folder: Path, data_dir: str | None) -> None:
         rows = ((names[i], data.classes[y[i]], data.classes[given[i]]) for i in flipped)
         csv.writer(f).writerows([("file", "true", "given"), *rows])
     print(f"wrote {IMAGES:,} images, {len(flipped)} of them relabelled, to {folder}")
-
-
-def read_csv(path: Path) -> list[dict]:
-    """The rows of a CSV file with a header."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def scores(truth: np.ndarray, flagged: np.ndarray, suspicion: np.ndarray) -> dict:
@@ -89,13 +79,7 @@ def in_sample_baseline(folder: Path, cache: Path, side: int) -> tuple[np.ndarray
 def run(folder: Path, extra: list[str], tag: str = "") -> None:
     """Time the audit from empty caches, then score it and the baseline."""
     truth_files = {row["file"] for row in read_csv(folder / "truth.csv")}
-    with tempfile.TemporaryDirectory(dir=Path.home() / ".cache") as tmp:
-        cache, out = Path(tmp), Path(tmp) / "report"
-        command = ["imgclf", "audit", str(folder / "labels.csv"), "--output", str(out), "--no-progress"]
-        command += ["--cache-dir", str(cache / "emb"), "--prepare-dir", str(cache / "prep"), *extra]
-        start = time.perf_counter()
-        subprocess.run(command, cwd=REPO, check=True)
-        wall = time.perf_counter() - start
+    with cold_audit(folder / "labels.csv", extra) as (out, cache, command, wall):
         every = read_csv(out / "scores.csv")
         flagged = {r["file"] for r in read_csv(out / "audit.csv") if r["issue"] == "label"}
         summary = json.loads((out / "audit.json").read_text())
@@ -131,14 +115,9 @@ def run(folder: Path, extra: list[str], tag: str = "") -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("make", "run"))
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
+    parser = make_run_parser(__doc__)
     parser.add_argument("--tag", default="", help="results file audit_labels_TAG.json (e.g. another --side)")
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
+    args, extra = parse_with_passthrough(parser)
     if args.action == "make":
         return make(args.folder, args.data_dir)
     run(args.folder, extra, args.tag)

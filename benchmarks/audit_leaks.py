@@ -14,23 +14,19 @@ splits (Barz & Denzler 2020), so every unplanted pair is also drawn (leaks_unpla
 Writes benchmarks/results/audit_leaks.json.
 """
 
-import argparse
 import csv
 import io
 import json
 import resource
 import shlex
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, command_line, write_result
+from common import RESULTS, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
 
 PLANTED, SEED = 100, 0
 EDITS = ("resize", "jpeg", "shift", "brightness", "mirror")
@@ -86,12 +82,6 @@ def make(folder: Path, data_dir: str | None) -> None:
     print(f"wrote {len(rows):,} images ({PLANTED} planted copies in test) to {folder}")
 
 
-def read_csv(path: Path) -> list[dict]:
-    """The rows of a CSV file with a header."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def draw_pairs(folder: Path, pairs: list[tuple[str, str]], path: Path, limit: int = 60) -> None:
     """The first ``limit`` pairs side by side, two images a row group, as one PNG."""
     if not pairs:
@@ -111,13 +101,7 @@ def draw_pairs(folder: Path, pairs: list[tuple[str, str]], path: Path, limit: in
 def run(folder: Path, extra: list[str]) -> None:
     """Time the audit from empty caches, then score its leak rows."""
     truth = {(r["copy"], r["original"]) for r in read_csv(folder / "truth.csv")}
-    with tempfile.TemporaryDirectory(dir=Path.home() / ".cache") as tmp:
-        cache, out = Path(tmp), Path(tmp) / "report"
-        command = ["imgclf", "audit", str(folder / "labels.csv"), "--output", str(out), "--no-progress"]
-        command += ["--cache-dir", str(cache / "emb"), "--prepare-dir", str(cache / "prep"), *extra]
-        start = time.perf_counter()
-        subprocess.run(command, cwd=REPO, check=True)
-        wall = time.perf_counter() - start
+    with cold_audit(folder / "labels.csv", extra) as (out, _, command, wall):
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
         summary = json.loads((out / "audit.json").read_text())
         leaks = {(r["file"], r["other"].removeprefix("exact copy of ")) for r in read_csv(out / "audit.csv")}
@@ -149,13 +133,7 @@ def run(folder: Path, extra: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("make", "run"))
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
+    args, extra = parse_with_passthrough(make_run_parser(__doc__))
     if args.action == "make":
         return make(args.folder, args.data_dir)
     run(args.folder, extra)

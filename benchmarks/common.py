@@ -1,13 +1,17 @@
 """Shared helpers of the benchmark scripts: machine description, the JSON result record, a timed training step."""
 
+import argparse
+import csv
 import datetime
 import json
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -95,3 +99,38 @@ def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: 
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
+
+
+def make_run_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a benchmark that makes its dataset (``make FOLDER``) and runs on it (``run FOLDER``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("make", "run"))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
+    return parser
+
+
+def parse_with_passthrough(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str]]:
+    """The benchmark's own arguments, and the flags after ``--`` (for the imgclf command it runs)."""
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return parser.parse_args(argv[:cut]), argv[cut + 1 :]
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file with a header."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@contextmanager
+def cold_audit(source: Path, extra: list[str]) -> Iterator[tuple[Path, Path, list[str], float]]:
+    """Run `imgclf audit SOURCE EXTRA` from empty preparation and embedding caches (a temporary folder, removed on
+    leaving): (its output folder, the cache folder, the command, wall seconds); the caches stay for the block."""
+    with tempfile.TemporaryDirectory(dir=Path.home() / ".cache") as tmp:
+        cache = Path(tmp)
+        command = ["imgclf", "audit", str(source), "--output", str(cache / "report"), "--no-progress"]
+        command += ["--cache-dir", str(cache / "emb"), "--prepare-dir", str(cache / "prep"), *extra]
+        start = time.perf_counter()
+        subprocess.run(command, cwd=REPO, check=True)
+        yield cache / "report", cache, command, time.perf_counter() - start

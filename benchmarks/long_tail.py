@@ -14,7 +14,6 @@ wall_seconds, and per balance mode the mean ± spread over seeds (``--append``: 
 seeds later, keeping every command). Flags after ``--`` go to `imgclf train`.
 """
 
-import argparse
 import json
 import shlex
 import shutil
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, command_line, write_result
+from common import REPO, RESULTS, command_line, make_run_parser, parse_with_passthrough, write_result
 
 IMBALANCE = 100
 HEAD = 5000  # images of class 0
@@ -105,18 +104,13 @@ def spread(rows: list[dict], key: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("make", "run"))
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
+    parser = make_run_parser(__doc__)
     parser.add_argument("--config", default="resnet20", help="a recipe, or auto: no --config (the no-flag choice)")
     parser.add_argument("--balance", nargs="+", default=["none", "logit-adjust"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tag", default="")
     parser.add_argument("--append", action="store_true", help="add the rows to long_tail_TAG.json's (other seeds)")
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
+    args, extra = parse_with_passthrough(parser)
     if args.action == "make":
         return make(args.folder, args.data_dir)
     tag = args.tag or args.config

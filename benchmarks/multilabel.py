@@ -13,7 +13,6 @@ Writes benchmarks/results/multilabel_TAG.json with the run's mAP, macro F1 and w
 `imgclf train`.
 """
 
-import argparse
 import json
 import shlex
 import shutil
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, write_result
+from common import REPO, command_line, make_run_parser, parse_with_passthrough, write_result
 
 TILE = 32
 
@@ -106,17 +105,12 @@ def run(folder: Path, tag: str, seed: int, extra: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("make", "run"))
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
+    parser = make_run_parser(__doc__)
     parser.add_argument("--train", type=int, default=10_000, help="training mosaics (make)")
     parser.add_argument("--test", type=int, default=2_000, help="test mosaics (make)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="run")
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
+    args, extra = parse_with_passthrough(parser)
     if args.action == "make":
         return make(args.folder, args.data_dir, args.train, args.test, args.seed)
     return run(args.folder, args.tag, args.seed, extra)

@@ -69,7 +69,5 @@ def run_audit(
     atomic_write(output / SCORES_NAME, lambda tmp: tmp.write_text(scores, encoding="utf-8"))
     write_json(output / JSON_NAME, summary)
     record_audit(data, output, summary)
-    audit_page(
-        output / PAGE_NAME, inv.name, result.rows, summary, result.confusable, inv.images.images, inv.names, CSV_FIELDS
-    )
+    audit_page(output / PAGE_NAME, inv.name, result.rows, summary, inv.images.images, inv.names, CSV_FIELDS)
     return summary

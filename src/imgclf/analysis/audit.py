@@ -45,15 +45,15 @@ def label_rows(inv: Inventory, probs: np.ndarray) -> tuple[list[dict], dict, np.
     else:
         flagged, quality = labels.label_issues(y, probs)
     suggested = labels.suggested_labels(probs, multilabel)
-    given = [np.flatnonzero(r).tolist() for r in y] if multilabel else [[int(c)] for c in y]
+    given = [_classes_of(label) for label in y]
     names = inv.images.classes
     rows = [
         {
             "index": int(i),
             "issue": "label",
             "score": round(float(1 - quality[i]), 4),
-            "given": ";".join(names[c] for c in given[i]),
-            "suggested": ";".join(names[c] for c in suggested[i]),
+            "given": label_text(given[i], names),
+            "suggested": label_text(suggested[i], names),
             "other": "",
         }
         for i in np.flatnonzero(flagged)[np.argsort(quality[flagged])]
@@ -109,7 +109,7 @@ def name_rows(rows: list[dict], inv: Inventory) -> list[dict]:
     for row in rows:
         i = row["index"]
         row.update(file=inv.names[i], split=str(inv.splits[i]))
-        row.setdefault("given", ";".join(inv.images.classes[c] for c in _classes_of(y[i])))
+        row.setdefault("given", label_text(_classes_of(y[i]), inv.images.classes))
         row.setdefault("suggested", "")
         row.setdefault("other", "")
     return sorted(rows, key=lambda r: ISSUES.index(r["issue"]))  # stable: each issue keeps its own order
@@ -150,6 +150,11 @@ def _classes_of(label: np.ndarray) -> list[int]:
     return np.flatnonzero(label).tolist() if np.ndim(label) else [int(label)]
 
 
+def label_text(classes: list[int], names: list[str]) -> str:
+    """An image's classes as the CSV columns write them: their names joined by ';'."""
+    return ";".join(names[c] for c in classes)
+
+
 def scores_rows(inv: Inventory, scores: dict[str, np.ndarray]) -> list[dict]:
     """One row per image with its scores (scores.csv): rank all of them, not only the flagged ones."""
     y = inv.images.labels.numpy()
@@ -158,7 +163,7 @@ def scores_rows(inv: Inventory, scores: dict[str, np.ndarray]) -> list[dict]:
         {
             "file": inv.names[i],
             "split": str(inv.splits[i]),
-            "given": ";".join(names[c] for c in _classes_of(y[i])),
+            "given": label_text(_classes_of(y[i]), names),
             **{k: round(float(v[i]), 5) for k, v in scores.items()},
         }
         for i in range(len(inv.names))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.core.errors import ImgclfError, shown
-from imgclf.data.labelfile import FILE_COLUMNS, label_rows, normal_path, pick_column, text
+from imgclf.data.labelfile import FILE_COLUMNS, LabelFormat, label_names, label_rows, normal_path, pick_column, text
 from imgclf.data.scan import Scan, warn
 
 REASON_COLUMNS = ("issue", "reason")
@@ -65,6 +65,7 @@ def read_relabel(path: Path, separator: str = ";") -> dict[str, tuple[str, ...]]
     file given two different new labels."""
     out: dict[str, tuple[str, ...]] = {}
     columns = None
+    fmt = LabelFormat(label_separator=separator)  # a field is read as a label file's: a JSON list, or separated
     for number, row in label_rows(path):
         if columns is None:
             keys = list(row)
@@ -74,9 +75,7 @@ def read_relabel(path: Path, separator: str = ";") -> dict[str, tuple[str, ...]]
                 raise ImgclfError(f"{path} has no new-label column (looked for {', '.join(NEW_LABEL_COLUMNS)})")
             columns = (pick_column(keys, None, FILE_COLUMNS, "file", path), label)
         name = normal_path(text(row.get(columns[0]), path, number, "file"))
-        value = row.get(columns[1])
-        raw = value if isinstance(value, list) else text(value, path, number, "label").split(separator)
-        labels = tuple(dict.fromkeys(t for t in (text(v, path, number, "label") for v in raw) if t))
+        labels = label_names(row.get(columns[1]), path, number, fmt)
         if not name or not labels:
             raise ImgclfError(f"{path} line {number} needs a file and a new label")
         if out.get(name, labels) != labels:

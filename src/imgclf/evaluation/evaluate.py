@@ -77,9 +77,8 @@ def evaluate_run(
     run = RunDir(run_dir)
     cfg = run.read_config()  # a one-line error for a folder that is no run, before the lock touches it
     given = {k: v for k, v in (edits or {}).items() if v}
-    if given:
-        cfg = dataclasses.replace(cfg, **given)
-        cfg.edits  # noqa: B018 - read now: a bad file is a one-line error before the lock is taken
+    if given:  # a missing file is a one-line error before the lock is taken
+        cfg = dataclasses.replace(cfg, **given).validate(saved=True)
     with run.lock():
         return evaluate_locked(run, cfg, data_dir, device, tta, data)
 

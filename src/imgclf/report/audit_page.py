@@ -98,10 +98,10 @@ def issue_section(issue: str, rows: list[dict], images, index_of: dict[str, int]
     )
 
 
-def audit_page(
-    path: Path, name: str, rows: list[dict], summary: dict, confusable: list[dict], images, names, fields
-) -> Path:
-    """Write audit.html for the audit of dataset ``name`` (``images[i]``: the image of file ``names[i]``)."""
+def audit_page(path: Path, name: str, rows: list[dict], summary: dict, images, names, fields) -> Path:
+    """Write audit.html for the audit of dataset ``name`` (``images[i]``: the image of file ``names[i]``;
+    ``summary``: audit.json's content, its confusable class pairs included)."""
+    confusable = summary.get("confusable_classes", [])
     index_of = {n: i for i, n in enumerate(names)}
     headline = [
         ("images", f"{summary['images']:,}"),
