@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from PIL import Image, ImageEnhance
 
-from imgclf.analysis import duplicates, labels, strays
+from imgclf.analysis import copies, duplicates, labels, strays
 from imgclf.analysis.neighbours import nearest_neighbours
 from imgclf.cli import main
 
@@ -25,6 +26,22 @@ def save(image: np.ndarray, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(path)
     return path.as_posix()
+
+
+def altered(image: Image.Image, kind: int) -> Image.Image:
+    """``image`` as a copy of it is met: mirrored (0); brightened 10%, shifted 2 px and re-saved as JPEG at quality 55
+    (1); shrunk to 80% and back, mirrored and re-saved at quality 65 (2)."""
+    if kind == 0:
+        return image.transpose(Image.FLIP_LEFT_RIGHT)
+    if kind == 1:
+        image = ImageEnhance.Brightness(image).enhance(1.1)
+        image = image.transform(image.size, Image.AFFINE, (1, 0, 2, 0, 1, -1), fillcolor=(0, 0, 0))
+    else:
+        image = image.resize((26, 26), Image.BILINEAR).resize(image.size, Image.BILINEAR)
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=55 if kind == 1 else 65)
+    return Image.open(buffer).convert("RGB")
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +64,10 @@ def planted(cifar_train, tmp_path_factory) -> dict:
         target = root / "train" / names[(k + 1) % 3] / f"flipped_{source.name}"
         source.rename(target)
         facts["flips"].append(f"train/{names[(k + 1) % 3]}/{target.name}")
-    for k, name in enumerate(names):  # a mirrored copy of a training image in test (other pixels, same embedding)
+    for k, name in enumerate(names):  # an altered copy of a training image in test: mirrored, re-encoded, shifted…
         source = sorted((root / "train" / name).iterdir())[-1]
         facts["copies"][f"test/{name}/copy_{k}.png"] = f"train/{name}/{source.name}"
-        Image.open(source).transpose(Image.FLIP_LEFT_RIGHT).save(root / "test" / name / f"copy_{k}.png")
+        altered(Image.open(source).convert("RGB"), k).save(root / "test" / name / f"copy_{k}.png")
     source = sorted((root / "train" / "truck").iterdir())[0]
     shutil.copy(source, root / "test" / "truck" / "exact.png")
     facts["exact"]["test/truck/exact.png"] = f"train/truck/{source.name}"
@@ -112,13 +129,14 @@ def test_audit_summary_and_rerun_reuses_the_cache(planted, audited, tmp_path):
     assert summary["images"] == 3 * (TRAIN + TEST) + 3 + 1 + 2
     assert summary["leaks"] >= 4 and summary["label_issues"] >= 2
     calibration = summary["calibration"]
-    assert 0 < calibration["threshold"] <= calibration["nearest_impostor"] and 0 <= calibration["expected_recall"] <= 1
-    assert summary["embedding"]["computed"] == 4  # images and altered copies, each also mirrored
+    assert 0 < calibration["threshold"] <= calibration["impostor_distance_at_quantile"]
+    assert calibration["copy_distance_at_quantile"] <= calibration["threshold"] and calibration["expected_recall"] >= 0.99
+    assert summary["embedding"]["computed"] == 2  # the images, also mirrored
     cache = audited.parent / "cache"
     args = ["audit", str(planted["root"]), "--output", str(tmp_path), *BACKBONE, "--no-progress"]
     assert main([*args, "--cache-dir", str(cache), "--prepare-dir", str(audited.parent / "prep")]) == 0
     again = json.loads((tmp_path / "audit.json").read_text())
-    assert again["embedding"]["read"] == 4 and again["embedding"]["computed"] == 0  # images and seeded copies
+    assert again["embedding"]["read"] == 2 and again["embedding"]["computed"] == 0
     assert read_rows(tmp_path) == read_rows(audited)
 
 
@@ -151,11 +169,46 @@ def test_nearest_neighbours_never_return_the_row_itself():
 
 
 def test_near_pairs_put_leaks_first():
-    distances = np.array([[0.1], [0.1], [0.05], [0.05]])
-    indices = np.array([[1], [0], [3], [2]])
+    pairs = np.array([[0, 1], [2, 3], [0, 2]])
     splits = np.array(["train", "test", "train", "train"])
-    pairs = duplicates.near_pairs(distances, indices, 0.2, splits, np.arange(4))
-    assert [(p["a"], p["b"], p["leak"]) for p in pairs] == [(0, 1, True), (2, 3, False)]
+    found = duplicates.near_pairs(pairs, np.array([0.1, 0.05, 0.9]), 0.2, splits, np.array([0, 1, 2, 2]))
+    assert [(p["a"], p["b"], p["leak"], p["exact"]) for p in found] == [(0, 1, True, False), (2, 3, False, True)]
+
+
+def test_aligned_distances_see_through_edits(cifar_train):
+    images = cifar_train.images[:40].numpy()
+    edited = []
+    for k, image in enumerate(images):
+        pil = Image.fromarray(image.transpose(1, 2, 0))
+        edited.append(np.asarray(altered(pil, k % 3)).transpose(2, 0, 1))
+    thumbs, copies_ = copies.thumbnails(images), copies.thumbnails(np.stack(edited))
+    own = copies.aligned_distances(copies_, thumbs)
+    others = copies.aligned_distances(copies_, thumbs.roll(1, 0))
+    assert own.max() < 0.2 < 0.4 < np.sort(others)[1], (own.max(), np.sort(others)[:3])
+    assert copies.aligned_distances(thumbs, thumbs).max() < copies.EXACT
+
+
+def test_aligned_distances_match_cutting_out_every_window():
+    rng = np.random.default_rng(0)
+    first, second = (torch.from_numpy(rng.uniform(0, 255, (6, 32, 32))).half() for _ in range(2))
+    s, m, inner = copies.SHIFT, copies.MARGIN, copies.SIDE - 2 * copies.MARGIN
+    centre = copies.standardised(first[:, m:-m, m:-m].flatten(1))
+    windows = [
+        view[:, m + dy : m + dy + inner, m + dx : m + dx + inner].flatten(1)
+        for view in (second, second.flip(-1))
+        for dy in range(-s, s + 1)
+        for dx in range(-s, s + 1)
+    ]
+    best = torch.einsum("npd,nd->np", copies.standardised(torch.stack(windows, 1)), centre).amax(1)
+    expected = torch.sqrt(2 - 2 * best).numpy()
+    assert np.allclose(copies.aligned_distances(first, second), expected, atol=1e-4)
+
+
+def test_candidate_pairs_pair_an_image_with_its_mirror_image(cifar_train):
+    images = cifar_train.images[:30].numpy()
+    images = np.concatenate([images, images[3:4, :, :, ::-1]])  # image 30 is image 3 mirrored
+    pairs = copies.candidate_pairs(copies.sketches(copies.thumbnails(images)), 2, progress=False)
+    assert [3, 30] in pairs.tolist() and (pairs[:, 0] < pairs[:, 1]).all()
 
 
 def test_the_page_ticks_rows_into_a_csv(audited, browser, tmp_path):

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from imgclf.analysis import duplicates, labels, strays
+from imgclf.analysis import copies, duplicates, labels, strays
 from imgclf.analysis.embed import Embedder
-from imgclf.analysis.neighbours import nearest_neighbours
+from imgclf.analysis.neighbours import nearest_neighbours, neighbour_pairs
 from imgclf.data.images import ImageSet
 from imgclf.data.inventory import Inventory
 
-NEIGHBOURS = 10
+NEIGHBOURS = 10  # embedding neighbours per image: the stray score's, and candidate copies
+SKETCH_NEIGHBOURS = 20  # nearest by sketch per image (and per mirror image), also candidate copies
+IMPOSTOR_CANDIDATES = 10  # nearest other images by sketch each calibration copy is compared with
 CSV_FIELDS = ("file", "split", "issue", "score", "given", "suggested", "other")
 SCORE_FIELDS = ("file", "split", "given", "label_quality", "stray_score", "nearest_distance")
 # issues in the order the page and the CSV list them: leaks first, they inflate the test score
@@ -67,32 +69,58 @@ def copy_rows(pairs: list[dict], inv: Inventory) -> list[dict]:
     rows = []
     for p in pairs:
         issue = "leak" if p["leak"] else "near-duplicate"
-        similarity = round(1 - p["distance"] ** 2 / 2, 4)  # the cosine similarity of the two unit embeddings
+        similarity = round(1 - p["distance"] ** 2 / 2, 4)  # the correlation of the aligned thumbnails
         for me, other in ((p["a"], p["b"]), (p["b"], p["a"])):
             exact = "exact copy of " if p["exact"] else ""
             rows.append({"index": me, "issue": issue, "score": similarity, "other": exact + inv.names[other]})
     return rows
 
 
-def calibrate(embedder: Embedder, images: ImageSet, emb: np.ndarray, seed: int) -> tuple[float, dict]:
-    """The near-duplicate threshold for these images (``duplicates.py``), and how it was found."""
+def calibrate(
+    images: ImageSet, thumbs: torch.Tensor, sketched: np.ndarray, exact: np.ndarray, seed: int
+) -> tuple[float, dict]:
+    """The near-duplicate threshold for these images (``duplicates.py``), and how it was found: a seeded sample of
+    them altered, each copy compared with its original and with its nearest other images by sketch."""
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(images), min(duplicates.CALIBRATION_IMAGES, len(images)), replace=False))
     originals = images.images[torch.from_numpy(picked)].numpy()
-    altered = torch.from_numpy(np.stack([duplicates.alter(x, rng) for x in originals]))
-    copies = embedder.embed(ImageSet(altered, torch.zeros(len(altered), dtype=torch.long), images.classes), "copies")
-    distances = duplicates.copy_distances(emb[picked], copies)
-    impostor = duplicates.impostor_distances(copies, emb, picked)
-    threshold = duplicates.threshold_from(distances, impostor)
+    altered = copies.thumbnails(np.stack([duplicates.alter(x, rng) for x in originals]))
+    own = copies.aligned_distances(altered, thumbs[picked])
+    nearest = copies.nearest_thumbnails(altered, sketched, IMPOSTOR_CANDIDATES)
+    mine = np.broadcast_to(np.arange(len(picked))[:, None], nearest.shape)
+    near = copies.pair_distances(altered, thumbs, mine, nearest)
+    originals_at = np.broadcast_to(picked[:, None], nearest.shape)
+    # an image as close to the original as its copies come is a copy of it too (the original itself included)
+    same = copies.pair_distances(thumbs, thumbs, originals_at, nearest) <= np.quantile(own, duplicates.COPY_QUANTILE)
+    impostor = duplicates.impostor_distances(near, same | (exact[nearest] == exact[originals_at]))
+    threshold = duplicates.threshold_from(own, impostor)
     facts = {
         "images": len(picked),
+        "measure": "aligned thumbnails",
         "copy_quantile": duplicates.COPY_QUANTILE,
-        "copy_distance_median": round(float(np.median(distances)), 4),
+        "copy_distance_median": round(float(np.median(own)), 4),
+        "copy_distance_at_quantile": round(float(np.quantile(own, duplicates.COPY_QUANTILE)), 4),
+        "impostor_quantile": duplicates.IMPOSTOR_QUANTILE,
+        "impostor_distance_at_quantile": round(float(np.quantile(impostor, duplicates.IMPOSTOR_QUANTILE)), 4),
         "nearest_impostor": round(float(impostor.min()), 4),
         "threshold": round(threshold, 4),
-        "expected_recall": round(float(np.mean(distances <= threshold)), 4),
+        "expected_recall": round(float(np.mean(own <= threshold)), 4),
     }
     return threshold, facts
+
+
+def copy_pairs(images: ImageSet, indices: np.ndarray, exact: np.ndarray, seed: int, progress: bool) -> tuple:
+    """Candidate pairs (each image with its embedding neighbours ``indices`` and its nearest by sketch), their
+    aligned-thumbnail distances, the calibrated threshold and how it was found."""
+    thumbs = copies.thumbnails(images.images)
+    sketched = copies.sketches(thumbs)
+    pairs = np.unique(
+        np.concatenate([neighbour_pairs(indices), copies.candidate_pairs(sketched, SKETCH_NEIGHBOURS, progress)]),
+        axis=0,
+    )
+    distances = copies.pair_distances(thumbs, thumbs, pairs[:, 0], pairs[:, 1])
+    threshold, facts = calibrate(images, thumbs, sketched, exact, seed)
+    return pairs, distances, threshold, {**facts, "candidate_pairs": len(pairs)}
 
 
 def stray_rows(scores: np.ndarray) -> list[dict]:
@@ -123,9 +151,9 @@ def audit(inv: Inventory, embedder: Embedder, folds: int = labels.DEFAULT_FOLDS,
     probs = labels.out_of_fold_probabilities(emb, y, len(inv.images.classes), folds, seed, progress=embedder.progress)
     rows, summary, quality = label_rows(inv, probs)
     distances, indices = nearest_neighbours(emb, NEIGHBOURS, embedder.progress)
-    threshold, calibration = calibrate(embedder, inv.images, emb, seed)
     exact = duplicates.exact_groups(duplicates.pixel_digests(inv.images.images))
-    pairs = duplicates.near_pairs(distances, indices, threshold, inv.splits, exact)
+    candidates, near, threshold, calibration = copy_pairs(inv.images, indices, exact, seed, embedder.progress)
+    pairs = duplicates.near_pairs(candidates, near, threshold, inv.splits, exact)
     stray = strays.stray_scores(distances)
     rows = name_rows(rows + copy_rows(pairs, inv) + stray_rows(stray), inv)
     summary.update(

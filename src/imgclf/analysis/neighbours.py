@@ -33,3 +33,24 @@ def nearest_neighbours(emb: np.ndarray, k: int, progress: bool = True) -> tuple[
         distances[rows] = d[keep].reshape(len(rows), k)
         indices[rows] = idx[keep].reshape(len(rows), k)
     return distances, indices
+
+
+def nearest_among(queries: np.ndarray, data: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices), each (Q, k): the ``k`` nearest rows of ``data`` to each row of ``queries``, nearest
+    first (Euclidean, in blocks of :data:`BLOCK` queries)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=min(k, len(data)), algorithm="brute").fit(np.asarray(data, np.float32))
+    found = [index.kneighbors(np.asarray(queries[s : s + BLOCK], np.float32)) for s in range(0, len(queries), BLOCK)]
+    return np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
+
+
+def neighbour_pairs(indices: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """(P, 2) unique pairs (a < b) of a row and each of its neighbours (``indices``: (N, k) neighbour lists), both
+    taken modulo ``rows`` when given (lists over stacked copies of the rows); a row paired with itself is dropped."""
+    a = np.repeat(np.arange(len(indices)), indices.shape[1])
+    b = indices.ravel()
+    if rows:
+        a, b = a % rows, b % rows
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], 1)
+    return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
