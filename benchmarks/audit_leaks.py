@@ -104,7 +104,8 @@ def run(folder: Path, extra: list[str]) -> None:
     with cold_audit(folder / "labels.csv", extra) as (out, _, command, wall):
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
         summary = json.loads((out / "audit.json").read_text())
-        leaks = {(r["file"], r["other"].removeprefix("exact copy of ")) for r in read_csv(out / "audit.csv")}
+        rows = [r for r in read_csv(out / "audit.csv") if r["issue"] == "leak"]
+        leaks = {(r["file"], r["other"].removeprefix("exact copy of ")) for r in rows}
         leaks = {p for p in leaks if p[0].startswith(("test/", "planted/"))}  # each pair once: its test side first
     found = truth & leaks
     unplanted = sorted(leaks - truth)
