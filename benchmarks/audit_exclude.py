@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
+from common import REPO, cold_audit, command_line, make_or_run, read_csv, write_result
 
 CONFIG, SEED = "resnet20", 0
 RUNS = {"noisy": ("noisy.csv", False), "excluded": ("noisy.csv", True), "clean": ("clean.csv", False)}
@@ -114,12 +114,5 @@ def run(folder: Path, extra: list[str]) -> None:
     print(f"noisy {noisy:.4f}, excluded {excluded:.4f}, clean {clean:.4f}; wrote {path}")
 
 
-def main() -> None:
-    args, extra = parse_with_passthrough(make_run_parser(__doc__))
-    if args.action == "make":
-        return make(args.folder, args.data_dir)
-    run(args.folder, extra)
-
-
 if __name__ == "__main__":
-    main()
+    make_or_run(__doc__, make, run)

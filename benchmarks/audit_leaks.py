@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
+from common import RESULTS, cold_audit, command_line, make_or_run, read_csv, write_result
 
 PLANTED, SEED = 100, 0
 EDITS = ("resize", "jpeg", "shift", "brightness", "mirror")
@@ -133,12 +133,5 @@ def run(folder: Path, extra: list[str]) -> None:
     print(f"recall {record['recall']:.3f}, {len(unplanted)} unplanted pairs, {wall / 60:.1f} min; wrote {path}")
 
 
-def main() -> None:
-    args, extra = parse_with_passthrough(make_run_parser(__doc__))
-    if args.action == "make":
-        return make(args.folder, args.data_dir)
-    run(args.folder, extra)
-
-
 if __name__ == "__main__":
-    main()
+    make_or_run(__doc__, make, run)

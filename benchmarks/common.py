@@ -134,3 +134,11 @@ def cold_audit(source: Path, extra: list[str]) -> Iterator[tuple[Path, Path, lis
         start = time.perf_counter()
         subprocess.run(command, cwd=REPO, check=True)
         yield cache / "report", cache, command, time.perf_counter() - start
+
+
+def make_or_run(doc: str, make: Callable[[Path, str | None], None], run: Callable[[Path, list[str]], None]) -> None:
+    """The main of a benchmark with no options of its own: ``make FOLDER`` or ``run FOLDER [-- FLAGS]``."""
+    args, extra = parse_with_passthrough(make_run_parser(doc))
+    if args.action == "make":
+        return make(args.folder, args.data_dir)
+    run(args.folder, extra)
