@@ -283,6 +283,39 @@ def test_exclude_and_relabel_change_the_run_and_are_recorded(planted, audited, t
     assert metrics["test_images"] == 3 * TEST + 4 - len({r["file"] for r in leaks})
 
 
+def test_audit_run_trains_the_recipe_once_per_fold_and_resumes(planted, audited, tmp_path, capsys):
+    import json
+
+    recipe = tmp_path / "recipe"
+    args = ["train", "--data", str(planted["root"]), "--name", "recipe", *folder_options(tmp_path), "--no-evaluate"]
+    assert main(args) == 0
+    cache = ["--cache-dir", str(audited.parent / "cache"), "--prepare-dir", str(audited.parent / "prep")]
+    args = ["audit", str(planted["root"]), "--output", str(tmp_path / "report"), *BACKBONE, *cache, "--no-progress"]
+    assert main([*args, "--folds", "2", "--run", str(recipe)]) == 0
+    summary = json.loads((tmp_path / "report" / "audit.json").read_text())
+    assert summary["label_model"].startswith(f"simple_cnn trained per fold with the config of {recipe} (1 epochs)")
+    folds = [tmp_path / "report" / "folds" / f"fold{k}" for k in (1, 2)]
+    held = []
+    for fold in folds:  # each fold's network never saw the images it predicts
+        lists = json.loads((fold / "split.json").read_text())
+        assert not set(lists["test"]) & (set(lists["train"]) | set(lists["val"]))
+        assert json.loads((fold / "summary.json").read_text())["num_train"] == len(lists["train"])
+        held += lists["test"]
+    assert sorted(held) == sorted(r["file"] for r in csv.DictReader((audited / "scores.csv").open()))
+    with open(tmp_path / "report" / "scores.csv", newline="") as f:
+        quality = [float(r["label_quality"]) for r in csv.DictReader(f)]
+    with open(audited / "scores.csv", newline="") as f:
+        linear = [float(r["label_quality"]) for r in csv.DictReader(f)]
+    assert len(quality) == len(linear) and all(0 <= q <= 1 for q in quality) and quality != linear
+    trained = [(fold / "summary.json").stat().st_mtime_ns for fold in folds]
+    assert capsys.readouterr().out.count(": training simple_cnn on") == 2
+    assert main([*args, "--folds", "2", "--run", str(recipe)]) == 0  # again: the finished folds are read back
+    assert [(fold / "summary.json").stat().st_mtime_ns for fold in folds] == trained
+    assert capsys.readouterr().out.count("trained earlier, read back") == 2
+    assert main([*args, "--run", str(tmp_path / "prep")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
 def test_cifar_runs_take_exclude_files_by_index(tiny_options, tmp_path):
     import json
 

@@ -143,12 +143,22 @@ def name_rows(rows: list[dict], inv: Inventory) -> list[dict]:
     return sorted(rows, key=lambda r: ISSUES.index(r["issue"]))  # stable: each issue keeps its own order
 
 
-def audit(inv: Inventory, embedder: Embedder, folds: int = labels.DEFAULT_FOLDS, seed: int = 0) -> Audit:
-    """Audit every image of ``inv`` with ``embedder``'s embeddings."""
+def audit(
+    inv: Inventory,
+    embedder: Embedder,
+    folds: int = labels.DEFAULT_FOLDS,
+    seed: int = 0,
+    probs: np.ndarray | None = None,
+    label_model: str = labels.METHOD,
+) -> Audit:
+    """Audit every image of ``inv`` with ``embedder``'s embeddings; ``probs``: out-of-fold probabilities made
+    elsewhere (``label_model`` says how), instead of a linear model's on the embeddings."""
     y = inv.images.labels.numpy()
     folds = labels.usable_folds(y, inv.images.classes, folds)
     emb = embedder.embed(inv.images)
-    probs = labels.out_of_fold_probabilities(emb, y, len(inv.images.classes), folds, seed, progress=embedder.progress)
+    if probs is None:
+        classes, progress = len(inv.images.classes), embedder.progress
+        probs = labels.out_of_fold_probabilities(emb, y, classes, folds, seed, progress=progress)
     rows, summary, quality = label_rows(inv, probs)
     distances, indices = nearest_neighbours(emb, NEIGHBOURS, embedder.progress)
     exact = duplicates.exact_groups(duplicates.pixel_digests(inv.images.images))
@@ -166,7 +176,7 @@ def audit(inv: Inventory, embedder: Embedder, folds: int = labels.DEFAULT_FOLDS,
         embedding=embedder.record(),
         folds=folds,
         seed=seed,
-        label_model=labels.METHOD,
+        label_model=label_model,
     )
     confusable = strays.confusable_classes(y, probs, inv.images.classes) if y.ndim == 1 else []
     scores = {"label_quality": quality, "stray_score": stray, "nearest_distance": distances[:, 0]}

@@ -15,10 +15,11 @@ from imgclf.data.multilabel import strata
 
 DEFAULT_FOLDS = 5
 DEFAULT_C = 3.0  # inverse regularisation strength of the per-fold logistic regression (1 and 10 did worse)
-METHOD = (
-    f"logistic regression (C {DEFAULT_C:g}) per fold on the embeddings; cleanlab self-confidence scores; flagged: "
-    "that many of the lowest as cleanlab.count.num_label_issues estimates (multi-label: cleanlab's filter)"
+RANKING = (
+    "cleanlab self-confidence scores; flagged: that many of the lowest as cleanlab.count.num_label_issues estimates "
+    "(multi-label: cleanlab's filter)"
 )
+METHOD = f"logistic regression (C {DEFAULT_C:g}) per fold on the embeddings; {RANKING}"
 
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -26,8 +27,13 @@ def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.nda
     image's rarest class)."""
     from sklearn.model_selection import StratifiedKFold
 
-    y = np.asarray(strata([np.flatnonzero(r).tolist() for r in labels])) if labels.ndim == 2 else labels
+    y = label_strata(labels)
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def label_strata(labels: np.ndarray) -> np.ndarray:
+    """The class each image is stratified by: its class (N,), or for multi-hot labels (N, C) its rarest one."""
+    return np.asarray(strata([np.flatnonzero(r).tolist() for r in labels])) if labels.ndim == 2 else labels
 
 
 def classifier(multilabel: bool, c: float):

@@ -16,6 +16,12 @@ def add_audit_parser(sub) -> None:
     audit.add_argument("--backbone", default="", help="timm model embedding the images (default: best installed)")
     audit.add_argument("--side", type=int, default=0, help="side images are embedded at (default: 224)")
     audit.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold predictions (default: 5)")
+    audit.add_argument(
+        "--run",
+        metavar="RUN",
+        help="train this run's recipe once per fold for the out-of-fold "
+        "predictions, instead of a linear model on the embeddings (k trainings: slower)",
+    )
     audit.add_argument("--seed", type=int, default=0, help="seed of the folds and the calibration sample")
     audit.add_argument("--data-dir", help="CIFAR: folder holding the downloaded files")
     audit.add_argument("--cache-dir", help="folder of the embedding cache (default: ~/.cache/imgclf/activations)")
@@ -26,10 +32,10 @@ def add_audit_parser(sub) -> None:
 def command_audit(args: argparse.Namespace) -> None:
     from imgclf.audit import PAGE_NAME, run_audit
 
-    options = dict(backbone=args.backbone, side=args.side, folds=args.folds, seed=args.seed, data_dir=args.data_dir)
+    options = dict(backbone=args.backbone, side=args.side, folds=args.folds, seed=args.seed, run=args.run)
     fmt, progress = LabelFormat.of(vars(args)), not args.no_progress
     folders = dict(cache_dir=args.cache_dir, prepare_dir=args.prepare_dir)
-    s = run_audit(args.data, args.output, progress=progress, fmt=fmt, **folders, **options)
+    s = run_audit(args.data, args.output, progress=progress, fmt=fmt, data_dir=args.data_dir, **folders, **options)
     print(
         f"{s['dataset']}: {s['images']:,} images; {s['label_issues']:,} suspected label errors, {s['leaks']:,} "
         f"near copies across splits, {s['near_duplicates']:,} within a split, {s['strays']:,} strays"

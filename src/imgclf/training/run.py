@@ -38,7 +38,6 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (continuing its last checkpoint when ``resume``); returns the run summary."""
     run = RunDir(run_dir)
     distributed.setup(select_device(cfg.device))
-    main = distributed.is_main()
     if cfg.is_transfer and cfg.pretrained and not cfg.weights:
         check_weights_available(cfg.model)  # before any data is prepared, for `train` and `study` alike
     with distributed.main_first():  # under torchrun rank 0 prepares the data (folder, download), the others read it
@@ -46,6 +45,13 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         splits = run_splits(cfg, run.read_data_split(cfg) if resume else None, card)
     if resume:
         check_card(card, splits, run)
+    return train_splits(cfg, run, splits, resume)
+
+
+def train_splits(cfg: TrainConfig, run: RunDir, splits: Splits, resume: bool = False) -> dict:
+    """Train ``cfg`` on ``splits`` (whatever their source) into ``run``; its summary. Writes the run's data facts,
+    card and config first, so the run can be resumed, evaluated and loaded like any other."""
+    main = distributed.is_main()
     if cfg.is_transfer:
         trainer = TransferTrainer(cfg, run.path, splits)
         card = model_card(cfg, splits, trainer.tm.image_size, trainer.tm.mean, trainer.tm.std)
