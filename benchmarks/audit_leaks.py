@@ -10,8 +10,12 @@ the edits copies meet (each copy gets a random non-empty subset of: resized by Â
 a split column, and truth.csv (copy, original). ``run`` times the audit from empty caches and measures its peak
 memory (the audit process's maximum resident set), then scores the leak rows: recall of the planted pairs, and the
 cross-split pairs that are not planted, per 10,000 test images. CIFAR-10 has real near-duplicates across its
-splits (Barz & Denzler 2020), so every unplanted pair is also drawn (leaks_unplanted.png) for a reader to judge.
-Writes benchmarks/results/audit_leaks.json.
+splits (Barz & Denzler 2020), so every unplanted pair is also drawn (audit_leaks_unplanted.png) for a reader to
+judge, and ``--cifair FILE`` (cvjena/cifair's meta/duplicates_cifar10.csv: test images with a near-duplicate in
+training, judged by hand) counts how many of them that list holds. Writes benchmarks/results/audit_leaks.json;
+``cifair FOLDER --cifair FILE`` adds the count to that file without auditing again.
+
+    uv run python benchmarks/audit_leaks.py cifair benchmarks/data/audit-leaks --cifair FILE
 """
 
 import csv
@@ -26,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cold_audit, command_line, make_or_run, read_csv, write_result
+from common import RESULTS, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
 
 PLANTED, SEED = 100, 0
 EDITS = ("resize", "jpeg", "shift", "brightness", "mirror")
@@ -98,7 +102,23 @@ def draw_pairs(folder: Path, pairs: list[tuple[str, str]], path: Path, limit: in
     sheet.save(path)
 
 
-def run(folder: Path, extra: list[str]) -> None:
+def cifair_counts(unplanted: list[list[str]], listed: Path) -> dict:
+    """How many of the ``unplanted`` (test or planted file, train file) pairs ciFAIR's hand-judged list of CIFAR-10
+    test images with training near-duplicates holds: the same pair, or the same test image (with another partner:
+    the list names one training image per test image)."""
+    rows = read_csv(listed)
+    pairs, tests = {(int(r["TestID"]), int(r["TrainID"])) for r in rows}, {int(r["TestID"]) for r in rows}
+    real = [(int(Path(a).stem), int(Path(b).stem)) for a, b in unplanted if a.startswith("test/")]
+    return {
+        "cifair_list": "cvjena/cifair meta/duplicates_cifar10.csv (Barz & Denzler 2020)",
+        "cifair_listed_pairs": len(rows),
+        "unplanted_test_train_pairs": len(real),
+        "unplanted_in_cifair_same_pair": sum(p in pairs for p in real),
+        "unplanted_in_cifair_same_test_image": sum(t in tests for t, _ in real),
+    }
+
+
+def run(folder: Path, extra: list[str], cifair: Path | None = None) -> None:
     """Time the audit from empty caches, then score its leak rows."""
     truth = {(r["copy"], r["original"]) for r in read_csv(folder / "truth.csv")}
     with cold_audit(folder / "labels.csv", extra) as (out, _, command, wall):
@@ -128,10 +148,27 @@ def run(folder: Path, extra: list[str]) -> None:
         "peak_rss_bytes": peak,
         "calibration": summary["calibration"],
         "embedding": summary["embedding"],
+        **(cifair_counts([list(p) for p in unplanted], cifair) if cifair else {}),
     }
     path = write_result("audit_leaks", record)
     print(f"recall {record['recall']:.3f}, {len(unplanted)} unplanted pairs, {wall / 60:.1f} min; wrote {path}")
 
 
+def main() -> None:
+    parser = make_run_parser(__doc__, ("make", "run", "cifair"))
+    parser.add_argument("--cifair", type=Path, help="cvjena/cifair's meta/duplicates_cifar10.csv")
+    args, extra = parse_with_passthrough(parser)
+    if args.action == "make":
+        return make(args.folder, args.data_dir)
+    if args.action == "run":
+        return run(args.folder, extra, args.cifair)
+    path = RESULTS / "audit_leaks.json"
+    record = json.loads(path.read_text())
+    record |= cifair_counts(record["unplanted_pairs"], args.cifair)
+    record["cifair_command"] = command_line()
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print({k: v for k, v in record.items() if k.startswith(("cifair", "unplanted_in", "unplanted_test"))})
+
+
 if __name__ == "__main__":
-    make_or_run(__doc__, make, run)
+    main()

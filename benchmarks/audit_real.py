@@ -9,7 +9,8 @@ labels.csv. ``run`` times the audit from empty caches, draws its 50 most suspect
 benchmarks/results/audit_real_top50.png and, given ``--published`` (cleanlab/label-errors' mturk/cifar10_mturk.json:
 the 275 test images its authors sent to five Mechanical Turk workers each), counts how many of the tool's flags are
 among the 54 images fewer than three workers saw as their given label (the paper's confirmed errors) and among
-the 275 candidates. Writes benchmarks/results/audit_real.json.
+the 275 candidates (marked ERR and cand in the picture). Writes benchmarks/results/audit_real.json; ``draw``
+draws the picture again from it.
 """
 
 import csv
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
 
-TOP, COLUMNS, CELL = 50, 10, 96
+TOP, COLUMNS, CELL = 50, 10, 128
 
 
 def make(folder: Path, data_dir: str | None) -> None:
@@ -42,8 +43,9 @@ def make(folder: Path, data_dir: str | None) -> None:
     print(f"wrote {len(rows):,} test images to {folder}")
 
 
-def draw(folder: Path, rows: list[dict], path: Path) -> None:
-    """The ``rows`` (audit.csv label rows) as a grid of enlarged images captioned 'rank: given → suggested'."""
+def draw(folder: Path, rows: list[dict], path: Path, marks: dict[int, str] | None = None) -> None:
+    """The ``rows`` (audit.csv label rows) as a grid of enlarged images captioned 'rank. index' and
+    'given->suggested', with ``marks`` (by test index) after the index: the published verdict."""
     lines = (len(rows) + COLUMNS - 1) // COLUMNS
     sheet = Image.new("RGB", (COLUMNS * CELL, lines * (CELL + 26)), "white")
     pen = ImageDraw.Draw(sheet)
@@ -52,9 +54,39 @@ def draw(folder: Path, rows: list[dict], path: Path) -> None:
         sheet.paste(
             Image.open(folder / row["file"]).convert("RGB").resize((CELL - 4, CELL - 4), Image.NEAREST), (x + 2, y)
         )
-        pen.text((x + 2, y + CELL - 2), f"{k + 1}. {Path(row['file']).stem}", fill="black")
-        pen.text((x + 2, y + CELL + 10), f"{row['given'][:6]}→{row['suggested'][:6]}", fill="firebrick")
+        index = int(Path(row["file"]).stem)
+        mark = (marks or {}).get(index, "")
+        pen.text((x + 2, y + CELL - 2), f"{k + 1}. {index} {mark}", fill="black")
+        pen.text((x + 2, y + CELL + 10), f"{row['given'][:6]}->{row['suggested'][:6]}", fill="firebrick")
     sheet.save(path)
+
+
+def verdicts(published: Path) -> dict[int, str]:
+    """Test index → 'confirmed' (fewer than 3 of 5 workers chose the given label) or 'candidate' (sent to the
+    workers, not confirmed), from cleanlab/label-errors' mturk/cifar10_mturk.json."""
+    votes = {item["id"]: item["mturk"] for item in json.loads(published.read_text())}
+    return {i: "confirmed" if v["given"] < 3 else "candidate" for i, v in votes.items()}
+
+
+def published_counts(label: list[dict], verdict: dict[int, str]) -> dict:
+    """How many of the flagged ``label`` rows (and of their top 50) the published list confirmed or held."""
+    index = [int(Path(r["file"]).stem) for r in label]
+    confirmed = {i for i, v in verdict.items() if v == "confirmed"}
+    return {
+        "published": "cleanlab/label-errors mturk/cifar10_mturk.json (Northcutt et al. 2021)",
+        "published_candidates": len(verdict),
+        "published_confirmed": len(confirmed),
+        "top50_confirmed": len(set(index[:TOP]) & confirmed),
+        "top50_candidates": len(set(index[:TOP]) & set(verdict)),
+        "flagged_confirmed": len(set(index) & confirmed),
+        "confirmed_recall": round(len(set(index) & confirmed) / len(confirmed), 4),
+    }
+
+
+def draw_top(folder: Path, top: list[dict], verdict: dict[int, str]) -> None:
+    """The top suspects into audit_real_top50.png, each marked ERR (confirmed) or cand (a published candidate)."""
+    marks = {i: "ERR" if v == "confirmed" else "cand" for i, v in verdict.items()}
+    draw(folder, top, RESULTS / "audit_real_top50.png", marks)
 
 
 def run(folder: Path, extra: list[str], published: Path | None) -> None:
@@ -62,7 +94,8 @@ def run(folder: Path, extra: list[str], published: Path | None) -> None:
     with cold_audit(folder / "labels.csv", extra) as (out, _, command, wall):
         summary = json.loads((out / "audit.json").read_text())
         label = [r for r in read_csv(out / "audit.csv") if r["issue"] == "label"]
-    draw(folder, label[:TOP], RESULTS / "audit_real_top50.png")
+    verdict = verdicts(published) if published else {}
+    draw_top(folder, label[:TOP], verdict)
     record = {
         "benchmark": "audit_real",
         "model": summary["embedding"]["backbone"],
@@ -75,32 +108,22 @@ def run(folder: Path, extra: list[str], published: Path | None) -> None:
         "out_of_fold_accuracy": summary["out_of_fold_accuracy"],
         "top50": [{k: r[k] for k in ("file", "score", "given", "suggested")} for r in label[:TOP]],
         "embedding": summary["embedding"],
+        **(published_counts(label, verdict) if published else {}),
     }
-    if published:
-        index = {int(Path(r["file"]).stem): r for r in label}
-        votes = {item["id"]: item["mturk"] for item in json.loads(published.read_text())}
-        confirmed = {i for i, v in votes.items() if v["given"] < 3}
-        top = [int(Path(r["file"]).stem) for r in label[:TOP]]
-        record |= {
-            "published": "cleanlab/label-errors mturk/cifar10_mturk.json (Northcutt et al. 2021)",
-            "published_candidates": len(votes),
-            "published_confirmed": len(confirmed),
-            "top50_confirmed": len(set(top) & confirmed),
-            "top50_candidates": len(set(top) & set(votes)),
-            "flagged_confirmed": len(set(index) & confirmed),
-            "confirmed_recall": round(len(set(index) & confirmed) / len(confirmed), 4),
-        }
     path = write_result("audit_real", record)
     print(f"{len(label)} flagged in {wall / 60:.1f} min; wrote {path}")
 
 
 def main() -> None:
-    parser = make_run_parser(__doc__)
+    parser = make_run_parser(__doc__, ("make", "run", "draw"))
     parser.add_argument("--published", type=Path, help="cleanlab/label-errors' mturk/cifar10_mturk.json")
     args, extra = parse_with_passthrough(parser)
     if args.action == "make":
         return make(args.folder, args.data_dir)
-    run(args.folder, extra, args.published)
+    if args.action == "run":
+        return run(args.folder, extra, args.published)
+    top = json.loads((RESULTS / "audit_real.json").read_text())["top50"]  # draw: again, from the last result
+    draw_top(args.folder, top, verdicts(args.published) if args.published else {})
 
 
 if __name__ == "__main__":

@@ -101,10 +101,10 @@ def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: 
     return (time.perf_counter() - start) / steps
 
 
-def make_run_parser(doc: str) -> argparse.ArgumentParser:
+def make_run_parser(doc: str, actions: tuple[str, ...] = ("make", "run")) -> argparse.ArgumentParser:
     """The parser of a benchmark that makes its dataset (``make FOLDER``) and runs on it (``run FOLDER``)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("make", "run"))
+    parser.add_argument("action", choices=actions)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (make)")
     return parser

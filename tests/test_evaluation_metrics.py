@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, precision_score, recall_score
 
-from imgclf.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins, softmax
+from imgclf.evaluation.calibration import (
+    TEMPERATURE_BOUNDS,
+    calibration_metrics,
+    fit_temperature,
+    reliability_bins,
+    softmax,
+)
 from imgclf.evaluation.metrics import classification_metrics, most_confused_pairs
 
 CLASSES = [f"c{i}" for i in range(4)]
@@ -85,3 +91,13 @@ def test_temperature_scaling_keeps_accuracy_and_lowers_nll(predictions):
     before, after = calibration_metrics(overconfident, labels), calibration_metrics(overconfident / t, labels)
     assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
     assert ((overconfident / t).argmax(1) == overconfident.argmax(1)).all()
+
+
+def test_temperature_is_bounded_and_one_for_calibrated_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20_000, 10)) * 2
+    drawn = np.array([rng.choice(10, p=p) for p in softmax(logits)])  # labels as likely as the logits say
+    assert fit_temperature(logits, drawn) == pytest.approx(1.0, abs=0.05)
+    wrong = logits.copy()
+    wrong[np.arange(len(drawn)), drawn] -= 20  # confidently wrong: the NLL keeps falling as T grows
+    assert fit_temperature(wrong, drawn) == pytest.approx(TEMPERATURE_BOUNDS[1], rel=1e-3)

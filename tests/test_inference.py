@@ -100,12 +100,34 @@ def test_files_folders_and_globs_with_bad_files_mixed_in(folder_run, tmp_path, c
     assert code == 0 and out.startswith(str(single)) and out.count("%") == 2
 
 
+def test_pipes_are_skipped_and_written_in_place(folder_run, tmp_path, capsys):
+    import os
+    import stat
+    import threading
+
+    pipe = tmp_path / "pipe.jpg"  # named on the command line: reading it would wait for a writer forever
+    os.mkfifo(pipe)
+    assert run_predict(capsys, folder_run, pipe, "--strict")[0] == 1
+    code, out, _ = run_predict(capsys, folder_run, pipe, "--format", "jsonl")
+    assert code == 0 and json.loads(out)["error"] == "not a regular file (a pipe, device or socket)"
+    image = split_files(folder_run)["val"][0]
+    target, got = tmp_path / "out.jsonl", []  # --output a pipe (or /dev/null): written into, never replaced
+    os.mkfifo(target)
+    reader = threading.Thread(target=lambda: got.append(target.read_text()), daemon=True)
+    reader.start()
+    code, _, _ = run_predict(capsys, folder_run, image, "--format", "jsonl", "--output", target)
+    reader.join(10)
+    assert code == 0 and stat.S_ISFIFO(target.stat().st_mode) and json.loads(got[0])["path"] == image
+    code, _, err = run_predict(capsys, folder_run, image, "--output", tmp_path)
+    assert code == 2 and f"{tmp_path} is a folder: name a file to write" in err
+
+
 def test_calibrated_raw_tta_and_output_file(folder_run, tmp_path, capsys):
     image = split_files(folder_run)["val"][0]
     predictor = load_predictor(folder_run, "cpu")
     logits = predictor.logits(decode_file(image, 32, "crop")[0][None])
     outputs = {}
-    for name, extra in {"calibrated": [], "raw": ["--raw"], "tta": ["--tta"]}.items():
+    for name, extra in {"calibrated": [], "raw": ["--raw"], "tta": ["--tta", "--raw"]}.items():
         out_file = tmp_path / f"{name}.jsonl"
         code, out, err = run_predict(capsys, folder_run, image, "--format", "jsonl", "--output", out_file, *extra)
         assert code == 0 and out == "" and "into" in err
@@ -116,7 +138,9 @@ def test_calibrated_raw_tta_and_output_file(folder_run, tmp_path, capsys):
     calibrated = softmax(logits / predictor.temperature)[0]
     assert [outputs["raw"][c] for c in classes] == pytest.approx(raw, abs=1e-6)
     assert [outputs["calibrated"][c] for c in classes] == pytest.approx(calibrated, abs=1e-6)
-    assert outputs["tta"] != outputs["calibrated"]
+    mirrored = predictor.logits(decode_file(image, 32, "crop")[0][None], flip_tta=True)
+    assert not np.allclose(mirrored, logits)  # the probabilities of these colours saturate: compare the logits
+    assert [outputs["tta"][c] for c in classes] == pytest.approx(softmax(mirrored)[0], abs=1e-6)
 
 
 def test_predict_errors_are_one_line(folder_run, tmp_path, capsys):

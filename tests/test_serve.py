@@ -422,3 +422,17 @@ def test_serve_refuses_what_is_not_a_model(tmp_path, capsys):
     (tmp_path / "notes.json").write_text(json.dumps({}))
     assert main(["serve", str(tmp_path / "notes.json")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_serve_binds_before_it_loads_and_names_what_it_cannot_bind(folder_run, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(folder_run), "--port", str(port)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"imgclf: error: cannot listen on 127.0.0.1:{port}: address already in use", err
+    for host in ("999.1.1.1", "192.0.2.1"):  # not an address; an address this machine does not have
+        assert main(["serve", str(folder_run), "--host", host, "--port", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"imgclf: error: cannot listen on {host}:0: ") and len(err.splitlines()) == 1, err

@@ -16,8 +16,15 @@ def cache_dir(name: str) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` and move the result over ``path`` in one step, so readers never see half a file."""
+    """Call ``write(tmp_path)`` and move the result over ``path`` in one step, so readers never see half a file.
+    Only a regular file (or none) is replaced: a device or pipe (``/dev/null``, ``/dev/stdout``) is written in place,
+    a folder refused."""
     path = Path(path)
+    if path.is_dir():
+        raise ImgclfError(f"{path} is a folder: name a file to write")
+    if path.exists() and not path.is_file():
+        write(path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: torchrun ranks may write the same cache
     try:

@@ -63,8 +63,10 @@ def expand_inputs(items: list[str]) -> tuple[list[str], list[Row]]:
                 missing.append(Row(item, error="no image files in this folder"))
             for name in found:
                 add(str(path / name))
-        elif path.exists():
+        elif path.is_file():
             add(str(path))
+        elif path.exists():  # reading a pipe would wait for a writer forever
+            missing.append(Row(item, error="not a regular file (a pipe, device or socket)"))
         elif any(c in item for c in GLOB_CHARACTERS):
             matches = sorted(m for m in glob.glob(os.path.expanduser(item), recursive=True) if Path(m).is_file())
             if not matches:

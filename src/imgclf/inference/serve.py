@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -34,7 +35,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from imgclf.core.errors import ImgclfError
+from imgclf.core.errors import ImgclfError, os_reason
 from imgclf.core.io import cache_dir
 from imgclf.inference.options import Limits
 from imgclf.inference.predictor import Predictor, runtime_note
@@ -248,11 +249,35 @@ def cached_export(run) -> Path:
     return path
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound and listening on ``host``:``port`` (0: a free port), or a one-line error saying why not (the
+    port is taken, the address is not this machine's, the name does not resolve)."""
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise ImgclfError(f"cannot listen on {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ImgclfError(f"cannot listen on {where}: {os_reason(exc)}") from None
+    return sock
+
+
 def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto", runtime="auto", raw=False) -> None:
-    """Load the model and serve it with uvicorn until interrupted."""
+    """Bind the address, load the model and serve it with uvicorn until interrupted. Connections made while the model
+    loads wait in the socket's queue: none is refused."""
     import uvicorn
 
+    sock = listening_socket(host, port)
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    print(f"listening on {url}; loading {source}", flush=True)
     predictor = serving_predictor(source, device, runtime)
     app = create_app(predictor, limits, calibrated=not raw)
-    print(f"serving {predictor.card.model} ({runtime_note(predictor)}) on http://{host}:{port} — the page is at /")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5)
+    print(f"serving {predictor.card.model} ({runtime_note(predictor)}) on {url} — the page is at /", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5)
+    uvicorn.Server(config).run(sockets=[sock])
