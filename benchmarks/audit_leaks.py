@@ -155,6 +155,7 @@ def run(folder: Path, extra: list[str], cifair: Path | None = None) -> None:
 
 
 def main() -> None:
+    """make, run, or add ciFAIR's counts to the last result."""
     parser = make_run_parser(__doc__, ("make", "run", "cifair"))
     parser.add_argument("--cifair", type=Path, help="cvjena/cifair's meta/duplicates_cifar10.csv")
     args, extra = parse_with_passthrough(parser)
@@ -162,6 +163,8 @@ def main() -> None:
         return make(args.folder, args.data_dir)
     if args.action == "run":
         return run(args.folder, extra, args.cifair)
+    if args.cifair is None:
+        parser.error("cifair needs --cifair FILE (cvjena/cifair's meta/duplicates_cifar10.csv)")
     path = RESULTS / "audit_leaks.json"
     record = json.loads(path.read_text())
     record |= cifair_counts(record["unplanted_pairs"], args.cifair)

@@ -301,7 +301,8 @@ def test_audit_run_trains_the_recipe_once_per_fold_and_resumes(planted, audited,
         assert not set(lists["test"]) & (set(lists["train"]) | set(lists["val"]))
         assert json.loads((fold / "summary.json").read_text())["num_train"] == len(lists["train"])
         held += lists["test"]
-    assert sorted(held) == sorted(r["file"] for r in csv.DictReader((audited / "scores.csv").open()))
+    with open(audited / "scores.csv", newline="") as f:
+        assert sorted(held) == sorted(r["file"] for r in csv.DictReader(f))
     with open(tmp_path / "report" / "scores.csv", newline="") as f:
         quality = [float(r["label_quality"]) for r in csv.DictReader(f)]
     with open(audited / "scores.csv", newline="") as f:
@@ -312,6 +313,8 @@ def test_audit_run_trains_the_recipe_once_per_fold_and_resumes(planted, audited,
     assert main([*args, "--folds", "2", "--run", str(recipe)]) == 0  # again: the finished folds are read back
     assert [(fold / "summary.json").stat().st_mtime_ns for fold in folds] == trained
     assert capsys.readouterr().out.count("trained earlier, read back") == 2
+    assert main([*args, "--folds", "3", "--run", str(recipe)]) == 2  # other folds: never the models of these
+    assert "holds a fold of another audit" in capsys.readouterr().err
     assert main([*args, "--run", str(tmp_path / "prep")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 

@@ -305,6 +305,14 @@ def test_config_starts_from_its_base(tmp_path):
     assert values == speed94 | {"epochs": 10, "val_fraction": 0.0}
     gpu = {"epochs": 10, "val_fraction": 0.0, "compile": False, "checkpoint_every": 60}
     assert load_config_file("speed94_gpu") == speed94 | gpu
+    long_tail = {
+        "epochs": 120,
+        "augment": "trivial",
+        "val_fraction": 0.05,
+        "monitor": "last",
+        "balance": "logit-adjust",
+    }
+    assert load_config_file("speed94_lt") == speed94 | long_tail
     for number in range(12):  # a chain of bases without a loop, deeper than any recipe needs
         (tmp_path / f"n{number}.yaml").write_text(f"base: n{number + 1}.yaml\n" if number < 11 else "epochs: 3\n")
     with pytest.raises(ImgclfError, match="bases nest more than 8 deep"):

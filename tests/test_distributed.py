@@ -63,6 +63,35 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, d
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["test_images"] == 10_000
 
 
+def test_two_nodes_meeting_by_c10d_rendezvous_train_like_one_node(tmp_path, data_dir):
+    """README's two-machine command as two agents on this machine (one process each, c10d rendezvous on loopback):
+    the same files and the same losses as one agent running both ranks."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    agent += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "imgclf-test"]
+    agent += ["--rdzv-conf", "join_timeout=120", "--local-addr", "127.0.0.1", "-m", "imgclf"]
+    agent += tiny_run(tmp_path, data_dir, "nodes", 32)
+    logs = [tmp_path / f"node{k}.log" for k in range(2)]
+    nodes = [subprocess.Popen(agent, stdout=log.open("w"), stderr=subprocess.STDOUT, env=RANK_ENV) for log in logs]
+    try:
+        codes = [node.wait(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert codes == [0, 0], "".join(log.read_text()[-2000:] for log in logs)
+    result = torchrun(tiny_run(tmp_path, data_dir, "one_node", 32))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert files_of(tmp_path / "nodes") == files_of(tmp_path / "one_node")
+    for a, b in zip(history(tmp_path / "nodes"), history(tmp_path / "one_node"), strict=True):
+        assert a["epoch"] == b["epoch"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("nodes", "one_node")]
+    assert metrics[0]["test_accuracy"] == pytest.approx(metrics[1]["test_accuracy"], abs=2e-3)
+
+
 def sync_bn_rank(rank: int, store: str, results) -> None:
     """One of two gloo ranks: its half of a batch through GlooSyncBatchNorm, forward and backward."""
     import torch.distributed as dist

@@ -93,7 +93,7 @@ def test_temperature_scaling_keeps_accuracy_and_lowers_nll(predictions):
     assert ((overconfident / t).argmax(1) == overconfident.argmax(1)).all()
 
 
-def test_temperature_is_bounded_and_one_for_calibrated_logits():
+def test_temperature_is_bounded_and_near_one_for_calibrated_logits():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(20_000, 10)) * 2
     drawn = np.array([rng.choice(10, p=p) for p in softmax(logits)])  # labels as likely as the logits say
@@ -101,3 +101,34 @@ def test_temperature_is_bounded_and_one_for_calibrated_logits():
     wrong = logits.copy()
     wrong[np.arange(len(drawn)), drawn] -= 20  # confidently wrong: the NLL keeps falling as T grows
     assert fit_temperature(wrong, drawn) == pytest.approx(TEMPERATURE_BOUNDS[1], rel=1e-3)
+
+
+def test_risk_coverage_aurc_and_threshold_on_a_small_case():
+    from imgclf.evaluation.selective import (
+        aurc,
+        energy,
+        max_probability,
+        risk_at_coverage,
+        risk_coverage,
+        selective_metrics,
+        threshold_for_risk,
+    )
+
+    scores = np.array([0.9, 0.8, 0.8, 0.6, 0.5, 0.3])
+    correct = np.array([1, 1, 0, 1, 0, 0], bool)
+    curve = risk_coverage(scores, correct)
+    assert curve["threshold"].tolist() == [0.9, 0.8, 0.6, 0.5, 0.3]  # the tie at 0.8 is answered together
+    assert curve["coverage"] == pytest.approx([1 / 6, 3 / 6, 4 / 6, 5 / 6, 1])
+    assert curve["risk"] == pytest.approx([0, 1 / 3, 1 / 4, 2 / 5, 1 / 2])
+    # among the equal scores the wrong answer counts first: a score earns nothing from ties
+    assert aurc(scores, correct) == pytest.approx(np.mean([0, 1 / 2, 1 / 3, 1 / 4, 2 / 5, 1 / 2]))
+    assert aurc(-scores, correct) > aurc(scores, correct)  # the reversed ranking answers its mistakes first
+    assert threshold_for_risk(scores, correct, 0.3) == 0.6  # risk 1/4 at coverage 4/6, 2/5 beyond
+    assert threshold_for_risk(scores, correct, 0.0) == 0.9
+    assert threshold_for_risk(scores, np.zeros(6, bool), 0.1) == float("inf")
+    metrics = selective_metrics(scores, correct, 0.6)
+    assert metrics["coverage"] == pytest.approx(4 / 6) and metrics["risk"] == pytest.approx(1 / 4)
+    assert metrics["full_coverage_risk"] == 0.5 and risk_at_coverage(scores, correct, 0.5) == pytest.approx(1 / 3)
+    logits = np.array([[2.0, 1.0, -1.0], [0.1, 0.0, 0.2]])
+    assert energy(logits) == pytest.approx(np.log(np.exp(logits).sum(1)))
+    assert max_probability(softmax(logits)) == pytest.approx(softmax(logits).max(1))

@@ -117,7 +117,7 @@ def test_pipes_are_skipped_and_written_in_place(folder_run, tmp_path, capsys):
     reader.start()
     code, _, _ = run_predict(capsys, folder_run, image, "--format", "jsonl", "--output", target)
     reader.join(10)
-    assert code == 0 and stat.S_ISFIFO(target.stat().st_mode) and json.loads(got[0])["path"] == image
+    assert code == 0 and got and stat.S_ISFIFO(target.stat().st_mode) and json.loads(got[0])["path"] == image
     code, _, err = run_predict(capsys, folder_run, image, "--output", tmp_path)
     assert code == 2 and f"{tmp_path} is a folder: name a file to write" in err
 

@@ -38,6 +38,16 @@ def preparation_side(data: str, fmt: LabelFormat, side: int) -> int:
     return BUILTIN_SIDE if is_builtin(data) else min(side, max(BUILTIN_SIDE, typical_side(data, fmt)))
 
 
+def check_recipe(run: str) -> None:
+    """A one-line error, before any image is read, for a ``--run`` that is no run or whose weights are missing."""
+    from imgclf.artifacts.runs import RunDir
+    from imgclf.models.backbones import check_weights_available
+
+    cfg = RunDir(run).read_config()
+    if cfg.is_transfer and cfg.pretrained and not cfg.weights:
+        check_weights_available(cfg.model)
+
+
 def run_probabilities(run: str, data: str, inv: "Inventory", folds: int, seed: int, output: Path, load: dict) -> dict:
     """``audit``'s probs and label_model from ``run``'s recipe trained once per fold on ``inv``'s images, at the
     side the run's images were stored at (prepared again when the audit's side differs)."""
@@ -87,6 +97,8 @@ def run_audit(
 
     if folds < 2:
         raise ImgclfError(f"--folds must be 2 or more, got {folds}")
+    if run:
+        check_recipe(run)
     side = side or EMBED_SIDE
     stored = preparation_side(data, fmt, side)
     load = dict(data_dir=data_dir, prepare_dir=prepare_dir, progress=progress, fmt=fmt)

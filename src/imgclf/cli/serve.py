@@ -32,6 +32,7 @@ SERVE_LIMITS = {
     "--max-pixels": ("max_pixels", int, "pixels per image (larger: 413, refused from the header)"),
     "--max-images": ("max_images", int, "images per request"),
     "--timeout": ("timeout_seconds", float, "seconds a request may take"),
+    "--header-timeout": ("header_timeout_seconds", float, "seconds a client may take to send a request's headers"),
     "--max-concurrency": ("max_concurrency", int, "requests handled at once (more: 503)"),
     "--batch-window-ms": ("batch_window_ms", float, "wait this long for more requests before predicting a batch"),
     "--max-batch": ("max_batch", int, "images per inference batch"),

@@ -16,6 +16,7 @@ class Limits:
     max_pixels: int = 40_000_000
     max_images: int = 32
     timeout_seconds: float = 30.0
+    header_timeout_seconds: float = 10.0  # for a request's head: slower clients are disconnected (slowloris)
     max_concurrency: int = 64
     top_k: int = 5
     batch_window_ms: float = 0.0  # > 0: wait this long for more requests before predicting a batch

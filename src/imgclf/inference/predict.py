@@ -45,6 +45,10 @@ class Row:
     labels: list[tuple[str, float]] | None = None
 
 
+# streams a shell opened for this process (``<(command)``, ``/dev/stdin``): read though they are pipes, a writer exists
+OPEN_STREAMS = ("/dev/fd/", "/dev/stdin", "/proc/self/fd/")
+
+
 def expand_inputs(items: list[str]) -> tuple[list[str], list[Row]]:
     """The image files named by ``items`` (files, folders searched recursively for image files, globs) in the order
     given, each once; and a row for each item that names nothing."""
@@ -63,9 +67,9 @@ def expand_inputs(items: list[str]) -> tuple[list[str], list[Row]]:
                 missing.append(Row(item, error="no image files in this folder"))
             for name in found:
                 add(str(path / name))
-        elif path.is_file():
+        elif path.is_file() or (path.exists() and item.startswith(OPEN_STREAMS)):
             add(str(path))
-        elif path.exists():  # reading a pipe would wait for a writer forever
+        elif path.exists():  # reading a named pipe would wait for a writer forever
             missing.append(Row(item, error="not a regular file (a pipe, device or socket)"))
         elif any(c in item for c in GLOB_CHARACTERS):
             matches = sorted(m for m in glob.glob(os.path.expanduser(item), recursive=True) if Path(m).is_file())

@@ -68,7 +68,7 @@ class Service:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
-        """Start the inference thread and warm it up (the first batch pays one-off costs) before listening."""
+        """Start the inference thread and warm it up (the first batch pays one-off costs) before answering."""
         await self.inference.start()
         await self.inference([(None, blank_png(self.predictor.card.data_size))])
         self.ready = True
@@ -77,7 +77,7 @@ class Service:
         await self.inference.stop()
 
     def readiness(self) -> JSONResponse:
-        """200 when the model is loaded and warmed up (the server listens only then), 503 once it shuts down."""
+        """200 when the model is loaded and warmed up (the server answers nothing before), 503 once it shuts down."""
         body = {"ready": self.ready, "model": self.predictor.card.model, "runtime": self.predictor.runtime}
         return JSONResponse(body, 200 if self.ready else 503)
 
@@ -188,7 +188,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, calibrated: b
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """200 when the model is loaded and warmed up (the server listens only then), 503 once it shuts down."""
+        """200 when the model is loaded and warmed up (the server answers nothing before), 503 once it shuts down."""
         return service.readiness()
 
     @app.get("/info")
@@ -249,22 +249,22 @@ def cached_export(run) -> Path:
     return path
 
 
+SERVER_OPTIONS = dict(log_level="warning", access_log=False, timeout_keep_alive=5)
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound and listening on ``host``:``port`` (0: a free port), or a one-line error saying why not (the
-    port is taken, the address is not this machine's, the name does not resolve)."""
-    where = f"{host}:{port}"
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError, ValueError) as exc:
-        raise ImgclfError(f"cannot listen on {where}: {getattr(exc, 'strerror', None) or exc}") from None
-    sock = socket.socket(family, kind, proto)
+    """A socket bound and listening on ``host``:``port`` (0: a free port; IPv6 when ``host`` has a colon, as uvicorn
+    does), or a one-line error saying why not (the port is taken, the address is not this machine's, the name does
+    not resolve)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen(2048)
-    except OSError as exc:
+    except (OSError, UnicodeError, OverflowError) as exc:
         sock.close()
-        raise ImgclfError(f"cannot listen on {where}: {os_reason(exc)}") from None
+        reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise ImgclfError(f"cannot listen on {host}:{port}: {reason}") from None
     return sock
 
 
@@ -273,11 +273,19 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
     loads wait in the socket's queue: none is refused."""
     import uvicorn
 
+    from imgclf.inference.http_guard import MAX_HEAD_BYTES, guarded_protocol
+
     sock = listening_socket(host, port)
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    print(f"listening on {url}; loading {source}", flush=True)
-    predictor = serving_predictor(source, device, runtime)
-    app = create_app(predictor, limits, calibrated=not raw)
-    print(f"serving {predictor.card.model} ({runtime_note(predictor)}) on {url} — the page is at /", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+    try:
+        print(f"listening on {url}; loading {source}", flush=True)
+        predictor = serving_predictor(source, device, runtime)
+        app = create_app(predictor, limits, calibrated=not raw)
+        print(f"serving {predictor.card.model} ({runtime_note(predictor)}) on {url} — the page is at /", flush=True)
+        protocol = guarded_protocol(limits.header_timeout_seconds)  # h11, bounded: size, count, time of the heads
+        config = uvicorn.Config(app, http=protocol, h11_max_incomplete_event_size=MAX_HEAD_BYTES, **SERVER_OPTIONS)
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down gracefully
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,79 @@
+"""Selective prediction: answer only when sure enough, else say "unknown" (issue 30's abstain).
+
+Small functions over arrays. Each assumes a confidence ``score`` per image (higher: surer) and whether its top-1
+answer is ``correct``. Answering only the images scored at or above a threshold covers a fraction of them (coverage)
+and errs on a fraction of those (risk); the risk–coverage curve and its area, AURC, measure a score (Geifman &
+El-Yaniv 2017: lower is better). The threshold for a target risk is fitted on the validation split, never the test.
+"""
+
+import numpy as np
+from scipy import special
+
+
+def max_probability(probs: np.ndarray) -> np.ndarray:
+    """The maximum softmax probability of each row of ``probs`` (N, C): the baseline score (Hendrycks & Gimpel 2017)."""
+    return np.asarray(probs).max(axis=1)
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The negative free energy ``T · logsumexp(logits / T)`` of each row (Liu et al. 2020): higher for images like
+    the training ones."""
+    return temperature * special.logsumexp(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def pessimistic_order(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Indices from the highest score down, the wrong answers first among equal scores: a score earns nothing
+    from ties."""
+    return np.lexsort((np.asarray(correct, dtype=bool), -np.asarray(scores, dtype=np.float64)))
+
+
+def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
+    """The curve of answering every image scored at or above each distinct score: ``threshold``, ``coverage`` and
+    ``risk`` (error rate among the answered), from the highest threshold down (coverage rising to 1)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranked, wrong = np.asarray(scores)[order], ~np.asarray(correct, dtype=bool)[order]
+    answered = np.arange(1, len(ranked) + 1)
+    errors = np.cumsum(wrong)
+    ends = np.r_[ranked[1:] != ranked[:-1], True]  # the last image of each group of equal scores
+    return {
+        "threshold": ranked[ends],
+        "coverage": answered[ends] / len(ranked),
+        "risk": errors[ends] / answered[ends],
+    }
+
+
+def aurc(scores: np.ndarray, correct: np.ndarray) -> float:
+    """The area under the risk–coverage curve: the mean, over k = 1…N, of the risk among the k highest-scored images
+    (among equal scores, the wrong answers first)."""
+    wrong = ~np.asarray(correct, dtype=bool)[pessimistic_order(scores, correct)]
+    return float(np.mean(np.cumsum(wrong) / np.arange(1, len(wrong) + 1)))
+
+
+def threshold_for_risk(scores: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """The lowest threshold whose answered images err at most ``target`` of the time (the widest coverage within the
+    risk, found empirically); ``inf`` (answer nothing) when even the surest group errs more."""
+    curve = risk_coverage(scores, correct)
+    within = np.flatnonzero(curve["risk"] <= target)
+    return float(curve["threshold"][within[-1]]) if len(within) else float("inf")
+
+
+def selective_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, float]:
+    """Coverage and risk of answering the images scored at or above ``threshold``, with the full-coverage risk and
+    AURC beside them."""
+    answered = np.asarray(scores) >= threshold
+    wrong = ~np.asarray(correct, dtype=bool)
+    return {
+        "threshold": float(threshold),
+        "coverage": float(answered.mean()),
+        "risk": float(wrong[answered].mean()) if answered.any() else 0.0,
+        "full_coverage_risk": float(wrong.mean()),
+        "aurc": aurc(scores, correct),
+    }
+
+
+def risk_at_coverage(scores: np.ndarray, correct: np.ndarray, coverage: float) -> float:
+    """The risk among the ``coverage`` fraction of images scored highest (at least one image; among equal scores,
+    the wrong answers first)."""
+    order = pessimistic_order(scores, correct)
+    kept = order[: max(1, int(np.ceil(coverage * len(order))))]
+    return float(1 - np.asarray(correct, dtype=bool)[kept].mean())
