@@ -278,7 +278,6 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
     sock = listening_socket(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     try:
-        print(f"listening on {url}; loading {source}", flush=True)
         predictor = serving_predictor(source, device, runtime)
         app = create_app(predictor, limits, calibrated=not raw)
         print(f"serving {predictor.card.model} ({runtime_note(predictor)}) on {url} — the page is at /", flush=True)
