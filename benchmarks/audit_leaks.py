@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
+from common import RESULTS, cold_audit, command_line, make_or_run, read_csv, write_result
 
 PLANTED, SEED = 100, 0
 EDITS = ("resize", "jpeg", "shift", "brightness", "mirror")
@@ -154,24 +154,16 @@ def run(folder: Path, extra: list[str], cifair: Path | None = None) -> None:
     print(f"recall {record['recall']:.3f}, {len(unplanted)} unplanted pairs, {wall / 60:.1f} min; wrote {path}")
 
 
-def main() -> None:
-    """make, run, or add ciFAIR's counts to the last result."""
-    parser = make_run_parser(__doc__, ("make", "run", "cifair"))
-    parser.add_argument("--cifair", type=Path, help="cvjena/cifair's meta/duplicates_cifar10.csv")
-    args, extra = parse_with_passthrough(parser)
-    if args.action == "make":
-        return make(args.folder, args.data_dir)
-    if args.action == "run":
-        return run(args.folder, extra, args.cifair)
-    if args.cifair is None:
-        parser.error("cifair needs --cifair FILE (cvjena/cifair's meta/duplicates_cifar10.csv)")
+def add_cifair(_folder: Path, cifair: Path) -> None:
+    """Add ciFAIR's counts to the last result, without auditing again."""
     path = RESULTS / "audit_leaks.json"
     record = json.loads(path.read_text())
-    record |= cifair_counts(record["unplanted_pairs"], args.cifair)
+    record |= cifair_counts(record["unplanted_pairs"], cifair)
     record["cifair_command"] = command_line()
     path.write_text(json.dumps(record, indent=2) + "\n")
     print({k: v for k, v in record.items() if k.startswith(("cifair", "unplanted_in", "unplanted_test"))})
 
 
 if __name__ == "__main__":
-    main()
+    option = ("--cifair", "cvjena/cifair's meta/duplicates_cifar10.csv")
+    make_or_run(__doc__, make, run, option, more={"cifair": add_cifair}, needs_file=("cifair",))

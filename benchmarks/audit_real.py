@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cold_audit, command_line, make_run_parser, parse_with_passthrough, read_csv, write_result
+from common import RESULTS, cold_audit, command_line, make_or_run, read_csv, write_result
 
 TOP, COLUMNS, CELL = 50, 10, 128
 
@@ -114,17 +114,12 @@ def run(folder: Path, extra: list[str], published: Path | None) -> None:
     print(f"{len(label)} flagged in {wall / 60:.1f} min; wrote {path}")
 
 
-def main() -> None:
-    parser = make_run_parser(__doc__, ("make", "run", "draw"))
-    parser.add_argument("--published", type=Path, help="cleanlab/label-errors' mturk/cifar10_mturk.json")
-    args, extra = parse_with_passthrough(parser)
-    if args.action == "make":
-        return make(args.folder, args.data_dir)
-    if args.action == "run":
-        return run(args.folder, extra, args.published)
-    top = json.loads((RESULTS / "audit_real.json").read_text())["top50"]  # draw: again, from the last result
-    draw_top(args.folder, top, verdicts(args.published) if args.published else {})
+def redraw(folder: Path, published: Path | None) -> None:
+    """Draw the picture again from the last result."""
+    top = json.loads((RESULTS / "audit_real.json").read_text())["top50"]
+    draw_top(folder, top, verdicts(published) if published else {})
 
 
 if __name__ == "__main__":
-    main()
+    option = ("--published", "cleanlab/label-errors' mturk/cifar10_mturk.json")
+    make_or_run(__doc__, make, run, option, more={"draw": redraw})

@@ -136,9 +136,28 @@ def cold_audit(source: Path, extra: list[str]) -> Iterator[tuple[Path, Path, lis
         yield cache / "report", cache, command, time.perf_counter() - start
 
 
-def make_or_run(doc: str, make: Callable[[Path, str | None], None], run: Callable[[Path, list[str]], None]) -> None:
-    """The main of a benchmark with no options of its own: ``make FOLDER`` or ``run FOLDER [-- FLAGS]``."""
-    args, extra = parse_with_passthrough(make_run_parser(doc))
+def make_or_run(
+    doc: str,
+    make: Callable[[Path, str | None], None],
+    run: Callable[..., None],
+    file_option: tuple[str, str] | None = None,
+    more: dict[str, Callable[[Path, Path | None], None]] | None = None,
+    needs_file: tuple[str, ...] = (),
+) -> None:
+    """The main of a benchmark: ``make FOLDER``, ``run FOLDER [-- FLAGS]``, or another action of ``more`` (called
+    with FOLDER and the file). ``file_option`` (flag, help): one file option of its own, handed to ``run`` after the
+    flags and to ``more``'s actions; the actions of ``needs_file`` refuse to start without it."""
+    more = more or {}
+    parser = make_run_parser(doc, ("make", "run", *more))
+    flag, text = file_option or ("", "")
+    if file_option:
+        parser.add_argument(flag, type=Path, help=text)
+    args, extra = parse_with_passthrough(parser)
+    file = getattr(args, flag.lstrip("-").replace("-", "_")) if file_option else None
+    if args.action in needs_file and file is None:
+        parser.error(f"{args.action} needs {flag} FILE ({text})")
     if args.action == "make":
         return make(args.folder, args.data_dir)
-    run(args.folder, extra)
+    if args.action == "run":
+        return run(args.folder, extra, file) if file_option else run(args.folder, extra)
+    more[args.action](args.folder, file)
