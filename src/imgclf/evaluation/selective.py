@@ -30,7 +30,7 @@ def pessimistic_order(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
 def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
     """The curve of answering every image scored at or above each distinct score: ``threshold``, ``coverage`` and
     ``risk`` (error rate among the answered), from the highest threshold down (coverage rising to 1)."""
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    order = pessimistic_order(scores, correct)  # within a group of equal scores the order does not matter
     ranked, wrong = np.asarray(scores)[order], ~np.asarray(correct, dtype=bool)[order]
     answered = np.arange(1, len(ranked) + 1)
     errors = np.cumsum(wrong)
