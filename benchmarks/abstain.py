@@ -87,7 +87,7 @@ def image_set(folder: Path, files: list[str], side: int) -> "ImageSet":
 def model_scores(run: Path, sets: dict) -> tuple[dict, dict]:
     """Per set: the run's top-1 classes, and its scores (maximum calibrated probability, energy)."""
     from imgclf.evaluation.selective import energy, max_probability
-    from imgclf.inference.predictor import load_predictor
+    from imgclf.inference.load import load_predictor
 
     predictor = load_predictor(run, "cpu", runtime="torch")
     top, scores = {}, {"max_probability": {}, "energy": {}}

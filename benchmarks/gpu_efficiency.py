@@ -124,7 +124,8 @@ def repeated_runs(options: argparse.Namespace, output: Path) -> list[dict]:
     ``adaptive_pool`` (shipped with the adaptive global max-pool SpeedNet had until commit 510e64e)."""
     import dataclasses
 
-    from imgclf.artifacts.runs import model_card, run_splits
+    from imgclf.artifacts.card import model_card
+    from imgclf.artifacts.runs import run_splits
     from imgclf.config.build import build_config
     from imgclf.config.files import config_path, load_config_file
     from imgclf.data.images import ImageSet

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
-from imgclf.artifacts.runs import ModelCard
+from imgclf.artifacts.card import ModelCard
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import cpu_has_native_bf16
 from imgclf.core.onnx import export_network

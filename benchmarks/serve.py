@@ -1,5 +1,7 @@
 """`imgclf serve` under a loopback load test: `hey` (Debian package) posts one CIFAR-10 test image, as PNG, 10,000 times
-at concurrency 1, 8 and 32 — latency percentiles, throughput, errors, and the server's resident memory before and after.
+at concurrency 1, 8 and 32 — latency percentiles, throughput, errors, and the server's resident memory before and after
+— and how long a fresh server takes to answer /health and to be ready (``startup_seconds``: the slowest runtime's
+median /ready time).
 
     sudo apt-get install hey
     uv run python benchmarks/serve.py benchmarks/runs/train_resnet20_seed1_seed1
@@ -49,21 +51,38 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(run: str, runtime: str, port: int, extra: list[str]) -> subprocess.Popen:
-    """`imgclf serve` on ``port``, returned once /ready answers 200."""
+def start_server(run: str, runtime: str, port: int, extra: list[str]) -> tuple[subprocess.Popen, dict]:
+    """`imgclf serve` on ``port``, returned once /ready answers 200, with the seconds from the command's start to the
+    first answer of /health and of /ready 200 (polled every 10 ms)."""
     command = [sys.executable, "-m", "imgclf.cli", "serve", run, "--port", str(port), "--runtime", runtime, *extra]
     log = Path(tempfile.gettempdir()) / f"imgclf-serve-benchmark-{port}.log"  # a file: a full pipe would block it
+    start = time.perf_counter()
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
+    deadline, seconds = time.monotonic() + 120, {}
     while time.monotonic() < deadline and process.poll() is None:
         try:
+            if "health_seconds" not in seconds and httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+                seconds["health_seconds"] = round(time.perf_counter() - start, 3)
             if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return process
+                seconds["ready_seconds"] = round(time.perf_counter() - start, 3)
+                return process, seconds
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.01)
     process.kill()
     raise SystemExit(f"the server did not start: {log.read_text()}")
+
+
+def startup(run: str, runtime: str, extra: list[str], rounds: int) -> dict:
+    """Median seconds to /health and to /ready over ``rounds`` fresh starts of the server (nothing else running)."""
+    times = []
+    for _ in range(rounds):
+        process, seconds = start_server(run, runtime, free_port(), extra)
+        process.terminate()
+        process.wait(timeout=30)
+        times.append(seconds)
+    keys = ("health_seconds", "ready_seconds")
+    return {**{k: statistics.median(t[k] for t in times) for k in keys}, "rounds": times}
 
 
 def batch_totals(base: str) -> tuple[float, float]:
@@ -103,6 +122,7 @@ def main() -> None:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--startups", type=int, default=5, help="fresh starts timed per runtime (0: none)")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="passed on to imgclf serve")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -112,9 +132,16 @@ def main() -> None:
     test = load_cifar10("test")
     Image.fromarray(test.images[0].permute(1, 2, 0).numpy()).save(image)
     rows = []
+    startups = {}
     for runtime in args.runtimes:
+        if args.startups:
+            startups[runtime] = startup(args.run, runtime, args.serve_args, args.startups)
+            print(
+                f"{runtime}: /health after {startups[runtime]['health_seconds']:.2f} s, /ready after "
+                f"{startups[runtime]['ready_seconds']:.2f} s (median of {args.startups} starts)"
+            )
         port = free_port()
-        server = start_server(args.run, runtime, port, args.serve_args)
+        server, _ = start_server(args.run, runtime, port, args.serve_args)
         url = f"http://127.0.0.1:{port}/predict"
         try:
             chosen = httpx.get(f"http://127.0.0.1:{port}/ready").json()["runtime"]
@@ -148,6 +175,9 @@ def main() -> None:
     record.update(wall_seconds=round(time.perf_counter() - start, 1), image="CIFAR-10 test image 0, 32×32 PNG")
     record.update(client="hey " + subprocess.run(["dpkg-query", "-W", "-f=${Version}", "hey"], capture_output=True,
                                                  text=True).stdout, rows=rows)  # fmt: skip
+    if startups:
+        record["startup"] = startups
+        record["startup_seconds"] = max(s["ready_seconds"] for s in startups.values())
     print(write_result("serve", record))
 
 

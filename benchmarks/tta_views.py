@@ -26,7 +26,7 @@ from common import command_line, write_result
 from imgclf.artifacts.runs import BEST_WEIGHTS, RunDir, run_splits
 from imgclf.core.device import autocast, resolve_precision
 from imgclf.data.loader import BatchLoader
-from imgclf.inference.predictor import load_network
+from imgclf.inference.load import load_network
 from imgclf.models.transfer import TransferModel, activation_cache
 
 SHIFTS = {"up-left": (-1, -1), "down-right": (1, 1), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}

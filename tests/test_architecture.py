@@ -35,6 +35,7 @@ def test_a_contract_breaks_on_an_upward_import(tmp_path):
 def test_serving_and_predicting_load_nothing_of_training():
     code = (
         "import sys, imgclf.cli, imgclf.inference.serve, imgclf.inference.predict, imgclf.inference.export\n"
+        "import imgclf.inference.app, imgclf.inference.load, imgclf.inference.quantize\n"
         "print(sorted(m for m in sys.modules if m.startswith('imgclf.training')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

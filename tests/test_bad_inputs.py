@@ -293,7 +293,8 @@ def test_help_still_lists_every_option(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: imgclf train [-h]") and "--label-smoothing" in out and "--unfreeze" in out
     assert cli.main(["--help"]) == 0
-    assert "{train,evaluate,predict,export,serve,explore,audit,compare,study,models}" in capsys.readouterr().out
+    verbs = "{train,evaluate,predict,export,serve,benchmark,explore,audit,compare,study,models}"
+    assert verbs in capsys.readouterr().out
 
 
 def test_config_starts_from_its_base(tmp_path):

@@ -9,7 +9,7 @@ import imgclf.data.cifar as cifar
 from imgclf.artifacts.runs import RunDir, run_splits
 from imgclf.cli import main
 from imgclf.evaluation.calibration import fit_temperature
-from imgclf.inference.predictor import load_predictor
+from imgclf.inference.load import load_predictor
 
 
 @pytest.fixture
@@ -83,4 +83,4 @@ def test_metrics_file_and_figures(tmp_path, tiny_options):
     assert m["model_bytes"] == (run_dir / "best.safetensors").stat().st_size
     for figure in m["figures"]:
         assert (run_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
-    assert len(m["figures"]) == 4
+    assert len(m["figures"]) == 5 and "figures/risk_coverage.png" in m["figures"]

@@ -18,7 +18,8 @@ from imgclf.core.errors import ImgclfError
 from imgclf.data.decode import decode_file
 from imgclf.evaluation.calibration import softmax
 from imgclf.inference import export as export_module
-from imgclf.inference.predictor import OnnxPredictor, load_predictor
+from imgclf.inference.load import load_predictor
+from imgclf.inference.predictor import OnnxPredictor
 
 
 def run_predict(capsys, *args) -> tuple[int, str, str]:

@@ -31,7 +31,7 @@ from imgclf.evaluation.multilabel import (
     multilabel_scores,
     sigmoid,
 )
-from imgclf.inference.predictor import load_predictor
+from imgclf.inference.load import load_predictor
 from imgclf.training.balance import class_balance
 from imgclf.training.losses import hits, multilabel_loss
 

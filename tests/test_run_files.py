@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.artifacts.runs import INFERENCE_FIELDS, RunDir
+from imgclf.artifacts.card import INFERENCE_FIELDS
+from imgclf.artifacts.runs import RunDir
 from imgclf.cli import main
 from imgclf.training.checkpoint import checkpoint_files
 from imgclf.training.history import MACHINE_KEYS, read_history

@@ -5,10 +5,12 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +26,11 @@ from imgclf.cli import main
 from imgclf.core.errors import ImgclfError
 from imgclf.data.decode import decode_file
 from imgclf.inference import export as export_module
+from imgclf.inference.app import create_app
+from imgclf.inference.load import load_predictor
 from imgclf.inference.options import Limits
-from imgclf.inference.predictor import OnnxPredictor, load_predictor
-from imgclf.inference.serve import create_app, serving_predictor
+from imgclf.inference.predictor import OnnxPredictor
+from imgclf.inference.serve import serving_predictor
 
 SERVER_LIMITS = ["--timeout", "2", "--max-concurrency", "3", "--max-body-mb", "8", "--max-images", "32"]
 SERVER_LIMITS += ["--header-timeout", "2"]
@@ -479,3 +483,74 @@ def test_serve_binds_before_it_loads_and_names_what_it_cannot_bind(folder_run, c
     assert main(["serve", str(folder_run), "--host", "192.0.2.1", "--port", "0"]) == 2  # not this machine's
     err = capsys.readouterr().err.strip()
     assert err == "imgclf: error: cannot listen on 192.0.2.1:0: cannot assign requested address", err
+
+
+def test_health_answers_while_the_model_loads_and_ready_turns_true_after(folder_run):
+    """A loader that waits: /health is up at once, /ready, /predict, /info and the page say "loading" (503), and
+    ``on_ready`` fires once the loaded model answers."""
+    release, announced = threading.Event(), []
+
+    def slow_loader():
+        assert release.wait(30)
+        return load_predictor(folder_run, "cpu", runtime="torch")
+
+    app = create_app(slow_loader, on_ready=lambda predictor: announced.append(predictor.card.model))
+    image = class_files(folder_run)[0].read_bytes()
+    with TestClient(app) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        loading = client.get("/ready")
+        assert loading.status_code == 503 and loading.json() == {"ready": False, "model": None, "runtime": None}
+        refused = client.post("/predict", content=image, headers={"content-type": "image/png"})
+        assert refused.status_code == 503 and "the model is loading" in refused.json()["error"]
+        assert refused.headers["retry-after"] == "1"
+        assert client.get("/info").status_code == 503
+        page = client.get("/")
+        assert page.status_code == 503 and "The model is loading" in page.text
+        release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the model never became ready"
+            time.sleep(0.05)
+        assert announced == ["simple_cnn"]
+        assert client.post("/predict", content=image, headers={"content-type": "image/png"}).status_code == 200
+        assert "simple_cnn" in client.get("/").text
+
+
+def test_serve_says_each_step_and_health_answers_before_ready(folder_run, tmp_path):
+    """The real command on a run without an export: a line per step on stderr (listening, exporting, loading), /health
+    answering before /ready, then one line on stdout with the start-up time."""
+    run = tmp_path / "run"
+    shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns(".lock", "model.onnx*"))
+    port = free_port()
+    command = [sys.executable, "-m", "imgclf.cli", "serve", str(run), "--port", str(port)]
+    env = {**os.environ, "HOME": str(tmp_path / "home")}  # an empty ONNX cache: the export happens now
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url, states, deadline = f"http://127.0.0.1:{port}", [], time.monotonic() + 90
+    try:
+        while not states or states[-1] != (200, 200):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate(timeout=5)
+            try:
+                health, ready = httpx.get(f"{url}/health", timeout=1), httpx.get(f"{url}/ready", timeout=1)
+                states.append((health.status_code, ready.status_code))
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=20)
+    assert (200, 503) in states, states  # up, loading: the health check did not wait for the model
+    steps = [line for line in err.splitlines() if line.startswith("imgclf serve: ")]
+    assert "listening on" in steps[0] and "exporting the weights to ONNX" in steps[1], err
+    assert "timing PyTorch against onnxruntime" in steps[2], err
+    assert out.startswith("serving simple_cnn (") and "ready in" in out, out
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_one_line(folder_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns(".lock", "model.onnx*"))
+    (run / "best.safetensors").write_bytes(b"not weights")
+    command = [sys.executable, "-m", "imgclf.cli", "serve", str(run), "--port", "0", "--runtime", "torch"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and result.stdout == "", result
+    assert "listening on" in lines[0] and lines[-1].startswith("imgclf: error: ") and "best.safetensors" in lines[-1]

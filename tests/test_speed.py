@@ -136,7 +136,7 @@ def test_speed94_trains_resumes_and_evaluates_with_shifted_tta(tmp_path, tiny_op
     slow = load_file(checkpoint_files(run_dir / "checkpoints")["ema"])
     assert all(torch.equal(weights[k], slow[k]) for k in weights if weights[k].is_floating_point())  # ended slow
 
-    from imgclf.inference.predictor import load_predictor
+    from imgclf.inference.load import load_predictor
 
     predictor = load_predictor(run_dir, device="cpu")
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)

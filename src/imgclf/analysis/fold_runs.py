@@ -20,7 +20,7 @@ from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import read_json, write_json
 from imgclf.data.images import ImageSet, Splits, channel_stats, stratified_split
-from imgclf.inference.predictor import load_predictor
+from imgclf.inference.load import load_predictor
 from imgclf.training.run import train_splits
 
 FOLDS_FOLDER = "folds"  # under the audit's output: fold1/, fold2/, … one run directory each

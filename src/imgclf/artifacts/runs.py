@@ -1,8 +1,10 @@
-"""The run directory: the one home of its file names, the model card, and a validating reader for each run file.
+"""The run directory: the one home of its file names, and a validating reader for each run file (the model card's
+fields: ``card.py``).
 
 ```
 RUN/config.yaml  history.jsonl  summary.json  metrics.json  model.json  best.safetensors  report.html
-    model.onnx + model.parity.json (`imgclf export`)
+    model.onnx + model.parity.json (`imgclf export`)  model.int8.onnx + model.int8.parity.json (`export --int8`)
+    benchmark.json (`imgclf benchmark`: each runtime and precision measured)
     split.json (folder data: each split's files)  data.json (the data's facts)  skipped.json (unreadable files)
     checkpoints/  figures/  tensorboard/  phase1/ phase2/ (transfer runs: each phase a run of its own)
 ```
@@ -12,27 +14,21 @@ Every reader turns a missing, damaged or foreign file into a one-line error nami
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from imgclf.artifacts.card import ModelCard, require, task_of
 from imgclf.artifacts.weights import add_metadata
-from imgclf.config.checks import MAX_IMAGE_SIDE
-from imgclf.config.files import config_values, load_config_file
+from imgclf.config.files import load_config_file
 from imgclf.config.options import TrainConfig
-from imgclf.core.errors import ImgclfError, shown
+from imgclf.core.errors import ImgclfError
 from imgclf.core.io import read_json, write_json, write_text
 from imgclf.data.images import Splits
-from imgclf.data.multilabel import is_multilabel
-from imgclf.data.policies import RESIZE_POLICIES
 from imgclf.data.sources import is_builtin, load_splits
-from imgclf.models import MODELS
 from imgclf.models.backbones import native_input_size
-from imgclf.models.transfer import BUILD_OPTIONS, architecture
 
 CONFIG = "config.yaml"
 HISTORY = "history.jsonl"
@@ -41,6 +37,8 @@ METRICS = "metrics.json"
 MODEL_CARD = "model.json"
 BEST_WEIGHTS = "best.safetensors"
 ONNX_MODEL = "model.onnx"
+INT8_MODEL = "model.int8.onnx"
+BENCHMARK = "benchmark.json"
 SPLIT = "split.json"
 DATA = "data.json"
 SKIPPED = "skipped.json"
@@ -49,132 +47,6 @@ CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
 TENSORBOARD = "tensorboard"
 LOCK = ".lock"
-
-
-@dataclass
-class ModelCard:
-    """What a trained model needs to be used: its classes, input and preprocessing, where its data came from."""
-
-    model: str
-    classes: list[str]
-    input_size: int  # side of the network's input
-    data_size: int  # side the images were stored at before any resize to input_size
-    mean: list[float]
-    std: list[float]
-    resize: str  # how a non-square image became a square: crop, pad or stretch
-    dataset: str  # display name, e.g. "CIFAR-10" or the folder's name
-    data: str  # the source: cifar10, cifar100 or the folder
-    data_fingerprint: str
-    config: dict
-    temperature: float | None = None  # fitted on the validation split by evaluation; None until then
-    engine: dict | None = None  # how training computed the weights (summary.json's record); None before it ends
-    architecture: dict = field(default_factory=dict)  # the network and its build options: what predicting rebuilds
-    precision: str = "auto"  # the precision it trained in, which predicting uses unless told otherwise
-    channels_last: bool = True  # the memory layout it trained in
-    tta_shift: int = 0  # test-time augmentation: the diagonal shifts (px) averaged with the flips (0: flips only)
-    task: str = "single"  # "multilabel": sigmoid probabilities, a class is predicted above its threshold
-    thresholds: list[float] | None = None  # multilabel: per class, on the calibrated probabilities (fitted on val)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "num_classes": self.num_classes}
-
-    @classmethod
-    def from_dict(cls, data: object, source: str) -> "ModelCard":
-        """A card from its JSON form, checked field by field."""
-        kinds = {"model": str, "input_size": int, "data_size": int, "resize": str, "dataset": str, "data": str}
-        kinds.update(data_fingerprint=str, config=dict, classes=list, mean=list, std=list)
-        require(data, kinds, source)
-        if not data["classes"] or not all(isinstance(c, str) for c in data["classes"]):
-            raise ImgclfError(f"{source}: 'classes' must be a non-empty list of names")
-        for key in ("mean", "std"):
-            if len(data[key]) != 3 or not all(is_number(v) for v in data[key]):
-                raise ImgclfError(f"{source}: '{key}' must be three numbers")
-        if not all(v > 0 for v in data["std"]):
-            raise ImgclfError(f"{source}: 'std' must be three positive numbers")
-        for key in ("input_size", "data_size"):
-            if not 0 < data[key] <= MAX_IMAGE_SIDE:
-                raise ImgclfError(f"{source}: '{key}' must be a side of 1 to {MAX_IMAGE_SIDE} pixels, got {data[key]}")
-        if data["resize"] not in RESIZE_POLICIES:
-            raise ImgclfError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {data['resize']!r}")
-        temperature, engine = data.get("temperature"), data.get("engine")
-        if temperature is not None and not (is_number(temperature) and temperature > 0):
-            raise ImgclfError(f"{source}: 'temperature' must be a positive number")
-        if engine is not None and not isinstance(engine, dict):
-            raise ImgclfError(f"{source}: 'engine' must be a JSON object")
-        optional = {"temperature", "engine", *INFERENCE_FIELDS}
-        required = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name not in optional}
-        return cls(**required, temperature=temperature, engine=engine, **inference_fields(data, source))
-
-
-# the card's own since issue 27 (task and thresholds since multi-label, issue 28)
-INFERENCE_FIELDS = ("architecture", "precision", "channels_last", "tta_shift", "task", "thresholds")
-
-
-def inference_fields(data: dict, source: str) -> dict:
-    """A card's architecture, precision, layout and TTA shift, checked; a card of an earlier version (29b1695 and
-    before) had them only inside its training config, where they are read from."""
-    config = data["config"]
-    fields = {
-        "architecture": data.get("architecture")
-        or architecture(TrainConfig(**config_values(config, f"{source} config"))),
-        "precision": data.get("precision", config.get("precision", "auto")),
-        "channels_last": data.get("channels_last", config.get("channels_last", True)),
-        "tta_shift": data.get("tta_shift", config.get("tta_shift", 0)),
-        "task": data.get("task", "single"),
-        "thresholds": data.get("thresholds"),
-    }
-    arch = fields["architecture"]
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
-        raise ImgclfError(f"{source}: 'architecture' must be an object naming the network ('name')")
-    if missing := [key for key in BUILD_OPTIONS if arch["name"] not in MODELS and key not in arch]:
-        raise ImgclfError(f"{source}: 'architecture' of a timm network needs '{missing[0]}'")
-    if fields["precision"] not in ("auto", "bf16", "fp32"):
-        raise ImgclfError(f"{source}: 'precision' must be auto, bf16 or fp32, got {fields['precision']!r}")
-    if not isinstance(fields["channels_last"], bool):
-        raise ImgclfError(f"{source}: 'channels_last' must be true or false")
-    if (
-        not isinstance(fields["tta_shift"], int)
-        or isinstance(fields["tta_shift"], bool)
-        or not 0 <= fields["tta_shift"] <= 8
-    ):
-        raise ImgclfError(f"{source}: 'tta_shift' must be a whole number of pixels from 0 to 8")
-    check_task(fields["task"], fields["thresholds"], len(data["classes"]), source)
-    return fields
-
-
-def check_task(task: object, thresholds: object, classes: int, source: str) -> None:
-    """A one-line error for a task other than single or multilabel, or thresholds that are not one probability in
-    [0, 1] per class (or null)."""
-    if task not in ("single", "multilabel"):
-        raise ImgclfError(f"{source}: 'task' must be single or multilabel, got {shown(task)}")
-    if thresholds is None:
-        return
-    if not isinstance(thresholds, list) or len(thresholds) != classes:
-        raise ImgclfError(f"{source}: 'thresholds' must be a list of one number per class ({classes})")
-    if not all(is_number(t) and 0 <= t <= 1 for t in thresholds):
-        raise ImgclfError(f"{source}: 'thresholds' must be probabilities from 0 to 1")
-
-
-def is_number(value: object) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def require(data: object, fields: dict[str, type], source: str, hint: str = "") -> dict:
-    """``data`` as a dict holding ``fields`` of their types (``float``: any finite number), else a one-line error."""
-    if not isinstance(data, dict):
-        raise ImgclfError(f"{source} must hold a JSON object{hint}")
-    for key, kind in fields.items():
-        value = data.get(key)
-        ok = is_number(value) if kind is float else isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
-            expected = "a number" if kind is float else kind.__name__
-            raise ImgclfError(f"{source}: '{key}' is missing or not {expected}{hint}")
-    return data
 
 
 class RunDir:
@@ -275,6 +147,20 @@ class RunDir:
         if self.file(BEST_WEIGHTS).is_file():
             add_metadata(self.file(BEST_WEIGHTS), {"model_card": card.to_dict()})
 
+    # imgclf benchmark
+    def read_benchmark(self) -> dict | None:
+        """``benchmark.json``: each runtime × precision measured (None when the run was never benchmarked)."""
+        path = self.file(BENCHMARK)
+        if not path.is_file():
+            return None
+        record = require(read_json(path, "benchmark record"), {"weights_sha1": str, "rows": list}, str(path))
+        for row in record["rows"]:
+            require(row, {"name": str, "runtime": str, "file": str, "p50_ms": float}, f"{path} row")
+        return record
+
+    def write_benchmark(self, record: dict) -> None:
+        write_json(self.file(BENCHMARK), record)
+
     # data
     def read_split(self) -> dict[str, list[str]] | None:
         """The files of each split of a folder dataset (None for built-in datasets)."""
@@ -339,7 +225,7 @@ def data_side(cfg: TrainConfig) -> int:
     return cfg.img_size or native_input_size(cfg.model)
 
 
-def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, card: "ModelCard | None" = None) -> Splits:
+def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, card: ModelCard | None = None) -> Splits:
     """The data of a run with options ``cfg`` (``lists``: a folder run's saved split, used exactly; ``card``: a trained
     model's card, whose stored side and task are read back, else :func:`data_side` and ``--task``)."""
     side = card.data_size if card is not None else None
@@ -363,33 +249,6 @@ def run_splits(cfg: TrainConfig, lists: dict[str, list[str]] | None = None, card
         fmt=cfg.label_format,
         edits=cfg.edits,
     )
-
-
-def model_card(cfg: TrainConfig, splits: Splits, input_size: int, mean, std) -> ModelCard:
-    """The card of a model trained with ``cfg`` on ``splits`` at ``input_size`` with normalisation ``mean``/``std``."""
-    return ModelCard(
-        model=cfg.model,
-        classes=list(splits.classes),
-        input_size=input_size,
-        data_size=splits.side,
-        mean=[float(v) for v in mean],
-        std=[float(v) for v in std],
-        resize=cfg.resize,
-        dataset=splits.name,
-        data=cfg.data,
-        data_fingerprint=splits.fingerprint,
-        config=cfg.to_dict(),
-        architecture=architecture(cfg),
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        tta_shift=cfg.tta_shift,
-        task=task_of(splits),
-    )
-
-
-def task_of(splits: Splits) -> str:
-    """The task of ``splits``: multilabel when its labels are multi-hot, else single."""
-    return "multilabel" if is_multilabel(splits.train.labels) else "single"
 
 
 def check_card(card: ModelCard | None, splits: Splits, run: RunDir) -> None:

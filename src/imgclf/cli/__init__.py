@@ -1,4 +1,5 @@
-"""Command-line entry point: ``imgclf COMMAND`` — train, evaluate, predict, export, serve, explore, compare, study.
+"""Command-line entry point: ``imgclf COMMAND`` — train, evaluate, predict, export, benchmark, serve, explore, compare,
+study, audit.
 
 imgclf train --model resnet20 --epochs 30              # train, then evaluate on the test split
 imgclf train --config resnet20 --lr 0.1   # a bundled recipe or YAML file, overridden by flags
@@ -6,16 +7,20 @@ imgclf train --resume runs/resnet20-20261124-151500    # continue an interrupted
 imgclf evaluate runs/resnet20-20261124-151500
 imgclf predict runs/resnet20-20261124-151500 photos/ --top-k 3
 imgclf export runs/resnet20-20261124-151500             # RUN/model.onnx, checked against PyTorch
+imgclf export runs/resnet20-20261124-151500 --int8      # RUN/model.int8.onnx, gated on validation accuracy
+imgclf benchmark runs/resnet20-20261124-151500          # each runtime × precision: accuracy, latency, size
 imgclf serve runs/resnet20-20261124-151500              # http://127.0.0.1:8000
 imgclf audit photos/                                    # suspected label errors, leaks and strays
 imgclf models
 
-The shared flags live in cli/flags.py, predict's and serve's options in cli/serve.py, audit's in cli/audit.py.
+The shared flags live in cli/flags.py, predict's and serve's options in cli/serve.py, audit's in cli/audit.py,
+benchmark's in cli/benchmark.py.
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
@@ -23,7 +28,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from imgclf.cli.audit import add_audit_parser, command_audit
-from imgclf.cli.flags import DATA_HELP, LABEL_FORMAT_OPTIONS, MOVED_HELP, add_config_flags
+from imgclf.cli.benchmark import add_benchmark_parser, command_benchmark
+from imgclf.cli.flags import ABSTAIN_OPTIONS, DATA_HELP, LABEL_FORMAT_OPTIONS, MOVED_HELP, add_config_flags
 from imgclf.cli.serve import add_predict_parser, add_serve_parser, command_serve, serve_limits
 from imgclf.config.checks import MAX_IMAGE_SIDE
 from imgclf.config.files import CONFIG_DIR, load_config_file
@@ -33,7 +39,7 @@ from imgclf.core.errors import ImgclfError, one_line
 from imgclf.core.io import check_writable_folder
 from imgclf.data.labelfile import LabelFormat
 from imgclf.data.policies import IMBALANCED, RESIZE_POLICIES
-from imgclf.inference.options import EXPORT_FORMATS, PARITY_IMAGES
+from imgclf.inference.options import EXPORT_FORMATS, MAX_DROP, PARITY_IMAGES
 
 __all__ = ["build_parser", "main", "serve_limits"]
 
@@ -73,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", help="also report flip test-time augmentation, separately")
     evaluate.add_argument("--exclude", metavar="CSV", help="files to leave out, e.g. test images an audit found leaked")
     evaluate.add_argument("--relabel", metavar="CSV", help="files and their corrected labels (file, new_label)")
+    add_config_flags(evaluate, ABSTAIN_OPTIONS)
     add_predict_parser(sub)
     export = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch on test images")
     export.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `imgclf train`")
@@ -81,9 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--check-images", type=int, default=PARITY_IMAGES, help=f"test images of the parity check ({PARITY_IMAGES:,})"
     )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnxruntime static int8 quantization (QDQ, per-channel weights) calibrated on training images, refused "
+        "when validation accuracy drops more than --max-drop points (default output: RUN/model.int8.onnx)",
+    )
+    export.add_argument(
+        "--max-drop", type=float, default=MAX_DROP, help=f"--int8: points of accuracy it may lose ({MAX_DROP:g})"
+    )
     export.add_argument("--data", help=MOVED_HELP)
     export.add_argument("--data-dir", help="CIFAR runs: folder holding the downloaded files")
     add_serve_parser(sub)
+    add_benchmark_parser(sub)
     explore = sub.add_parser("explore", help="sample grid per class, class distribution, per-channel mean/std")
     explore.add_argument("--data", default="cifar10", help=DATA_HELP)
     add_config_flags(explore, LABEL_FORMAT_OPTIONS, defaults=True)
@@ -173,6 +190,12 @@ def print_metrics(metrics: dict, run_dir: Path) -> None:
     if "tta" in metrics:
         views = metrics["tta"].get("views", "flip")
         print(f"with TTA ({views}): test accuracy {metrics['tta']['test_accuracy']:.4f}")
+    if (sel := metrics.get("selective")) and sel["abstaining"]:
+        goal = f"; target risk {sel['target_risk']:.1%} on validation" if sel["target_risk"] is not None else ""
+        print(
+            f"abstaining below {sel['threshold']:.1%}: answers {sel['test']['coverage']:.1%} of the test images with "
+            f"{sel['test']['risk']:.2%} errors (all: {sel['test']['full_coverage_risk']:.2%}){goal}"
+        )
     print(f"metrics and figures written to {run_dir}")
 
 
@@ -180,8 +203,8 @@ def command_evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluation.evaluate import evaluate_run
     from imgclf.report.run_report import render_evaluation
 
-    edits = {"exclude": args.exclude, "relabel": args.relabel}
-    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta, data=args.data, edits=edits)
+    overrides = {k: getattr(args, k, None) for k in ("exclude", "relabel", *ABSTAIN_OPTIONS)}
+    metrics = evaluate_run(args.run_dir, args.data_dir, args.device, args.tta, args.data, overrides)
     metrics = render_evaluation(metrics)
     print_metrics(metrics, Path(args.run_dir))
 
@@ -191,15 +214,16 @@ def command_predict(args: argparse.Namespace) -> int:
         raise ImgclfError(f"--top-k must be a positive integer, got {args.top_k}")
     if args.batch_size < 0:
         raise ImgclfError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    from imgclf.inference.load import load_predictor, runtime_note
     from imgclf.inference.predict import run_predict
-    from imgclf.inference.predictor import load_predictor, runtime_note
 
     predictor = load_predictor(args.model, args.device, args.runtime, batch_size=args.batch_size)
     if predictor.temperature is None and not args.raw:
         print("imgclf: note: the run has not been evaluated, so probabilities are not calibrated", file=sys.stderr)
     progress = False if args.no_progress else None
     options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
-    done, skipped = run_predict(predictor, args.images, args.format, args.output_file, progress=progress, **options)
+    options.update(progress=progress, resume=args.resume)
+    done, skipped = run_predict(predictor, args.images, args.format, args.output_file, **options)
     where = f" into {args.output_file}" if args.output_file else ""
     print(
         f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({runtime_note(predictor)})"
@@ -214,8 +238,18 @@ def command_export(args: argparse.Namespace) -> None:
         raise ImgclfError(f"--check-images must be 0 or more, got {args.check_images}")
     from imgclf.inference.export import export_run, parity_path
 
-    result = export_run(args.run_dir, args.output_file, args.data, args.data_dir, args.check_images)
+    if not (math.isfinite(args.max_drop) and 0 <= args.max_drop <= 100):
+        raise ImgclfError(f"--max-drop must be a number of points from 0 to 100, got {args.max_drop}")
+    max_drop = args.max_drop if args.int8 else None
+    result = export_run(args.run_dir, args.output_file, args.data, args.data_dir, args.check_images, max_drop=max_drop)
     print(f"exported {result['model']} to {result['path']} ({result['bytes'] / 1e6:.1f} MB, {result['exporter']})")
+    if "gate" in result:
+        g = result["gate"]
+        print(
+            f"int8 gate on {g['images']:,} validation images: accuracy {g['fp32_accuracy']:.2%} (fp32) → "
+            f"{g['int8_accuracy']:.2%} (int8), a drop of {g['drop_points']:.2f} points "
+            f"(at most {g['max_drop_points']:g})"
+        )
     if "parity" in result:
         p = result["parity"]
         print(
@@ -318,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"train": command_train, "evaluate": command_evaluate, "explore": command_explore}
         commands.update(compare=command_compare, models=command_models, study=command_study, audit=command_audit)
         commands.update(predict=command_predict, export=command_export, serve=command_serve)
+        commands.update(benchmark=command_benchmark)
         return commands[args.command](args) or 0
     except ImgclfError as exc:
         if handles_signals:  # a SIGTERM now (torchrun stopping the other ranks) adds nothing
@@ -332,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "imgclf: interrupted (resume a training run with `imgclf train --resume RUN_DIR`)",
+            "imgclf: interrupted (resume a training run with `imgclf train --resume RUN_DIR`, a prediction into a file "
+            "with `imgclf predict … --output FILE --resume`)",
             file=sys.stderr,
         )
         return 130

@@ -15,7 +15,15 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or globs")
     predict.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
     predict.add_argument("--format", default="table", choices=OUTPUT_FORMATS, help="output format (default: table)")
-    predict.add_argument("--output", dest="output_file", metavar="FILE", help="write to FILE instead of stdout")
+    predict.add_argument(
+        "--output",
+        dest="output_file",
+        metavar="FILE",
+        help="write to FILE instead of stdout (it grows as FILE.partial, renamed when every row is written)",
+    )
+    predict.add_argument(
+        "--resume", action="store_true", help="continue an interrupted --output FILE.partial (csv or jsonl)"
+    )
     predict.add_argument("--raw", action="store_true", help=RAW_HELP)
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
     predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")

@@ -6,6 +6,7 @@ import typing
 from dataclasses import dataclass, field
 
 from imgclf.config.checks import (
+    check_abstain_option,
     check_ranges,
     check_run_name,
     check_task_options,
@@ -307,6 +308,16 @@ class TrainConfig:
         group=EVALUATION,
         applies=SCRATCH,
     )
+    abstain: str = option(
+        "off",
+        "answer 'unknown' when the calibrated probability of the top class is below a threshold: auto (the lowest "
+        "threshold whose answered validation images err at most --target-risk), a probability, or off",
+        group=EVALUATION,
+        runtime=True,
+    )
+    target_risk: float = option(
+        0.05, "--abstain auto: the error rate allowed among the answered images", group=EVALUATION, runtime=True
+    )
     progress: bool = option(True, "show progress bars", group=RUNNING, runtime=True)
     tensorboard: bool = option(True, "write TensorBoard scalars", group=RUNNING, runtime=True)
 
@@ -338,6 +349,7 @@ class TrainConfig:
             check_run_name(self.name)
         check_ranges(dataclasses.asdict(self))
         check_task_options(self.task, self.balance, self.monitor)
+        check_abstain_option(self.abstain, self.target_risk, self.task)
         for what in ("exclude", "relabel"):
             if getattr(self, what):
                 edit_file(getattr(self, what), what)

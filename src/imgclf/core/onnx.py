@@ -14,6 +14,7 @@ import torch
 from imgclf.core.errors import ImgclfError
 
 OPSET = 18
+INPUT_NAME = "images"  # the graph's input: normalised float32 images (batch, 3, side, side)
 
 
 def export_network(
@@ -25,7 +26,7 @@ def export_network(
     """
     network = network.float().cpu().eval().to(memory_format=torch.contiguous_format)
     sample = torch.zeros(2, 3, side, side)
-    names = dict(input_names=["images"], output_names=[output_name], opset_version=opset)
+    names = dict(input_names=[INPUT_NAME], output_names=[output_name], opset_version=opset)
     errors = []
     for exporter in ("dynamo", "torchscript"):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -37,7 +38,7 @@ def export_network(
                     shapes = {"dynamic_shapes": ({0: batch},), "external_data": False}
                     torch.onnx.export(network, (sample,), str(path), dynamo=True, **shapes, **names)
                 else:
-                    axes = {"images": {0: "batch"}, output_name: {0: "batch"}}
+                    axes = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}
                     torch.onnx.export(network, (sample,), str(path), dynamo=False, dynamic_axes=axes, **names)
                 return exporter
             except Exception as exc:  # each exporter fails in its own ways on unusual layers

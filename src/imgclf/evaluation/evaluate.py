@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, ModelCard, RunDir, check_card, model_card, run_splits
+from imgclf.artifacts.card import ModelCard, model_card
+from imgclf.artifacts.runs import BEST_WEIGHTS, RunDir, check_card, run_splits
+from imgclf.config.checks import check_abstain_option
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import describe_device, resolve_precision, select_device
 from imgclf.core.errors import ImgclfError
@@ -32,7 +34,9 @@ from imgclf.evaluation.multilabel import (
     per_class_ap,
     sigmoid,
 )
-from imgclf.inference.predictor import TorchPredictor, load_network
+from imgclf.evaluation.selective import abstain_rule, selective_summary
+from imgclf.inference.load import load_network
+from imgclf.inference.predictor import TorchPredictor, top_probability
 from imgclf.models import count_parameters
 from imgclf.models.transfer import TransferModel, activation_cache, architecture, uses_cache
 from imgclf.training.losses import multilabel_loss
@@ -69,14 +73,14 @@ def evaluate_run(
     device: str = "auto",
     tta: bool = False,
     data: str | None = None,
-    edits: dict[str, str | None] | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     """Test metrics, overfitting gaps, calibration before/after temperature scaling and figures of a run (``data``:
-    the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are; ``edits``: ``exclude``
-    and ``relabel`` files that replace the run's own)."""
+    the run's folder where it is now, if it moved; ``data_dir``: where CIFAR's files are; ``overrides``: options that
+    replace the run's own for this evaluation: ``exclude`` and ``relabel`` files, ``abstain`` and ``target_risk``)."""
     run = RunDir(run_dir)
     cfg = run.read_config()  # a one-line error for a folder that is no run, before the lock touches it
-    given = {k: v for k, v in (edits or {}).items() if v}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:  # a missing file is a one-line error before the lock is taken
         cfg = dataclasses.replace(cfg, **given).validate(saved=True)
     with run.lock():
@@ -125,6 +129,22 @@ def fit_on_validation(card: ModelCard, logits: np.ndarray | None, labels: np.nda
     card.temperature = fit_temperature(logits, labels)
     if labels.ndim == 2:
         card.thresholds = fit_thresholds(sigmoid(logits, card.temperature), labels).tolist()
+
+
+def fit_abstain(card: ModelCard, logits: np.ndarray | None, labels: np.ndarray | None, cfg: TrainConfig) -> dict | None:
+    """Set the card's abstain rule from ``--abstain`` (fitted on the validation ``logits``, after the temperature);
+    the rule, for the report, also when not abstaining (then the one for ``--target-risk``). None for multi-label
+    models, and without a validation split unless the threshold is a fixed one."""
+    card.abstain = None
+    check_abstain_option(cfg.abstain, cfg.target_risk, card.task)  # the task known now, where the config said auto
+    if card.task == "multilabel" or (logits is None and cfg.abstain == "off"):
+        return None
+    scores, correct = (
+        (None, None) if logits is None else (top_probability(logits, card.temperature), logits.argmax(1) == labels)
+    )
+    rule = abstain_rule(cfg.abstain, cfg.target_risk, scores, correct)
+    card.abstain = None if cfg.abstain == "off" else rule
+    return rule
 
 
 def multilabel_held_out(logits: np.ndarray, labels: np.ndarray, classes: list[str], card: ModelCard) -> dict:
@@ -193,6 +213,7 @@ def evaluate_locked(
             f"the model of {run.path} gives non-finite outputs on the validation split (training diverged)"
         )
     fit_on_validation(card, val_logits, val_labels)
+    rule = fit_abstain(card, val_logits, val_labels, cfg)
     run.write_card(card)  # with the fitted temperature (and thresholds): predict and serve decide with them
 
     test = splits.test()  # the only read of the test split
@@ -231,6 +252,11 @@ def evaluate_locked(
     else:
         metrics.update(held_out_metrics(test_logits, test_labels, splits.classes, card.temperature))
     metrics.update(balance_facts(train_labels, val_labels, metrics["per_class"]))
+    if rule is not None:
+        test_correct = test_logits.argmax(1) == test_labels
+        metrics["selective"] = selective_summary(
+            rule, card.abstain is not None, top_probability(test_logits, card.temperature), test_correct
+        )
     if tta:
         tta_logits = logits(test, "test", flip_tta=True)
         metrics["tta"] = {

@@ -9,6 +9,8 @@ El-Yaniv 2017: lower is better). The threshold for a target risk is fitted on th
 import numpy as np
 from scipy import special
 
+from imgclf.core.errors import ImgclfError
+
 
 def max_probability(probs: np.ndarray) -> np.ndarray:
     """The maximum softmax probability of each row of ``probs`` (N, C): the baseline score (Hendrycks & Gimpel 2017)."""
@@ -77,3 +79,42 @@ def risk_at_coverage(scores: np.ndarray, correct: np.ndarray, coverage: float) -
     order = pessimistic_order(scores, correct)
     kept = order[: max(1, int(np.ceil(coverage * len(order))))]
     return float(1 - np.asarray(correct, dtype=bool)[kept].mean())
+
+
+def abstain_rule(setting: str, target_risk: float, scores: np.ndarray | None, correct: np.ndarray | None) -> dict:
+    """The rule a card stores for ``--abstain`` ``setting`` (auto: the threshold for ``target_risk`` on the validation
+    ``scores``/``correct``; a number: that threshold), with its validation coverage and risk where there is a split.
+    Its ``score`` is the calibrated probability of the top class; ``off`` gives the auto rule (for the report)."""
+    fixed = setting not in ("off", "auto")
+    if scores is None or not len(scores):
+        if not fixed:
+            raise ImgclfError(f"--abstain {setting} needs a validation split to fit its threshold on")
+        return {"score": "probability", "threshold": float(setting), "target_risk": None}
+    threshold = float(setting) if fixed else threshold_for_risk(scores, correct, target_risk)
+    answered = np.asarray(scores) >= threshold
+    wrong = ~np.asarray(correct, dtype=bool)
+    return {
+        "score": "probability",
+        "threshold": min(threshold, 1.0),  # inf (no answer is within the risk): only probabilities of 1 are answered
+        "target_risk": None if fixed else target_risk,
+        "validation": {
+            "images": len(answered),
+            "coverage": float(answered.mean()),
+            "risk": float(wrong[answered].mean()) if answered.any() else 0.0,
+        },
+    }
+
+
+def curve_points(scores: np.ndarray, correct: np.ndarray, points: int = 200) -> dict[str, list[float]]:
+    """At most ``points`` evenly spaced points of the risk–coverage curve, for a figure (its ends kept)."""
+    curve = risk_coverage(scores, correct)
+    keep = np.unique(np.linspace(0, len(curve["coverage"]) - 1, points).round().astype(int))
+    return {key: [round(float(v), 6) for v in curve[key][keep]] for key in ("coverage", "risk")}
+
+
+def selective_summary(rule: dict, abstaining: bool, scores: np.ndarray, correct: np.ndarray) -> dict:
+    """The report's account of a rule (fitted on validation) on the test ``scores``/``correct``: its coverage and
+    risk there, AURC, full-coverage risk and the curve's points; ``abstaining``: whether the card applies it."""
+    return {**rule, "abstaining": abstaining, "test": selective_metrics(scores, correct, rule["threshold"])} | {
+        "curve": curve_points(scores, correct)
+    }

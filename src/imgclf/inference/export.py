@@ -21,21 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, ONNX_MODEL, ModelCard, RunDir, run_splits
+from imgclf.artifacts.card import ModelCard
+from imgclf.artifacts.runs import BEST_WEIGHTS, INT8_MODEL, ONNX_MODEL, RunDir, run_splits
 from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import atomic_write, write_json
 from imgclf.core.onnx import OPSET, export_network
+from imgclf.data.images import Splits
+from imgclf.inference.load import CARD_KEY, WEIGHTS_KEY, load_network, run_card, weights_digest
 from imgclf.inference.options import PARITY_IMAGES
-from imgclf.inference.predictor import (
-    CARD_KEY,
-    WEIGHTS_KEY,
-    OnnxPredictor,
-    TorchPredictor,
-    load_network,
-    run_card,
-    weights_digest,
-)
+from imgclf.inference.predictor import OnnxPredictor, TorchPredictor
+from imgclf.inference.quantize import CALIBRATION_IMAGES, int8_gate, quantize_onnx, quantized_card, spread
 from imgclf.models.transfer import TransferModel
 
 TOLERANCE = 1e-3  # max |Δlogit| / max |logit|, fp32
@@ -97,17 +93,19 @@ def check_parity(reference: TorchPredictor, exported: OnnxPredictor, images: tor
     return record
 
 
-def parity_images(
-    run: RunDir, cfg: TrainConfig, card: ModelCard, data: str | None, data_dir: str | None, count: int
-) -> torch.Tensor:
-    """``count`` images spread evenly over the run's test split (all of them if fewer), at the stored side."""
+def located_splits(run: RunDir, cfg: TrainConfig, card: ModelCard, data: str | None, data_dir: str | None) -> Splits:
+    """The run's splits, its data found where ``data`` (a moved folder) and ``data_dir`` (CIFAR's files) say."""
     if data:
         cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().resolve()))
     if data_dir:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
-    test = run_splits(cfg, run.read_data_split(cfg), card).test()
-    rows = np.unique(np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(np.int64))
-    return test.images[torch.from_numpy(rows)]  # a tensor in memory, or MappedImages reading those rows
+    return run_splits(cfg, run.read_data_split(cfg), card)
+
+
+def parity_images(splits: Splits, count: int) -> torch.Tensor:
+    """``count`` images spread evenly over the run's test split (all of them if fewer), at the stored side."""
+    test = spread(splits.test(), count)
+    return test.images[0 : len(test)]
 
 
 def export_run(
@@ -118,23 +116,30 @@ def export_run(
     check_images: int = PARITY_IMAGES,
     opset: int = OPSET,
     images: torch.Tensor | None = None,
+    max_drop: float | None = None,
 ) -> dict:
     """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it on ``check_images`` test images
-    (or on the uint8 ``images`` given); the parity figures."""
+    (or on the uint8 ``images`` given); the parity figures. With ``max_drop`` (points), the int8 model instead
+    (``RUN/model.int8.onnx``), gated on validation accuracy (``quantize.py``)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     card = run_card(run)
     weights = run.file(BEST_WEIGHTS)
-    path = Path(output) if output else run.file(ONNX_MODEL)
+    int8 = max_drop is not None
+    path = Path(output) if output else run.file(INT8_MODEL if int8 else ONNX_MODEL)
     if path.suffix != ".onnx":
         raise ImgclfError(f"the ONNX output must end in .onnx: {path}")
     if path.is_dir():
         raise ImgclfError(f"the ONNX output is a folder: {path}")
-    if images is None and check_images:
-        images = parity_images(run, cfg, card, data, data_dir, check_images)
+    splits = located_splits(run, cfg, card, data, data_dir) if int8 or (images is None and check_images) else None
+    if images is None and check_images and not int8:
+        images = parity_images(splits, check_images)
 
     model = load_network(card.architecture, card.num_classes, weights)
     result = {"model": card.model, "format": "onnx", "opset": opset, "file": path.name}
+    if int8:
+        atomic_write(path, lambda tmp: export_int8(tmp, model, card, weights, splits, max_drop, result, opset))
+        return {**result, "path": str(path)}
 
     def export_and_check(tmp: Path) -> None:
         """Export to ``tmp``; a failed parity check raises, and atomic_write then removes ``tmp``."""
@@ -157,3 +162,29 @@ def export_run(
 
     atomic_write(path, export_and_check)
     return {**result, "path": str(path)}
+
+
+def export_int8(
+    tmp: Path, model, card: ModelCard, weights: Path, splits: Splits, max_drop: float, result: dict, opset: int
+) -> None:
+    """Write the int8 model to ``tmp`` and gate it; a refused model raises, and atomic_write then removes ``tmp``."""
+    start = time.perf_counter()
+    network = model.network if isinstance(model, TransferModel) else model
+    reference = TorchPredictor(model, card, torch.device("cpu"), "fp32")
+    fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
+    try:
+        result["exporter"] = export_network(network, card.input_size, fp32, opset)
+        calibration = spread(splits.train, CALIBRATION_IMAGES)
+        quantize_onnx(fp32, tmp, reference, calibration.images[0 : len(calibration)])
+    finally:
+        fp32.unlink(missing_ok=True)
+    gate = int8_gate(reference, tmp, card, splits.val, max_drop)
+    write_metadata(tmp, quantized_card(card, len(calibration), gate), weights_digest(weights))
+    result.update(bytes=tmp.stat().st_size, export_seconds=time.perf_counter() - start, precision="int8", gate=gate)
+    write_json(parity_path(tmp.parent / result["file"]), result)
+    if not gate["passed"]:
+        raise ImgclfError(
+            f"int8 model refused: validation accuracy {gate['fp32_accuracy']:.2%} (fp32) → {gate['int8_accuracy']:.2%} "
+            f"(int8), a drop of {gate['drop_points']:.2f} points, more than --max-drop {max_drop:g}; no model written "
+            f"(figures in {parity_path(tmp.parent / result['file'])})"
+        )

@@ -4,19 +4,21 @@ Each file is decoded by ``data/decode.py`` at the model card's stored side and r
 the training images — then goes through the :class:`Predictor` in batches, so a training image predicted from its
 file gets the logits evaluation computed for it. Probabilities are calibrated with the temperature evaluation fitted on
 the validation split (``--raw``: plain softmax). A multi-label model also gives each image its labels: the classes
-at or above their thresholds, fitted on validation (a ``labels`` field, column, or the table's cells). A file that
-cannot be used is reported on its own line and skipped.
+at or above their thresholds, fitted on validation (a ``labels`` field, column, or the table's cells). A model
+whose card holds an abstain rule (``--abstain``) also gives each image its answer: the top class, or ``unknown``
+below the rule's threshold (an ``answer`` field or column; the table's first cell). A file that cannot be used is
+reported on its own line and skipped.
 
     imgclf predict runs/resnet20-20261126-101500 photo.jpg holiday/ 'scans/**/*.png' --top-k 3
     imgclf predict runs/lite2/model.onnx images/ --format jsonl --output predictions.jsonl
 """
 
 import csv
-import glob
+import itertools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,113 +27,93 @@ from typing import TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclf.core.io import atomic_write
+from imgclf.core.errors import ImgclfError
 from imgclf.data.decode import decode_file
-from imgclf.data.folder import image_files
 from imgclf.data.loader import inference_batch_size
-from imgclf.inference.predictor import Predictor
-
-GLOB_CHARACTERS = "*?["
+from imgclf.inference.inputs import input_files
+from imgclf.inference.predictor import UNKNOWN, Predictor
 
 
 @dataclass
 class Row:
     """One input's outcome: its top-k (class, probability) pairs (and a multi-label model's labels: the pairs at or
-    above their thresholds), or why it was skipped."""
+    above their thresholds; an abstaining model's answer: the top class or unknown), or why it was skipped."""
 
     path: str
     top: list[tuple[str, float]] | None = None
     error: str = ""
     labels: list[tuple[str, float]] | None = None
-
-
-# streams a shell opened for this process (``<(command)``, ``/dev/stdin``): read though they are pipes, a writer exists
-OPEN_STREAMS = ("/dev/fd/", "/dev/stdin", "/proc/self/fd/")
-
-
-def expand_inputs(items: list[str]) -> tuple[list[str], list[Row]]:
-    """The image files named by ``items`` (files, folders searched recursively for image files, globs) in the order
-    given, each once; and a row for each item that names nothing."""
-    files, missing, seen = [], [], set()
-
-    def add(path: str) -> None:
-        if path not in seen:
-            seen.add(path)
-            files.append(path)
-
-    for item in items:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = image_files(path, path)[0]
-            if not found:
-                missing.append(Row(item, error="no image files in this folder"))
-            for name in found:
-                add(str(path / name))
-        elif path.is_file() or (path.exists() and item.startswith(OPEN_STREAMS)):
-            add(str(path))
-        elif path.exists():  # reading a named pipe would wait for a writer forever
-            missing.append(Row(item, error="not a regular file (a pipe, device or socket)"))
-        elif any(c in item for c in GLOB_CHARACTERS):
-            matches = sorted(m for m in glob.glob(os.path.expanduser(item), recursive=True) if Path(m).is_file())
-            if not matches:
-                missing.append(Row(item, error="no file matches this pattern"))
-            for match in matches:
-                add(match)
-        else:
-            missing.append(Row(item, error="no such file or folder"))
-    return files, missing
+    answer: str | None = None
 
 
 def predict_files(
     predictor: Predictor,
-    paths: list[str],
+    inputs: Iterable[tuple[str, str]] | list[str],
     top_k: int = 5,
     calibrated: bool = True,
     flip_tta: bool = False,
     batch_size: int = 0,
-    progress: bool | None = None,
+    bar: tqdm | None = None,
 ) -> Iterator[Row]:
-    """A :class:`Row` per file of ``paths``, in order: decoded on worker threads, predicted in batches."""
+    """A :class:`Row` per input, in order: ``(path, "")`` pairs (or plain paths) are decoded on worker threads and
+    predicted in batches; ``(item, reason)`` pairs are rows of their own, skipped for that reason."""
     card = predictor.card
     size = batch_size or inference_batch_size(card.input_size, predictor.device)
-    hide = None if progress is None else not progress  # None: a bar only on a terminal
-    with (
-        ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool,
-        tqdm(total=len(paths), unit="img", desc="predicting", disable=hide) as bar,
-    ):
-        for chunk in batched(paths, size):
-            decoded = list(pool.map(lambda p: decode_file(p, card.data_size, card.resize, digest=False), chunk))
-            good = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
-            tops, labels = {}, {}
+    pairs = ((item, "") if isinstance(item, str) else item for item in inputs)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for chunk in batched(pairs, size):
+            usable = [i for i, (_, reason) in enumerate(chunk) if not reason]
+            files = [chunk[i][0] for i in usable]
+            results = pool.map(lambda f: decode_file(f, card.data_size, card.resize, digest=False), files)
+            decoded = dict(zip(usable, results, strict=True))
+            good = [i for i in usable if decoded[i][0] is not None]
+            tops, labels, answers = {}, {}, {}
             if good:
-                images = np.stack([decoded[i][0] for i in good])
-                logits = predictor.logits(images, flip_tta)
+                logits = predictor.logits(np.stack([decoded[i][0] for i in good]), flip_tta)
                 probs = predictor.probabilities(logits, calibrated)
                 tops = dict(zip(good, predictor.top_k(probs, top_k), strict=True))
                 labels = dict(zip(good, predictor.labels(logits, probs) or [None] * len(good), strict=True))
-            for i, path in enumerate(chunk):
-                yield Row(path, tops[i], labels=labels[i]) if i in tops else Row(path, error=decoded[i][2])
-            bar.update(len(chunk))
+                answers = dict(zip(good, predictor.answers(logits) or [None] * len(good), strict=True))
+            for i, (path, reason) in enumerate(chunk):
+                if i in tops:
+                    yield Row(path, tops[i], labels=labels[i], answer=answers[i])
+                else:
+                    yield Row(path, error=reason or decoded[i][2])
+            if bar is not None:
+                bar.update(len(chunk))
 
 
-def batched(items: list, size: int) -> Iterator[list]:
-    """``items`` in lists of ``size`` (the last one shorter)."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter), drawn lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 class RowWriter:
     """Writes rows as an aligned table, CSV or JSON lines."""
 
     def __init__(
-        self, out: TextIO, kind: str, top_k: int, path_width: int, class_width: int = 0, multilabel: bool = False
+        self,
+        out: TextIO,
+        kind: str,
+        top_k: int,
+        path_width: int,
+        class_width: int = 0,
+        multilabel: bool = False,
+        threshold: float | None = None,
+        header: bool = True,
     ) -> None:
+        """``threshold``: an abstaining model's, on the top class's calibrated probability (None: no answer column)."""
         self.out, self.kind, self.width, self.top_k = out, kind, min(path_width, 60), top_k
         self.class_width, self.multilabel = class_width, multilabel
+        self.threshold, self.abstains = threshold, threshold is not None
         if kind == "csv":
             self.csv = csv.writer(out)
             ranks = [f"{name}_{r}" for r in range(1, top_k + 1) for name in ("class", "probability")]
-            self.csv.writerow(["path", *(["labels"] if multilabel else []), *ranks, "error"])
+            decided = ["labels"] if multilabel else ["answer"] if self.abstains else []
+            if header:
+                self.csv.writerow(["path", *decided, *ranks, "error"])
 
     def write(self, row: Row) -> None:
         if self.kind == "jsonl":
@@ -139,6 +121,8 @@ class RowWriter:
             if row.top is not None:
                 if self.multilabel:
                     record["labels"] = [{"class": c, "probability": round(p, 6)} for c, p in row.labels]
+                if self.abstains:
+                    record["answer"] = row.answer
                 record["predictions"] = [{"class": c, "probability": round(p, 6)} for c, p in row.top]
             else:
                 record["error"] = row.error
@@ -148,6 +132,8 @@ class RowWriter:
             cells += [""] * (2 * self.top_k - len(cells))  # fewer classes than k, or a skipped file
             if self.multilabel:
                 cells.insert(0, ";".join(c for c, _ in row.labels) if row.labels is not None else "")
+            elif self.abstains:
+                cells.insert(0, row.answer or "")
             self.csv.writerow([row.path, *cells, row.error])
         else:
             shown = row.path.ljust(self.width)
@@ -156,6 +142,8 @@ class RowWriter:
             else:
                 pairs = row.labels if self.multilabel else row.top
                 cells = [f"{c:<{self.class_width}} {p:6.1%}" for c, p in pairs] or ["no class above its threshold"]
+                if self.abstains and row.answer == UNKNOWN:
+                    cells.insert(0, f"{UNKNOWN} (top class below {self.threshold:.1%}):")
                 self.out.write(f"{shown}  " + "  ".join(cells) + "\n")
 
 
@@ -169,30 +157,85 @@ def run_predict(
     flip_tta: bool = False,
     batch_size: int = 0,
     progress: bool | None = None,
+    resume: bool = False,
 ) -> tuple[int, int]:
-    """Predict the images ``items`` name and write the rows to ``output`` (stdout when None); (predicted, skipped)."""
-    files, missing = expand_inputs(items)
-    counts = [0, len(missing)]
+    """Predict the images ``items`` name, as a stream, and write the rows to ``output`` (stdout when None):
+    (predicted, skipped). A file ``output`` grows as ``OUTPUT.partial`` and takes its name when every row is written;
+    ``resume`` continues an interrupted ``.partial`` after its last complete row."""
+    if resume and (output is None or kind == "table"):
+        raise ImgclfError("--resume continues an --output file written as --format csv or jsonl")
+    shown = progress if progress is not None else sys.stderr.isatty()
+    total = sum(1 for _ in input_files(items)) if shown else None  # a walk of the folders: the bar's ETA
+    inputs, counts = input_files(items), [0, 0]
+    rule = predictor.card.abstain
+    threshold = rule["threshold"] if rule else None
+    first = list(itertools.islice(inputs, 1000))  # the table's path column fits these
+    path_width = max((len(p) for p, _ in first), default=0)
+    class_width = max(len(c) for c in predictor.classes)
 
-    def write_all(out: TextIO) -> None:
-        widths = max((len(p) for p in files), default=0), max(len(c) for c in predictor.classes)
-        writer = RowWriter(out, kind, top_k, *widths, multilabel=predictor.multilabel)
-        for row in missing:
-            writer.write(row)
-        for row in predict_files(predictor, files, top_k, calibrated, flip_tta, batch_size, progress):
-            writer.write(row)
-            counts[row.top is None] += 1
-            if out is sys.stdout:
-                out.flush()
+    def write_rows(out: TextIO, done: int, header: bool) -> None:
+        writer = RowWriter(out, kind, top_k, path_width, class_width, predictor.multilabel, threshold, header)
+        stream = itertools.islice(itertools.chain(first, inputs), done, None)
+        with tqdm(total=total, initial=done, unit="img", desc="predicting", disable=not shown) as bar:
+            for row in predict_files(predictor, stream, top_k, calibrated, flip_tta, batch_size, bar):
+                writer.write(row)
+                counts[row.top is None] += 1
+                if out is sys.stdout:
+                    out.flush()
 
     if output is None:
-        write_all(sys.stdout)
+        write_rows(sys.stdout, 0, True)
+    elif Path(output).exists() and not Path(output).is_file() and not Path(output).is_dir():
+        with open(output, "w", encoding="utf-8", newline="") as out:  # a device or pipe: written in place
+            write_rows(out, 0, True)
     else:
-        atomic_write(Path(output), lambda tmp: write_to(tmp, write_all))
+        write_partial(Path(output), kind, resume, write_rows, input_files(items))
     return counts[0], counts[1]
 
 
-def write_to(path: Path, write_all) -> None:
-    """Call ``write_all`` with a UTF-8 text file open at ``path``."""
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        write_all(handle)
+def write_partial(path: Path, kind: str, resume: bool, write_rows, inputs: Iterator[tuple[str, str]]) -> None:
+    """Write the rows to ``PATH.partial`` (appending after its complete rows when ``resume``), flushed batch by batch,
+    then rename it to ``path``."""
+    if path.is_dir():
+        raise ImgclfError(f"{path} is a folder: name a file to write")
+    partial = path.with_name(path.name + ".partial")
+    done = 0
+    if resume:
+        if not partial.is_file():
+            raise ImgclfError(f"nothing to resume: {partial} does not exist")
+        done, last = complete_rows(partial, kind)
+        if done:
+            expected = next(itertools.islice(inputs, done - 1, None), (None, ""))[0]
+            if expected != last:
+                raise ImgclfError(
+                    f"{partial} does not match these inputs: its row {done} is {last!r}, the inputs' is {expected!r}"
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "a" if resume else "w", encoding="utf-8", newline="") as out:
+        try:
+            write_rows(out, done, header=not (resume and done))
+        except KeyboardInterrupt:
+            out.flush()
+            print(f"imgclf: {partial} holds the rows so far: continue with --resume", file=sys.stderr)
+            raise
+    os.replace(partial, path)
+
+
+def complete_rows(partial: Path, kind: str) -> tuple[int, str | None]:
+    """The rows of an interrupted output that were written whole, and the path of the last one; a row cut short is
+    removed from the file."""
+    raw = partial.read_bytes()
+    keep = raw[: raw.rfind(b"\n") + 1]  # a last line without its newline was cut short
+    lines = keep.decode("utf-8", errors="replace").splitlines()
+    if kind == "csv":
+        rows = list(csv.reader(lines))[1:]  # the header
+        last = rows[-1][0] if rows else None
+    else:
+        rows = lines
+        try:
+            last = json.loads(rows[-1])["path"] if rows else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ImgclfError(f"{partial} is not an output of imgclf predict --format jsonl") from None
+    with open(partial, "r+b") as handle:
+        handle.truncate(len(keep))
+    return len(rows), last

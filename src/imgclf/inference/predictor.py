@@ -12,9 +12,6 @@ from its file gives the logits evaluation computed for it.
 """
 
 import copy
-import hashlib
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +21,15 @@ from scipy import special
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, ModelCard, RunDir
-from imgclf.artifacts.weights import load_weights, read_metadata, read_weights
-from imgclf.core.device import autocast, describe_device, resolve_precision, select_device
-from imgclf.core.errors import ImgclfError
+from imgclf.artifacts.card import ModelCard
+from imgclf.core.device import autocast, describe_device, resolve_precision
 from imgclf.core.onnx import onnx_session
-from imgclf.data.features import ActivationCache, resize_normalise, tensor_digest
+from imgclf.data.features import ActivationCache, resize_normalise
 from imgclf.data.images import ImageSet
 from imgclf.data.loader import inference_batch_size
-from imgclf.inference.options import RUNTIMES
-from imgclf.models.transfer import TransferModel, build_network
+from imgclf.models.transfer import TransferModel
 
-CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
-WEIGHTS_KEY = "weights_sha1"  # ONNX metadata: the weights_digest of the weights it was exported from
+UNKNOWN = "unknown"  # the answer below a card's abstain threshold
 
 
 class Predictor:
@@ -139,6 +132,15 @@ class Predictor:
             rows.append([(self.classes[j], float(values[j])) for j in order])
         return rows
 
+    def answers(self, logits: np.ndarray) -> list[str] | None:
+        """With the card's abstain rule: each row's top class, or ``unknown`` where its calibrated probability is below
+        the rule's threshold (fitted on calibrated probabilities, so decided on them); None without a rule."""
+        rule = self.card.abstain
+        if rule is None:
+            return None
+        scores, top = top_probability(logits, self.temperature), np.asarray(logits).argmax(1)
+        return [self.classes[j] if s >= rule["threshold"] else UNKNOWN for s, j in zip(scores, top, strict=True)]
+
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable (class, probability) pairs of each row, most probable first."""
         k = min(k, len(self.classes))
@@ -229,6 +231,12 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
 
 
+def top_probability(logits: np.ndarray, temperature: float | None) -> np.ndarray:
+    """The abstain score of each row of single-label ``logits``: the probability of its top class, calibrated by
+    ``temperature`` (float64)."""
+    return special.softmax(np.asarray(logits, dtype=np.float64) / (temperature or 1.0), axis=1).max(axis=1)
+
+
 def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:
     """A copy of ``network`` (in eval mode) with each BatchNorm folded into the convolution before it (measured in
     benchmarks/results/inference.json) — or ``network`` itself where nothing folds or the folded copy does not give
@@ -260,137 +268,3 @@ def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:
     if not torch.allclose(got, reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max())):
         return network
     return folded
-
-
-def load_network(arch: dict, num_classes: int, weights: Path) -> nn.Module | TransferModel:
-    """The network a card's ``arch`` names, with the weights of ``weights`` (in eval mode, on the CPU)."""
-    model = build_network(arch, num_classes)
-    network = model.network if isinstance(model, TransferModel) else model
-    load_weights(weights, network)
-    network.eval()
-    return model
-
-
-def weights_digest(path: Path) -> str:
-    """SHA-1 of a weights file's tensors (names and values; its metadata, such as the card, may change)."""
-    tensors = read_weights(path)[0]
-    names = sorted(tensors)
-    return hashlib.sha1((json.dumps(names) + tensor_digest([tensors[n] for n in names])).encode()).hexdigest()
-
-
-def onnx_metadata(path: Path) -> dict[str, str]:
-    """The metadata of an ONNX file (its weights are not loaded)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
-        raise ImgclfError(f"not an ONNX model: {path} ({type(exc).__name__})") from None
-    if not model.ir_version or not len(model.graph.node):  # protobuf reads many short byte strings as an empty model
-        raise ImgclfError(f"not an ONNX model: {path} (no graph)")
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def card_from_metadata(metadata: dict, source: Path) -> ModelCard:
-    """The model card stored in a weights or ONNX file's metadata."""
-    text = metadata.get(CARD_KEY)
-    if text is None:
-        raise ImgclfError(f"{source} carries no model card: use the run directory or a file imgclf wrote")
-    card = json.loads(text) if isinstance(text, str) else text
-    return ModelCard.from_dict(card, f"{source} model card")
-
-
-def run_onnx(run: RunDir) -> Path | None:
-    """The run's exported ONNX model when it was exported from the run's current weights, else None."""
-    path = run.file(ONNX_MODEL)
-    if not path.is_file():
-        return None
-    return path if onnx_metadata(path).get(WEIGHTS_KEY) == weights_digest(run.file(BEST_WEIGHTS)) else None
-
-
-def run_card(run: RunDir) -> ModelCard:
-    """A run's model card (a one-line error when it has none), with the temperature of an evaluation by an earlier
-    version that kept it in ``metrics.json`` only."""
-    card = run.read_card()
-    if card is None:
-        raise ImgclfError(f"{run.path} has no model card ({MODEL_CARD}): evaluate it once (`imgclf evaluate RUN_DIR`)")
-    if card.temperature is None and run.file(METRICS).is_file():
-        card.temperature = run.read_metrics().get("temperature")
-    return card
-
-
-def load_predictor(
-    source: str | Path,
-    device: str = "auto",
-    runtime: str = "auto",
-    precision: str | None = None,
-    batch_size: int = 0,
-    onnx_path: Path | None = None,
-) -> Predictor:
-    """A predictor for a run directory, a weights file imgclf wrote (``.safetensors``) or an exported ``.onnx``.
-
-    ``runtime`` auto: an ``.onnx`` file runs in onnxruntime, weights in PyTorch; a run with an ONNX export of its
-    current weights (``onnx_path``, else ``RUN/model.onnx``), on a CPU, runs in whichever of the two is faster at
-    ``batch_size`` images per batch — measured now, in a fraction of a second (neither wins everywhere:
-    benchmarks/results/inference.json)."""
-    if runtime not in RUNTIMES:
-        raise ImgclfError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise ImgclfError(f"no such run directory or model file: {source}")
-    if path.is_dir():
-        run = RunDir(path)
-        run.read_config()  # a one-line error for a folder that is no run
-        card = run_card(run)
-        weights = run.file(BEST_WEIGHTS)
-        if not weights.is_file():
-            raise ImgclfError(f"{path} has no trained weights ({BEST_WEIGHTS}): has training finished?")
-        if runtime == "onnxruntime" or (runtime == "auto" and select_device(device).type == "cpu"):
-            onnx_path = onnx_path or run_onnx(run)  # onnxruntime runs on the CPU
-        if runtime == "onnxruntime" and onnx_path is None:
-            raise ImgclfError(f"{path} has no current ONNX export: run `imgclf export {path}` first")
-    elif path.suffix == ".onnx":
-        if runtime == "torch":
-            raise ImgclfError(f"{path} is an ONNX model: it runs with --runtime onnxruntime (or auto)")
-        return OnnxPredictor(path, card_from_metadata(onnx_metadata(path), path))
-    elif path.suffix == ".safetensors":
-        if runtime == "onnxruntime":
-            raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
-        weights, card = path, card_from_metadata(read_metadata(path), path)
-    else:
-        raise ImgclfError(f"{path} is not a run directory, .safetensors or .onnx file")
-    candidates = []
-    if onnx_path is not None:
-        candidates.append(OnnxPredictor(onnx_path, card))
-    if runtime != "onnxruntime":
-        model = load_network(card.architecture, card.num_classes, weights)
-        candidates.append(TorchPredictor(model, card, select_device(device), precision or card.precision))
-    if len(candidates) == 1:
-        return candidates[0]
-    return fastest(candidates, batch_size or inference_batch_size(card.input_size, candidates[0].device))
-
-
-def fastest(candidates: list[Predictor], batch_size: int, seconds: float = 0.25) -> Predictor:
-    """The candidate that predicts most images per second at ``batch_size``, each timed for about ``seconds`` after a
-    warm-up batch; the figures are kept in its ``measured`` attribute."""
-    side = candidates[0].card.data_size
-    images = torch.zeros(batch_size, 3, side, side, dtype=torch.uint8)
-    measured = {}
-    for candidate in candidates:
-        candidate.logits(images)
-        count, start = 0, time.perf_counter()
-        while count == 0 or time.perf_counter() - start < seconds:
-            candidate.logits(images)
-            count += batch_size
-        measured[candidate.runtime] = count / (time.perf_counter() - start)
-    best = max(candidates, key=lambda c: measured[c.runtime])
-    best.measured = measured
-    return best
-
-
-def runtime_note(predictor: Predictor) -> str:
-    """The runtime, and the measurement that chose it, e.g. 'onnxruntime: 3,473 img/s against torch 861'."""
-    if not predictor.measured:
-        return predictor.runtime
-    others = ", ".join(f"{name} {rate:,.0f}" for name, rate in predictor.measured.items() if name != predictor.runtime)
-    return f"{predictor.runtime}: {predictor.measured[predictor.runtime]:,.0f} img/s against {others}"

@@ -118,17 +118,49 @@ def calibration_rows(metrics: dict) -> list[list[str]]:
     ]
 
 
+def selective_section(metrics: dict) -> list[str]:
+    """The report's abstain section: the rule, fitted on validation, and what it does on the test split."""
+    sel = metrics.get("selective")
+    if not sel:
+        return []
+    test, val = sel["test"], sel.get("validation")
+    target = sel["target_risk"]
+    rule = (
+        f"the lowest threshold whose answers err at most {target:.1%} of the time on the validation split"
+        if target is not None
+        else "a fixed threshold"
+    )
+    state = (
+        f"predict and serve answer <code>unknown</code> below {sel['threshold']:.1%} ({rule})"
+        if sel["abstaining"]
+        else f"not abstaining (<code>--abstain off</code>); with <code>--abstain auto</code>, {rule} would be "
+        f"{sel['threshold']:.1%}"
+    )
+    rows = [["validation", f"{val['coverage']:.1%}", f"{val['risk']:.2%}", f"{val['images']:,}"]] if val else []
+    rows.append(["test", f"{test['coverage']:.1%}", f"{test['risk']:.2%}", f"{metrics['test_images']:,}"])
+    return [
+        "<h2>Abstaining: answer only when sure</h2>",
+        f"<p>Score: the calibrated probability of the top class. {state}. Test risk at full coverage "
+        f"{test['full_coverage_risk']:.2%}; AURC {test['aurc']:.4f} (area under the risk–coverage curve, lower is "
+        "better).</p>",
+        table(["split", "coverage (answered)", "risk (errors among answered)", "images"], rows),
+    ]
+
+
+LONG_METRICS = ("confusion_matrix", "reliability", "per_class", "classes")  # shown above, not in metrics.json's block
+
+
 def closing(run_dir: Path, metrics: dict, config: dict, captions: dict[str, str]) -> list[str]:
     """The end of a run's report: its figures, configuration and metrics."""
+    shown = {k: v for k, v in metrics.items() if k not in LONG_METRICS}
+    if "selective" in shown:  # its curve is the figure
+        shown["selective"] = {k: v for k, v in shown["selective"].items() if k != "curve"}
     return [
         "<h2>Figures</h2>",
         *[figure(run_dir / f, captions.get(Path(f).stem, Path(f).stem)) for f in metrics["figures"]],
         "<h2>Configuration</h2>",
         config_block(CONFIG, config),
-        config_block(
-            "metrics.json (without the confusion matrix)",
-            {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "reliability", "per_class", "classes")},
-        ),
+        config_block("metrics.json (without the confusion matrix and curves)", shown),
     ]
 
 
@@ -223,6 +255,7 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
         "reliability": f"Reliability diagram, before and after temperature scaling ({fitted_on(metrics)})",
         "training_curves": "Training curves",
         "misclassified": "The most confidently misclassified test images (true → predicted, confidence)",
+        "risk_coverage": "Risk–coverage: the error rate among the answered test images as fewer are answered",
     }
     body = [
         cards(headline),
@@ -231,6 +264,7 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
         "<h2>Calibration</h2>",
         f"<p>Temperature {fitted_on(metrics)}.</p>",
         table(["", "ECE (15 bins)", "MCE", "NLL", "Brier"], calibration),
+        *selective_section(metrics),
         "<h2>Most confused pairs</h2>",
         table(["true", "predicted", "count"], confused),
         *closing(run_dir, metrics, config, captions),

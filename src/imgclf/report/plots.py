@@ -88,6 +88,20 @@ def plot_reliability(bins: dict[str, dict], path: Path) -> Path:
     return save(fig, path)
 
 
+def plot_risk_coverage(curve: dict[str, list[float]], point: dict, path: Path, target: float | None = None) -> Path:
+    """The risk–coverage curve of a confidence score (error rate among the answered images against the fraction
+    answered), with ``point`` (its ``coverage`` and ``risk``: where a threshold lands) and the ``target`` risk."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(curve["coverage"], curve["risk"], lw=2, label="answering the surest first")
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=1, label=f"target risk {target:.1%}")
+    ax.plot([point["coverage"]], [point["risk"]], "o", color="C3", label="the threshold (fitted on validation)")
+    ax.set(xlabel="coverage (fraction answered)", ylabel="risk (error rate among answered)", xlim=(0, 1))
+    ax.set(ylim=(0, max(max(curve["risk"]), target or 0) * 1.1 or 1), title="risk–coverage (test split)")
+    ax.legend(loc="upper left")
+    return save(fig, path)
+
+
 def plot_pr_curves(curves: dict[str, dict], path: Path, title: str = "precision–recall per class") -> Path:
     """Precision against recall, one line per class (``curves``: name → precision, recall and AP), in the given
     order; the legend names each class with its AP."""

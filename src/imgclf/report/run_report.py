@@ -77,6 +77,9 @@ def write_figures(result: Evaluation) -> list[str]:
     ]
     if result.history:
         paths.append(plots.plot_history(result.history, figures / "training_curves.png", title=metrics["model"]))
+    if selective := metrics.get("selective"):
+        path, target = figures / "risk_coverage.png", selective["target_risk"]
+        paths.append(plots.plot_risk_coverage(selective["curve"], selective["test"], path, target))
     wrong = np.flatnonzero(probs.argmax(1) != labels)
     worst = wrong[np.argsort(-probs[wrong].max(1))][:24]
     captions = [f"{test.classes[labels[i]]} → {test.classes[probs[i].argmax()]}\n{probs[i].max():.0%}" for i in worst]

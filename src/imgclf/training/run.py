@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from imgclf.artifacts.runs import RunDir, check_card, model_card, run_splits
+from imgclf.artifacts.card import model_card
+from imgclf.artifacts.runs import RunDir, check_card, run_splits
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import select_device
 from imgclf.data.images import Splits
