@@ -314,3 +314,11 @@ def test_a_class_missing_from_a_split_folder_is_named(tmp_path):
     shutil.rmtree(folder / "test" / "dog")
     with pytest.raises(ImgclfError, match="class 'dog' of train/ is missing from test/"):
         scan_folder(folder)
+
+
+def test_image_extensions_are_torchvisions_and_gif():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from imgclf.data.folder import IMAGE_EXTENSIONS
+
+    assert (*IMG_EXTENSIONS, ".gif") == IMAGE_EXTENSIONS

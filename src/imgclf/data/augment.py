@@ -16,7 +16,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from imgclf.data.policies import AUGMENTATIONS
 
@@ -156,6 +155,8 @@ def trivial_op(name: str, x: torch.Tensor, strength: torch.Tensor, signed: torch
         threshold = (1 - strength).view(-1, 1, 1, 1)
         return torch.where(x >= threshold, 1 - x, x)
     as_bytes = (x * 255).round_().to(torch.uint8)
+    from torchvision.transforms.v2 import functional as TF  # here: importing torchvision takes seconds, serve spares
+
     adjusted = TF.autocontrast(as_bytes) if name == "autocontrast" else TF.equalize(as_bytes)
     return adjusted.float() / 255
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity
 
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import cache_dir
@@ -18,12 +16,20 @@ from imgclf.data.images import ImageSet, Splits, train_val_indices
 
 DEFAULT_DATA_DIR = cache_dir("data")
 CIFAR_SIDE = 32
-# source name → (torchvision dataset, display name, per-channel mean, std of the training images)
+# source name → (torchvision dataset class, display name, per-channel mean, std of the training images); torchvision
+# is imported when CIFAR is read (:func:`torchvision_dataset`): importing it costs seconds that predict and serve spare
 CIFAR_SOURCES = {
-    "cifar10": (CIFAR10, "CIFAR-10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": (CIFAR100, "CIFAR-100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": ("CIFAR10", "CIFAR-10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", "CIFAR-100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 CIFAR10_MEAN, CIFAR10_STD = CIFAR_SOURCES["cifar10"][2:]
+
+
+def torchvision_dataset(source: str) -> type:
+    """torchvision's dataset class of CIFAR ``source`` (cifar10 or cifar100)."""
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, CIFAR_SOURCES[source][0])
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -32,15 +38,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     if not chosen:
         return DEFAULT_DATA_DIR, False
     path = Path(chosen).expanduser()
-    if path.name in (CIFAR10.base_folder, CIFAR100.base_folder):  # accept the batches folder itself
+    if path.name in (torchvision_dataset(s).base_folder for s in CIFAR_SOURCES):  # accept the batches folder itself
         path = path.parent
     return path, True
 
 
-def verify_cifar(root: Path, dataset: type[CIFAR10] = CIFAR10) -> None:
-    """Raise a one-line error naming the first missing or corrupt file of ``dataset`` under ``root``."""
+def verify_cifar(root: Path, source: str = "cifar10") -> None:
+    """Raise a one-line error naming the first missing or corrupt file of CIFAR ``source`` under ``root``."""
+    from torchvision.datasets.utils import check_integrity
+
+    dataset, name = torchvision_dataset(source), CIFAR_SOURCES[source][1]
     folder = root / dataset.base_folder
-    name = "CIFAR-100" if dataset is CIFAR100 else "CIFAR-10"
     for filename, md5 in [*dataset.train_list, *dataset.test_list, (dataset.meta["filename"], dataset.meta["md5"])]:
         path = folder / filename
         if not path.is_file():
@@ -55,7 +63,7 @@ def load_cifar(
     """Load the ``train`` (50,000) or ``test`` (10,000) split, downloading to the default cache if needed."""
     if split not in ("train", "test"):
         raise ImgclfError(f"unknown split '{split}' (use 'train' or 'test')")
-    dataset, name = CIFAR_SOURCES[source][:2]
+    dataset, name = torchvision_dataset(source), CIFAR_SOURCES[source][1]
     root, user_chosen = resolve_data_dir(data_dir)
     if download is None:
         download = not user_chosen
@@ -69,7 +77,7 @@ def load_cifar(
             dataset(str(root), train=True, download=True)
         except Exception as exc:  # network errors come in many types
             raise ImgclfError(f"could not download {name} to {root}: {exc}") from None
-    verify_cifar(root, dataset)
+    verify_cifar(root, source)
     try:
         ds = dataset(str(root), train=split == "train", download=False)
     except Exception as exc:  # unpickling a damaged file

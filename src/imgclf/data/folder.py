@@ -13,12 +13,12 @@ that leads back up, or into another class's folder, would give images the wrong 
 import os
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
 from imgclf.core.errors import ImgclfError
 from imgclf.data.scan import SPLIT_NAMES, Scan
 
-IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
+# torchvision's IMG_EXTENSIONS (tests/test_folder.py checks they agree), written out: importing torchvision takes
+# seconds that predict and serve spare; and GIF
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 def is_hidden(name: str) -> bool:
