@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgclf.core.errors import ImgclfError, shown
+from imgclf.core.errors import ImgclfError, os_reason, shown
 from imgclf.data.labelfile import FILE_COLUMNS, LabelFormat, label_names, label_rows, normal_path, pick_column, text
 from imgclf.data.scan import Scan, warn
 
@@ -38,7 +38,11 @@ NO_EDITS = Edits()
 def edit_file(path: str | Path, what: str) -> Path:
     """``path`` as an existing file, or a one-line error naming the option."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    try:
+        found = p.is_file()
+    except OSError as exc:  # a name too long for the file system, say (Python 3.11 raises it from is_file)
+        raise ImgclfError(f"--{what} file {shown(str(p))}: {os_reason(exc)}") from None
+    if not found:
         raise ImgclfError(f"--{what} file not found: {p}")
     return p
 

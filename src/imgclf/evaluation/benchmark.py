@@ -29,9 +29,10 @@ THROUGHPUT_SECONDS = 1.0  # per row, at the batch size
 VALIDATION_IMAGES = 10_000  # at most, spread over the split
 
 
-def latency_ms(predictor: Predictor, images: torch.Tensor, calls: int = LATENCY_CALLS) -> dict[str, float]:
-    """p50 and p99 milliseconds of ``calls`` single-image predictions (cycling through ``images``), after 20 warm-up
-    calls."""
+def latency_ms(predictor: Predictor, images: torch.Tensor, calls: int = 0) -> dict[str, float]:
+    """p50 and p99 milliseconds of ``calls`` (0: ``LATENCY_CALLS``) single-image predictions (cycling through
+    ``images``), after 20 warm-up calls."""
+    calls = calls or LATENCY_CALLS
     for i in range(20):
         predictor.logits(images[i % len(images)][None])
     times = []
