@@ -77,3 +77,13 @@ def test_resume_refuses_what_it_cannot_continue(folder_run, photos, tmp_path, ca
     (tmp_path / "p.jsonl.partial").write_text(json.dumps({"path": "elsewhere.png", "predictions": []}) + "\n")
     assert main([*base, "--format", "jsonl", "--output", str(out), "--resume"]) == 2
     assert "does not match these inputs: its row 1 is 'elsewhere.png'" in capsys.readouterr().err
+
+
+def test_a_csv_interrupted_after_its_header_keeps_one_header(folder_run, photos, tmp_path):
+    base = ["predict", str(folder_run), str(photos), "--format", "csv", "--no-progress"]
+    whole, cut = tmp_path / "whole.csv", tmp_path / "cut.csv"
+    assert main([*base, "--output", str(whole)]) == 0
+    header = whole.read_bytes().partition(b"\r\n")[0] + b"\r\n"  # the csv module ends rows with CRLF
+    (tmp_path / "cut.csv.partial").write_bytes(header)
+    assert main([*base, "--output", str(cut), "--resume"]) == 0
+    assert cut.read_bytes() == whole.read_bytes()

@@ -15,14 +15,20 @@ def cache_dir(name: str) -> Path:
     return Path.home() / ".cache" / "imgclf" / name
 
 
+def written_in_place(path: Path) -> bool:
+    """True when ``path`` is a device or pipe (``/dev/null``, ``/dev/stdout``): written into, never replaced; False for
+    a regular file or none. A folder is a one-line error."""
+    if path.is_dir():
+        raise ImgclfError(f"{path} is a folder: name a file to write")
+    return path.exists() and not path.is_file()
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` and move the result over ``path`` in one step, so readers never see half a file.
     Only a regular file (or none) is replaced: a device or pipe (``/dev/null``, ``/dev/stdout``) is written in place,
     a folder refused."""
     path = Path(path)
-    if path.is_dir():
-        raise ImgclfError(f"{path} is a folder: name a file to write")
-    if path.exists() and not path.is_file():
+    if written_in_place(path):
         write(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)

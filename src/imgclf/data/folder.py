@@ -26,6 +26,11 @@ def is_hidden(name: str) -> bool:
     return name.startswith((".", "__"))
 
 
+def is_image_file(entry: os.DirEntry) -> bool:
+    """True for a regular file (or a link to one) with an image extension; a pipe or socket so named is not."""
+    return entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
+
+
 def list_dir(folder: Path) -> list[os.DirEntry]:
     """The visible entries of ``folder``, sorted by name; a one-line error when it cannot be read."""
     try:
@@ -68,7 +73,7 @@ def image_files(
             sub, sub_ignored = image_files(Path(entry.path), root, links, home, seen)
             found += sub
             ignored += sub_ignored
-        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+        elif is_image_file(entry):
             found.append(Path(entry.path).relative_to(root).as_posix())
         else:
             ignored += 1

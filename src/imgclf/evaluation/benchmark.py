@@ -12,6 +12,7 @@ is printed and written to ``RUN/benchmark.json`` with the weights' digest, host 
 import time
 
 import numpy as np
+import onnxruntime
 import torch
 
 from imgclf.artifacts.runs import BEST_WEIGHTS, INT8_MODEL, ONNX_MODEL, RunDir
@@ -55,14 +56,15 @@ def images_per_second(predictor: Predictor, images: torch.Tensor, batch_size: in
 
 
 def ensure_exports(
-    run: RunDir, val: ImageSet, data: str | None, data_dir: str | None, max_drop: float
+    run: RunDir, digest: str, val: ImageSet, data: str | None, data_dir: str | None, max_drop: float
 ) -> dict[str, str]:
-    """Export the run to ONNX and int8 where it has no current file (the fp32 file's parity checked on validation
-    images, the int8 file gated); why a format is missing, by its file name (an int8 model refused, say)."""
+    """Export the run to ONNX and int8 where it has no file current with the weights of ``digest`` (the fp32 file's
+    parity checked on validation images, the int8 file gated); why a format is missing, by its file name (an int8
+    model refused, say)."""
     missing, check = {}, val.images[0 : min(len(val), PARITY_IMAGES)]
     for name, drop in ((ONNX_MODEL, None), (INT8_MODEL, max_drop)):
         path = run.file(name)
-        if is_current(path, run.file(BEST_WEIGHTS)):
+        if is_current(path, digest):
             continue
         try:
             export_run(run.path, path, data, data_dir, images=check, max_drop=drop)
@@ -71,15 +73,15 @@ def ensure_exports(
     return missing
 
 
-def candidates(run: RunDir, device: str) -> list[tuple[str, str, str]]:
-    """(row name, runtime, precision or file) of each row this machine can run."""
-    rows = [("torch fp32", "torch", "fp32")]
-    dev = select_device(device)
-    if dev.type == "cuda" or cpu_has_native_bf16():
-        rows.append(("torch bf16", "torch", "bf16"))
-    for name, file in (("onnxruntime fp32", ONNX_MODEL), ("onnxruntime int8", INT8_MODEL)):
-        if run.file(file).is_file():
-            rows.append((name, "onnxruntime", file))
+def candidates(device: str) -> list[tuple[str, str, str, str]]:
+    """(row name, runtime, precision, the run's file) of each row this machine can run (each file checked later)."""
+    rows = [("torch fp32", "torch", "fp32", BEST_WEIGHTS)]
+    if select_device(device).type == "cuda" or cpu_has_native_bf16():
+        rows.append(("torch bf16", "torch", "bf16", BEST_WEIGHTS))
+    rows += [
+        ("onnxruntime fp32", "onnxruntime", "fp32", ONNX_MODEL),
+        ("onnxruntime int8", "onnxruntime", "int8", INT8_MODEL),
+    ]
     return rows
 
 
@@ -102,25 +104,25 @@ def benchmark_run(
     if not len(splits.val):
         raise ImgclfError(f"{run.path} has no validation split to measure accuracy on (trained with --val-fraction 0)")
     val = spread(splits.val, VALIDATION_IMAGES)
-    missing = ensure_exports(run, val, data, data_dir, MAX_DROP)
+    digest = weights_digest(run.file(BEST_WEIGHTS))
+    missing = ensure_exports(run, digest, val, data, data_dir, MAX_DROP)
     rows = []
-    for name, runtime, what in candidates(run, device):
+    for name, runtime, precision, file in candidates(device):
+        if file in missing:
+            continue
         if runtime == "torch":
-            predictor = load_predictor(run.path, device, "torch", precision=what)
-            size = run.file(BEST_WEIGHTS).stat().st_size
+            predictor = load_predictor(run.path, device, "torch", precision=precision)
         else:
-            predictor = load_predictor(run.file(what), "cpu", "onnxruntime")
-            size = run.file(what).stat().st_size
-        row = {"name": name, "runtime": runtime, "precision": name.split()[-1], "file": what if runtime != "torch"
-               else BEST_WEIGHTS, "bytes": size}  # fmt: skip
-        rows.append({**row, **measure(predictor, val, batch_size)})
+            predictor = load_predictor(run.file(file), "cpu", "onnxruntime")
+        row = {"name": name, "runtime": runtime, "precision": precision, "file": file}
+        rows.append({**row, "bytes": run.file(file).stat().st_size, **measure(predictor, val, batch_size)})
     best = min(rows, key=lambda r: r["p50_ms"])
     record = {
         "model": card.model,
-        "weights_sha1": weights_digest(run.file(BEST_WEIGHTS)),
+        "weights_sha1": digest,
         "device": describe_device(select_device(device)),
         "torch": torch.__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
+        "onnxruntime": onnxruntime.__version__,
         "validation_images": len(val),
         "batch_size": batch_size,
         "latency_calls": LATENCY_CALLS,

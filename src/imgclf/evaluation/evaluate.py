@@ -36,7 +36,7 @@ from imgclf.evaluation.multilabel import (
 )
 from imgclf.evaluation.selective import abstain_rule, selective_summary
 from imgclf.inference.load import load_network
-from imgclf.inference.predictor import TorchPredictor, top_probability
+from imgclf.inference.predictor import TorchPredictor, accuracy, top_probability
 from imgclf.models import count_parameters
 from imgclf.models.transfer import TransferModel, activation_cache, architecture, uses_cache
 from imgclf.training.losses import multilabel_loss
@@ -109,15 +109,6 @@ def open_run(
     precision = resolve_precision(cfg.precision, dev)
     cache = activation_cache(cfg, model, dev, precision) if transfer and uses_cache(cfg, model) else None
     return splits, card, TorchPredictor(model, card, dev, precision, cache)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> float:
-    """Top-1 accuracy of ``logits`` (N, C) against integer ``labels`` (N,); for multi-hot ``labels`` (N, C), the
-    exact-match ratio of the card's decisions (calibrated probabilities at its thresholds)."""
-    if labels.ndim == 2:
-        predicted = sigmoid(logits, card.temperature or 1.0) >= np.asarray(card.thresholds)
-        return float((predicted == labels.astype(bool)).all(1).mean())
-    return float((logits.argmax(1) == labels).mean())
 
 
 def fit_on_validation(card: ModelCard, logits: np.ndarray | None, labels: np.ndarray | None) -> None:

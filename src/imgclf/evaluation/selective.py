@@ -9,7 +9,10 @@ El-Yaniv 2017: lower is better). The threshold for a target risk is fitted on th
 import numpy as np
 from scipy import special
 
+from imgclf.artifacts.card import ABSTAIN_SCORES
 from imgclf.core.errors import ImgclfError
+
+SCORE = ABSTAIN_SCORES[0]  # the calibrated probability of the top class: the one score a card's rule uses
 
 
 def max_probability(probs: np.ndarray) -> np.ndarray:
@@ -59,16 +62,21 @@ def threshold_for_risk(scores: np.ndarray, correct: np.ndarray, target: float) -
     return float(curve["threshold"][within[-1]]) if len(within) else float("inf")
 
 
+def coverage_and_risk(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, float]:
+    """The fraction of images scored at or above ``threshold`` (coverage) and the error rate among them (risk; 0 when
+    none is answered)."""
+    answered = np.asarray(scores) >= threshold
+    wrong = ~np.asarray(correct, dtype=bool)
+    return {"coverage": float(answered.mean()), "risk": float(wrong[answered].mean()) if answered.any() else 0.0}
+
+
 def selective_metrics(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, float]:
     """Coverage and risk of answering the images scored at or above ``threshold``, with the full-coverage risk and
     AURC beside them."""
-    answered = np.asarray(scores) >= threshold
-    wrong = ~np.asarray(correct, dtype=bool)
     return {
         "threshold": float(threshold),
-        "coverage": float(answered.mean()),
-        "risk": float(wrong[answered].mean()) if answered.any() else 0.0,
-        "full_coverage_risk": float(wrong.mean()),
+        **coverage_and_risk(scores, correct, threshold),
+        "full_coverage_risk": float((~np.asarray(correct, dtype=bool)).mean()),
         "aurc": aurc(scores, correct),
     }
 
@@ -89,19 +97,13 @@ def abstain_rule(setting: str, target_risk: float, scores: np.ndarray | None, co
     if scores is None or not len(scores):
         if not fixed:
             raise ImgclfError(f"--abstain {setting} needs a validation split to fit its threshold on")
-        return {"score": "probability", "threshold": float(setting), "target_risk": None}
+        return {"score": SCORE, "threshold": float(setting), "target_risk": None}
     threshold = float(setting) if fixed else threshold_for_risk(scores, correct, target_risk)
-    answered = np.asarray(scores) >= threshold
-    wrong = ~np.asarray(correct, dtype=bool)
     return {
-        "score": "probability",
+        "score": SCORE,
         "threshold": min(threshold, 1.0),  # inf (no answer is within the risk): only probabilities of 1 are answered
         "target_risk": None if fixed else target_risk,
-        "validation": {
-            "images": len(answered),
-            "coverage": float(answered.mean()),
-            "risk": float(wrong[answered].mean()) if answered.any() else 0.0,
-        },
+        "validation": {"images": len(scores), **coverage_and_risk(scores, correct, threshold)},
     }
 
 
@@ -115,6 +117,5 @@ def curve_points(scores: np.ndarray, correct: np.ndarray, points: int = 200) -> 
 def selective_summary(rule: dict, abstaining: bool, scores: np.ndarray, correct: np.ndarray) -> dict:
     """The report's account of a rule (fitted on validation) on the test ``scores``/``correct``: its coverage and
     risk there, AURC, full-coverage risk and the curve's points; ``abstaining``: whether the card applies it."""
-    return {**rule, "abstaining": abstaining, "test": selective_metrics(scores, correct, rule["threshold"])} | {
-        "curve": curve_points(scores, correct)
-    }
+    test = selective_metrics(scores, correct, rule["threshold"])
+    return {**rule, "abstaining": abstaining, "test": test, "curve": curve_points(scores, correct)}

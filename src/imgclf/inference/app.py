@@ -2,7 +2,8 @@
 
     POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream), or several as
                     multipart/form-data file fields → {"predictions": [{"filename", "top": [{"class", "probability"}]}]}
-                    (a multi-label model adds "labels": the classes at or above their thresholds)
+                    (a multi-label model adds "labels": the classes at or above their thresholds; a card with an
+                    abstain rule adds "answer": the top class, or "unknown" below its threshold)
     GET  /          the page: drop or pick an image, see it with its top-k bars
     GET  /health    the process is up;  GET /ready: the model is loaded and warmed up (503 before and at shutdown)
     GET  /metrics   Prometheus: requests by path and status, latency histogram, errors by reason, images, batch sizes

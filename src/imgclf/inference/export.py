@@ -136,21 +136,23 @@ def export_run(
         images = parity_images(splits, check_images)
 
     model = load_network(card.architecture, card.num_classes, weights)
+    network = model.network if isinstance(model, TransferModel) else model  # what the ONNX graph holds
+    reference = TorchPredictor(model, card, torch.device("cpu"), "fp32")  # the network, as exported
     result = {"model": card.model, "format": "onnx", "opset": opset, "file": path.name}
     if int8:
-        atomic_write(path, lambda tmp: export_int8(tmp, model, card, weights, splits, max_drop, result, opset))
+        atomic_write(
+            path, lambda tmp: export_int8(tmp, path, network, reference, weights, splits, max_drop, result, opset)
+        )
         return {**result, "path": str(path)}
 
     def export_and_check(tmp: Path) -> None:
         """Export to ``tmp``; a failed parity check raises, and atomic_write then removes ``tmp``."""
         start = time.perf_counter()
-        network = model.network if isinstance(model, TransferModel) else model
         result["exporter"] = export_network(network, card.input_size, tmp, opset)
         write_metadata(tmp, card, weights_digest(weights))
         result.update(bytes=tmp.stat().st_size, export_seconds=time.perf_counter() - start)
         if images is None:
             return
-        reference = TorchPredictor(model, card, torch.device("cpu"), "fp32")  # the network just exported
         result["parity"] = p = check_parity(reference, OnnxPredictor(tmp, card), images)
         write_json(parity_path(path), result)
         if not p["passed"]:
@@ -165,12 +167,19 @@ def export_run(
 
 
 def export_int8(
-    tmp: Path, model, card: ModelCard, weights: Path, splits: Splits, max_drop: float, result: dict, opset: int
+    tmp: Path,
+    path: Path,
+    network: torch.nn.Module,
+    reference: TorchPredictor,
+    weights: Path,
+    splits: Splits,
+    max_drop: float,
+    result: dict,
+    opset: int,
 ) -> None:
-    """Write the int8 model to ``tmp`` and gate it; a refused model raises, and atomic_write then removes ``tmp``."""
-    start = time.perf_counter()
-    network = model.network if isinstance(model, TransferModel) else model
-    reference = TorchPredictor(model, card, torch.device("cpu"), "fp32")
+    """Write the int8 model of ``network`` to ``tmp`` (to become ``path``) and gate it against its fp32 ``reference``:
+    a refused model raises, and atomic_write then removes ``tmp``."""
+    start, card = time.perf_counter(), reference.card
     fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
     try:
         result["exporter"] = export_network(network, card.input_size, fp32, opset)
@@ -181,10 +190,10 @@ def export_int8(
     gate = int8_gate(reference, tmp, card, splits.val, max_drop)
     write_metadata(tmp, quantized_card(card, len(calibration), gate), weights_digest(weights))
     result.update(bytes=tmp.stat().st_size, export_seconds=time.perf_counter() - start, precision="int8", gate=gate)
-    write_json(parity_path(tmp.parent / result["file"]), result)
+    write_json(parity_path(path), result)
     if not gate["passed"]:
         raise ImgclfError(
             f"int8 model refused: validation accuracy {gate['fp32_accuracy']:.2%} (fp32) → {gate['int8_accuracy']:.2%} "
-            f"(int8), a drop of {gate['drop_points']:.2f} points, more than --max-drop {max_drop:g}; no model written "
-            f"(figures in {parity_path(tmp.parent / result['file'])})"
+            f"(int8), a drop of {gate['drop_points']:.2f} points, more than --max-drop {max_drop:g}; no model "
+            f"written (figures in {parity_path(path)})"
         )

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from imgclf.data.folder import IMAGE_EXTENSIONS, list_dir
+from imgclf.data.folder import is_image_file, list_dir
 
 GLOB_CHARACTERS = "*?["
 # streams a shell opened for this process (``<(command)``, ``/dev/stdin``): read though they are pipes, a writer exists
@@ -28,7 +28,7 @@ def walk_images(folder: Path, ancestors: frozenset[Path] = frozenset()) -> Itera
     for entry in list_dir(folder):
         if entry.is_dir():
             yield from walk_images(Path(entry.path), ancestors | {real})
-        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+        elif is_image_file(entry):
             yield entry.path
 
 

@@ -65,15 +65,16 @@ def card_from_metadata(metadata: dict, source: Path) -> ModelCard:
     return ModelCard.from_dict(card, f"{source} model card")
 
 
-def is_current(path: Path, weights: Path) -> bool:
-    """True when the ONNX file at ``path`` was exported from the weights at ``weights`` as they are now."""
-    return path.is_file() and onnx_metadata(path).get(WEIGHTS_KEY) == weights_digest(weights)
+def is_current(path: Path, digest: str) -> bool:
+    """True when the ONNX file at ``path`` was exported from the weights whose :func:`weights_digest` is ``digest``
+    (computed once by the caller: it reads and hashes every tensor)."""
+    return path.is_file() and onnx_metadata(path).get(WEIGHTS_KEY) == digest
 
 
 def run_onnx(run: RunDir) -> Path | None:
     """The run's exported ONNX model when it was exported from the run's current weights, else None."""
     path = run.file(ONNX_MODEL)
-    return path if is_current(path, run.file(BEST_WEIGHTS)) else None
+    return path if is_current(path, weights_digest(run.file(BEST_WEIGHTS))) else None
 
 
 def run_card(run: RunDir) -> ModelCard:

@@ -14,6 +14,7 @@ reported on its own line and skipped.
 """
 
 import csv
+import io
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from imgclf.core.errors import ImgclfError
+from imgclf.core.io import written_in_place
 from imgclf.data.decode import decode_file
 from imgclf.data.loader import inference_batch_size
 from imgclf.inference.inputs import input_files
@@ -185,8 +187,8 @@ def run_predict(
 
     if output is None:
         write_rows(sys.stdout, 0, True)
-    elif Path(output).exists() and not Path(output).is_file() and not Path(output).is_dir():
-        with open(output, "w", encoding="utf-8", newline="") as out:  # a device or pipe: written in place
+    elif written_in_place(Path(output)):
+        with open(output, "w", encoding="utf-8", newline="") as out:
             write_rows(out, 0, True)
     else:
         write_partial(Path(output), kind, resume, write_rows, input_files(items))
@@ -196,8 +198,6 @@ def run_predict(
 def write_partial(path: Path, kind: str, resume: bool, write_rows, inputs: Iterator[tuple[str, str]]) -> None:
     """Write the rows to ``PATH.partial`` (appending after its complete rows when ``resume``), flushed batch by batch,
     then rename it to ``path``."""
-    if path.is_dir():
-        raise ImgclfError(f"{path} is a folder: name a file to write")
     partial = path.with_name(path.name + ".partial")
     done = 0
     if resume:
@@ -213,7 +213,7 @@ def write_partial(path: Path, kind: str, resume: bool, write_rows, inputs: Itera
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "a" if resume else "w", encoding="utf-8", newline="") as out:
         try:
-            write_rows(out, done, header=not (resume and done))
+            write_rows(out, done, header=out.tell() == 0)  # a resumed file keeps its CSV header
         except KeyboardInterrupt:
             out.flush()
             print(f"imgclf: {partial} holds the rows so far: continue with --resume", file=sys.stderr)
@@ -226,12 +226,12 @@ def complete_rows(partial: Path, kind: str) -> tuple[int, str | None]:
     removed from the file."""
     raw = partial.read_bytes()
     keep = raw[: raw.rfind(b"\n") + 1]  # a last line without its newline was cut short
-    lines = keep.decode("utf-8", errors="replace").splitlines()
+    text = keep.decode("utf-8", errors="replace")
     if kind == "csv":
-        rows = list(csv.reader(lines))[1:]  # the header
+        rows = list(csv.reader(io.StringIO(text, newline="")))[1:]  # the header; quoted newlines stay in their field
         last = rows[-1][0] if rows else None
     else:
-        rows = lines
+        rows = text.splitlines()
         try:
             last = json.loads(rows[-1])["path"] if rows else None
         except (json.JSONDecodeError, KeyError, TypeError):

@@ -231,6 +231,16 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
 
 
+def accuracy(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> float:
+    """Top-1 accuracy of ``logits`` (N, C) against integer ``labels`` (N,); for multi-hot ``labels`` (N, C), the
+    exact-match ratio of the card's decisions (calibrated probabilities at its thresholds, ½ before it has any)."""
+    if labels.ndim == 2:
+        probs = special.expit(np.asarray(logits, dtype=np.float64) / (card.temperature or 1.0))
+        predicted = probs >= np.asarray(card.thresholds or [0.5] * card.num_classes)
+        return float((predicted == labels.astype(bool)).all(1).mean())
+    return float((logits.argmax(1) == labels).mean())
+
+
 def top_probability(logits: np.ndarray, temperature: float | None) -> np.ndarray:
     """The abstain score of each row of single-label ``logits``: the probability of its top class, calibrated by
     ``temperature`` (float64)."""

@@ -19,7 +19,7 @@ from imgclf.artifacts.card import ModelCard
 from imgclf.core.errors import ImgclfError
 from imgclf.core.onnx import INPUT_NAME
 from imgclf.data.images import ImageSet
-from imgclf.inference.predictor import OnnxPredictor, Predictor
+from imgclf.inference.predictor import OnnxPredictor, Predictor, accuracy
 
 CALIBRATION_IMAGES = 512
 CALIBRATION_BATCH = 64
@@ -74,14 +74,7 @@ def quantize_onnx(fp32: Path, output: Path, reference: Predictor, calibration: t
 
 def gate_accuracy(predictor: Predictor, data: ImageSet) -> float:
     """Top-1 accuracy of ``predictor`` on ``data`` (multi-label: the exact-match ratio of its decisions)."""
-    logits = predictor.dataset_logits(data)
-    labels = data.labels.numpy()
-    if predictor.multilabel:
-        chosen = predictor.labels(logits) or []
-        names = np.asarray(predictor.classes)
-        truth = [set(names[row.astype(bool)]) for row in labels]
-        return float(np.mean([{c for c, _ in pairs} == t for pairs, t in zip(chosen, truth, strict=True)]))
-    return float((logits.argmax(1) == labels).mean())
+    return accuracy(predictor.dataset_logits(data), data.labels.numpy(), predictor.card)
 
 
 def int8_gate(reference: Predictor, quantized: Path, card: ModelCard, val: ImageSet, max_drop: float) -> dict:

@@ -1,5 +1,5 @@
-"""``imgclf serve RUN_DIR|MODEL``: the process. It checks the model's files, binds the address, answers /health at
-once and loads the model in the background (exporting a run to the ONNX cache when it has no export, and timing
+"""``imgclf serve RUN_DIR|MODEL``: the process. It checks the model's files, binds the address, answers /health from
+then on and loads the model in the background (exporting a run to the ONNX cache when it has no export, and timing
 PyTorch against onnxruntime on single images), saying each step; the application is ``app.py``."""
 
 import functools
@@ -59,10 +59,13 @@ def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "a
 def benchmarked(run: RunDir, say) -> Predictor | None:
     """The predictor of the row ``imgclf benchmark`` measured fastest at batch 1 (lowest p50), among those whose files
     are still current; None when the run has no such record (then the runtimes are timed at start-up)."""
-    record, weights = run.read_benchmark(), run.file(BEST_WEIGHTS)
-    if record is None or record["weights_sha1"] != weights_digest(weights):
+    record = run.read_benchmark()
+    if record is None:
         return None
-    rows = [r for r in record["rows"] if r["runtime"] == "torch" or is_current(run.file(r["file"]), weights)]
+    digest = weights_digest(run.file(BEST_WEIGHTS))
+    if record["weights_sha1"] != digest:
+        return None
+    rows = [r for r in record["rows"] if r["runtime"] == "torch" or is_current(run.file(r["file"]), digest)]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["p50_ms"])
@@ -107,8 +110,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto", runtime="auto", raw=False) -> None:
-    """Check the model's files, bind the address and serve with uvicorn until interrupted: /health answers at once,
-    the model loads in the background (a line on stderr per step), then /ready turns true and a line on stdout says
+    """Check the model's files, bind the address and serve with uvicorn until interrupted: /health answers from then
+    on, the model loads in the background (a line on stderr per step), then /ready turns true and a line on stdout says
     where it serves. A model that fails to load stops the server with its one-line error."""
     import uvicorn
 
