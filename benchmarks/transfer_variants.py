@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result
 
-from imgclf.artifacts.runs import SUMMARY, RunDir
+from imgclf.artifacts.files import SUMMARY
+from imgclf.artifacts.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 

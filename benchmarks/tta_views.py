@@ -23,7 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, write_result
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, RunDir, run_splits
+from imgclf.artifacts.files import BEST_WEIGHTS
+from imgclf.artifacts.runs import RunDir, run_splits
 from imgclf.core.device import autocast, resolve_precision
 from imgclf.data.loader import BatchLoader
 from imgclf.inference.load import load_network

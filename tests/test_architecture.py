@@ -40,3 +40,14 @@ def test_serving_and_predicting_load_nothing_of_training():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_server_answers_before_torch_is_imported():
+    """`imgclf serve` checks the model's path, binds and answers /health with nothing of torch imported: the
+    loading thread imports it."""
+    code = (
+        "import sys, imgclf.cli, imgclf.inference.serve, imgclf.inference.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime', 'timm')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

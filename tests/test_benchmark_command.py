@@ -10,7 +10,7 @@ from imgclf.cli import main
 from imgclf.core.device import cpu_has_native_bf16
 from imgclf.data.images import Splits
 from imgclf.evaluation import benchmark
-from imgclf.inference.serve import serving_predictor
+from imgclf.inference.serving import serving_predictor
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from imgclf.inference.app import create_app
 from imgclf.inference.load import load_predictor
 from imgclf.inference.options import Limits
 from imgclf.inference.predictor import OnnxPredictor
-from imgclf.inference.serve import serving_predictor
+from imgclf.inference.serving import serving_predictor
 
 SERVER_LIMITS = ["--timeout", "2", "--max-concurrency", "3", "--max-body-mb", "8", "--max-images", "32"]
 SERVER_LIMITS += ["--header-timeout", "2"]
@@ -329,9 +329,10 @@ def test_request_heads_are_bounded_in_size_count_and_time(server):
     assert raw_http(port, start + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n") in (400, 0)  # 0: reset mid-send
     assert raw_http(port, start + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n") == 400  # 1.5 KB
     assert raw_http(port, start + b"".join(b"X-%d: y\r\n" % i for i in range(90)) + b"\r\n") == 200
-    # slowloris: a head trickling in is cut at the header timeout (2 s here)
+    # slowloris: a head of valid header lines trickling in is cut at the header timeout (2 s here)
     with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
-        assert 1.5 < seconds_until_closed(s, start * 40, 0.1, limit=8) < 6
+        trickle = start + b"".join(b"X-%d: y\r\n" % i for i in range(80))
+        assert 1.5 < seconds_until_closed(s, trickle, 0.1, limit=8) < 6
     # … and so is a body that keeps trickling in after the server has answered from its header (413)
     with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 999999999\r\n\r\n")
@@ -377,6 +378,26 @@ def test_the_page_in_chromium(server, exported_run, browser, tmp_path):
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot))
     assert shot.read_bytes()[:4] == b"\x89PNG" and not errors
+    page.close()
+
+
+def test_the_page_shows_a_heatmap_in_chromium(server, exported_run, browser):
+    """With the switch on, the page asks for the Grad-CAM heatmap and draws it over the image; its button hides it."""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url, wait_until="load")
+    page.check("#explain")
+    page.set_input_files("#file", str(class_files(exported_run)[0]))
+    layer = page.locator(".picture img.heatmap").first
+    layer.wait_for(timeout=15_000)
+    assert layer.evaluate("img => img.src.startsWith('data:image/png') && img.complete && img.naturalWidth === 224")
+    shown, under = layer.bounding_box(), page.locator(".picture img:not(.heatmap)").first.bounding_box()
+    assert (shown["x"], shown["y"], shown["width"]) == (under["x"], under["y"], under["width"])  # over the image
+    page.locator(".picture button").first.click()
+    assert layer.is_hidden() and page.locator(".picture button").first.inner_text() == "show heatmap"
+    assert not errors
     page.close()
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from imgclf.artifacts.audits import audit_line, find_audit
-from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, SUMMARY, RunDir
+from imgclf.artifacts.files import BEST_WEIGHTS, METRICS, SUMMARY
+from imgclf.artifacts.runs import RunDir
 from imgclf.config.build import build_config
 from imgclf.config.files import coerce, config_values, load_config_file
 from imgclf.config.options import AUTO_RESOLVES, RUNTIME_OPTIONS, TrainConfig, applies_to, field_types

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.analysis.labels import fold_indices, label_strata
-from imgclf.artifacts.runs import BEST_WEIGHTS, SUMMARY, RunDir
+from imgclf.artifacts.files import BEST_WEIGHTS, SUMMARY
+from imgclf.artifacts.runs import RunDir
 from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import read_json, write_json

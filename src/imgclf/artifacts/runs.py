@@ -21,6 +21,20 @@ from pathlib import Path
 import yaml
 
 from imgclf.artifacts.card import ModelCard, require, task_of
+from imgclf.artifacts.files import (
+    BENCHMARK,
+    BEST_WEIGHTS,
+    CONFIG,
+    DATA,
+    HISTORY,
+    LOCK,
+    METRICS,
+    MODEL_CARD,
+    SKIPPED,
+    SPLIT,
+    SUMMARY,
+    run_config,
+)
 from imgclf.artifacts.weights import add_metadata
 from imgclf.config.files import load_config_file
 from imgclf.config.options import TrainConfig
@@ -29,24 +43,6 @@ from imgclf.core.io import read_json, write_json, write_text
 from imgclf.data.images import Splits
 from imgclf.data.sources import is_builtin, load_splits
 from imgclf.models.backbones import native_input_size
-
-CONFIG = "config.yaml"
-HISTORY = "history.jsonl"
-SUMMARY = "summary.json"
-METRICS = "metrics.json"
-MODEL_CARD = "model.json"
-BEST_WEIGHTS = "best.safetensors"
-ONNX_MODEL = "model.onnx"
-INT8_MODEL = "model.int8.onnx"
-BENCHMARK = "benchmark.json"
-SPLIT = "split.json"
-DATA = "data.json"
-SKIPPED = "skipped.json"
-REPORT = "report.html"
-CHECKPOINTS = "checkpoints"
-FIGURES = "figures"
-TENSORBOARD = "tensorboard"
-LOCK = ".lock"
 
 
 class RunDir:
@@ -94,10 +90,7 @@ class RunDir:
     def read_config(self) -> TrainConfig:
         """The configuration the run was trained with, checked like a config file (options its model does not take
         are left as saved: a run of an earlier version, whose defaults differed, still loads)."""
-        path = self.file(CONFIG)
-        if not path.is_file():
-            raise ImgclfError(f"not a run directory (no {CONFIG}): {self.path}")
-        return TrainConfig(**load_config_file(path)).validate(saved=True)
+        return TrainConfig(**load_config_file(run_config(self.path))).validate(saved=True)
 
     def write_config(self, cfg: TrainConfig) -> None:
         write_text(self.file(CONFIG), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -13,8 +13,8 @@ imgclf serve runs/resnet20-20261124-151500              # http://127.0.0.1:8000
 imgclf audit photos/                                    # suspected label errors, leaks and strays
 imgclf models
 
-The shared flags live in cli/flags.py, predict's and serve's options in cli/serve.py, audit's in cli/audit.py,
-benchmark's in cli/benchmark.py.
+The shared flags live in cli/flags.py, predict's and serve's options and commands in cli/serve.py, audit's in
+cli/audit.py, benchmark's in cli/benchmark.py.
 """
 
 import argparse
@@ -30,7 +30,7 @@ from typing import NoReturn
 from imgclf.cli.audit import add_audit_parser, command_audit
 from imgclf.cli.benchmark import add_benchmark_parser, command_benchmark
 from imgclf.cli.flags import ABSTAIN_OPTIONS, DATA_HELP, LABEL_FORMAT_OPTIONS, MOVED_HELP, add_config_flags
-from imgclf.cli.serve import add_predict_parser, add_serve_parser, command_serve, serve_limits
+from imgclf.cli.serve import add_predict_parser, add_serve_parser, command_predict, command_serve, serve_limits
 from imgclf.config.checks import MAX_IMAGE_SIDE
 from imgclf.config.files import CONFIG_DIR, load_config_file
 from imgclf.config.options import RUNTIME_OPTIONS
@@ -207,30 +207,6 @@ def command_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_run(args.run_dir, args.data_dir, args.device, args.tta, args.data, overrides)
     metrics = render_evaluation(metrics)
     print_metrics(metrics, Path(args.run_dir))
-
-
-def command_predict(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        raise ImgclfError(f"--top-k must be a positive integer, got {args.top_k}")
-    if args.batch_size < 0:
-        raise ImgclfError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    from imgclf.inference.load import load_predictor, runtime_note
-    from imgclf.inference.predict import run_predict
-
-    predictor = load_predictor(args.model, args.device, args.runtime, batch_size=args.batch_size)
-    if predictor.temperature is None and not args.raw:
-        print("imgclf: note: the run has not been evaluated, so probabilities are not calibrated", file=sys.stderr)
-    progress = False if args.no_progress else None
-    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
-    options.update(progress=progress, resume=args.resume)
-    done, skipped = run_predict(predictor, args.images, args.format, args.output_file, **options)
-    where = f" into {args.output_file}" if args.output_file else ""
-    print(
-        f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({runtime_note(predictor)})"
-        + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
-        file=sys.stderr,
-    )
-    return 1 if args.strict and skipped else 0
 
 
 def command_export(args: argparse.Namespace) -> None:

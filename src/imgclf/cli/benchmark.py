@@ -21,7 +21,7 @@ def add_benchmark_parser(sub) -> None:
 def command_benchmark(args: argparse.Namespace) -> None:
     if not 1 <= args.batch_size <= 4096:
         raise ImgclfError(f"--batch-size must be in 1..4096, got {args.batch_size}")
-    from imgclf.artifacts.runs import BENCHMARK
+    from imgclf.artifacts.files import BENCHMARK
     from imgclf.evaluation.benchmark import benchmark_run
 
     record = benchmark_run(args.run_dir, args.device, args.batch_size, args.data, args.data_dir)

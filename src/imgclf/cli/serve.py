@@ -1,7 +1,8 @@
-"""`imgclf serve` and `imgclf predict`: their options and the serve command."""
+"""`imgclf serve` and `imgclf predict`: their options and commands."""
 
 import argparse
 import math
+import sys
 
 from imgclf.cli.flags import RAW_HELP
 from imgclf.core.errors import ImgclfError
@@ -24,6 +25,9 @@ def add_predict_parser(sub) -> None:
     predict.add_argument(
         "--resume", action="store_true", help="continue an interrupted --output FILE.partial (csv or jsonl)"
     )
+    predict.add_argument(
+        "--explain", metavar="DIR", help="write each image's Grad-CAM heatmap for its top class into DIR (PNG overlays)"
+    )
     predict.add_argument("--raw", action="store_true", help=RAW_HELP)
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
     predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")
@@ -31,6 +35,73 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    predict.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray Data (pip install 'imgclf[ray]'): on this machine, or a cluster's ADDRESS (auto, "
+        "ray://HOST:10001); --output names a folder of CSV or Parquet files",
+    )
+    predict.add_argument("--ray-actors", type=int, default=1, help="copies of the model with --ray (default: 1)")
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise ImgclfError(f"--top-k must be a positive integer, got {args.top_k}")
+    if args.batch_size < 0:
+        raise ImgclfError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.ray is not None:
+        return command_ray_predict(args)
+    if args.format == "parquet":
+        raise ImgclfError("--format parquet is written by --ray; plain predict writes table, csv or jsonl")
+    from imgclf.inference.explain import explain_folder, load_explainer
+    from imgclf.inference.load import load_predictor, runtime_note
+    from imgclf.inference.predict import run_predict
+
+    folder = explain_folder(args.explain) if args.explain is not None else None
+    predictor = load_predictor(args.model, args.device, args.runtime, batch_size=args.batch_size)
+    if predictor.temperature is None and not args.raw:
+        print("imgclf: note: the run has not been evaluated, so probabilities are not calibrated", file=sys.stderr)
+    explain = (load_explainer(args.model, predictor), folder) if folder is not None else None
+    progress = False if args.no_progress else None
+    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
+    options.update(progress=progress, resume=args.resume, explain=explain)
+    done, skipped = run_predict(predictor, args.images, args.format, args.output_file, **options)
+    where = f" into {args.output_file}" if args.output_file else ""
+    print(
+        f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({runtime_note(predictor)})"
+        + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
+        file=sys.stderr,
+    )
+    if explain is not None:
+        record = explain[0].record()
+        print(f"imgclf: heatmaps ({record['method']} at {record['layer']}) written to {folder}", file=sys.stderr)
+    return 1 if args.strict and skipped else 0
+
+
+def command_ray_predict(args: argparse.Namespace) -> int:
+    """`imgclf predict … --ray`: the same predictions on Ray Data, into a folder of CSV or Parquet files."""
+    if args.output_file is None:
+        raise ImgclfError("--ray writes into a folder: name it with --output DIR")
+    for flag, value in (("--explain", args.explain), ("--resume", args.resume)):
+        if value:
+            raise ImgclfError(f"{flag} runs without --ray")
+    if args.ray_actors < 1:
+        raise ImgclfError(f"--ray-actors must be a positive integer, got {args.ray_actors}")
+    from imgclf.inference.ray_predict import ray_predict
+
+    kind = "csv" if args.format == "table" else args.format
+    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
+    done, skipped = ray_predict(
+        args.model, args.images, args.output_file, args.ray, kind, args.ray_actors, args.runtime, **options
+    )
+    print(
+        f"imgclf: predicted {done:,} image(s) on Ray into {args.output_file} ({kind} files)"
+        + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
+        file=sys.stderr,
+    )
+    return 1 if args.strict and skipped else 0
 
 
 # imgclf serve's limit options: flag → (Limits field, type, help); the defaults are Limits' own

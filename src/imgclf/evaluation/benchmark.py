@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, INT8_MODEL, ONNX_MODEL, RunDir
+from imgclf.artifacts.files import BEST_WEIGHTS, INT8_MODEL, ONNX_MODEL
+from imgclf.artifacts.runs import RunDir
 from imgclf.core.device import cpu_has_native_bf16, describe_device, select_device
 from imgclf.core.errors import ImgclfError
 from imgclf.data.images import ImageSet

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.artifacts.card import ModelCard, model_card
-from imgclf.artifacts.runs import BEST_WEIGHTS, RunDir, check_card, run_splits
+from imgclf.artifacts.files import BEST_WEIGHTS
+from imgclf.artifacts.runs import RunDir, check_card, run_splits
 from imgclf.config.checks import check_abstain_option
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import describe_device, resolve_precision, select_device

@@ -3,7 +3,9 @@
     POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream), or several as
                     multipart/form-data file fields → {"predictions": [{"filename", "top": [{"class", "probability"}]}]}
                     (a multi-label model adds "labels": the classes at or above their thresholds; a card with an
-                    abstain rule adds "answer": the top class, or "unknown" below its threshold)
+                    abstain rule adds "answer": the top class, or "unknown" below its threshold); with
+                    ?explain=1, each prediction adds "heatmap": the Grad-CAM overlay of its top class as a PNG data
+                    URL, with the method and layer (``explain.py``)
     GET  /          the page: drop or pick an image, see it with its top-k bars
     GET  /health    the process is up;  GET /ready: the model is loaded and warmed up (503 before and at shutdown)
     GET  /metrics   Prometheus: requests by path and status, latency histogram, errors by reason, images, batch sizes
@@ -18,7 +20,10 @@ that predicts every request waiting for it as one batch (``--batch-window-ms`` w
 free for connections.
 """
 
+from __future__ import annotations
+
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import io
@@ -26,6 +31,8 @@ import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -33,10 +40,23 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from imgclf.inference.load import runtime_note
+from imgclf.core.errors import ImgclfError
 from imgclf.inference.options import Limits
-from imgclf.inference.predictor import Predictor
-from imgclf.inference.requests import Inference, Metrics, MetricsMiddleware, ServeError, read_body, uploaded_images
+from imgclf.inference.requests import (
+    Inference,
+    Metrics,
+    MetricsMiddleware,
+    ServeError,
+    decode_all,
+    read_body,
+    uploaded_images,
+)
+
+if TYPE_CHECKING:  # torch is imported by the loader, once /health answers
+    from imgclf.inference.explain import Explainer
+    from imgclf.inference.predictor import Predictor
+
+YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")  # ?explain=
 
 
 def blank_png(side: int) -> bytes:
@@ -46,9 +66,10 @@ def blank_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-def page_html(predictor: Predictor) -> str:
-    """The page, with the model's name, dataset and classes filled in."""
+def page_html(predictor: Predictor, explainable: bool) -> str:
+    """The page, with the model's name, dataset and classes filled in (and the heatmap switch when ``explainable``)."""
     info = {"model": predictor.card.model, "dataset": predictor.card.dataset, "classes": predictor.classes}
+    info["explain"] = explainable
     template = files("imgclf.inference").joinpath("page.html").read_text(encoding="utf-8")
     return template.replace("{{INFO}}", json.dumps(info).replace("</", "<\\/"))
 
@@ -58,9 +79,12 @@ class Service:
     /health already answers), its inference thread, the limits, readiness and the requests in flight."""
 
     def __init__(self, model: Predictor | Callable[[], Predictor], limits: Limits, calibrated: bool, **hooks) -> None:
-        loaded = isinstance(model, Predictor)
+        loaded = not callable(model)  # a predictor, or a function that loads one
         self.predictor, self.loader = (model, None) if loaded else (None, model)
         self.limits, self.calibrated = limits, calibrated
+        self.source = hooks.get("source")  # the weights heatmaps are computed with, when the predictor is not PyTorch
+        self.explainer: Explainer | None = None  # built by the first request for a heatmap
+        self.explainer_lock = threading.Lock()
         self.on_ready, self.on_failure = hooks.get("on_ready"), hooks.get("on_failure")
         self.metrics = Metrics()
         self.inference: Inference | None = None
@@ -121,10 +145,40 @@ class Service:
     async def start(self) -> None:
         """Start the inference thread and warm it up (the first batch pays one-off costs); then the server is ready."""
         self.inference = Inference(self.predictor, self.limits, self.metrics)
-        self.page = page_html(self.predictor)
+        self.page = page_html(self.predictor, self.explainable)
         await self.inference.start()
         await self.inference([(None, blank_png(self.predictor.card.data_size))])
         self.ready = True
+
+    @property
+    def explainable(self) -> bool:
+        """True when heatmaps can be computed: the model runs in PyTorch, or PyTorch weights are at hand."""
+        from imgclf.inference.predictor import TorchPredictor
+
+        weights = self.source is not None and Path(self.source).suffix != ".onnx"
+        return isinstance(self.predictor, TorchPredictor) or weights
+
+    def heatmaps(self, uploads: list[tuple[str | None, bytes]], targets: list[int]) -> list[dict]:
+        """On a worker thread: the Grad-CAM overlay of each upload for its class in ``targets``, as PNG data URLs (the
+        explainer is built on the first request that asks)."""
+        from imgclf.inference.explain import load_explainer, overlay, png_bytes
+
+        if not self.explainable:
+            raise ServeError(
+                400, "this server has no PyTorch weights to explain with: serve the run directory", "explain"
+            )
+        with self.explainer_lock:
+            if self.explainer is None:
+                try:
+                    self.explainer = load_explainer(self.source or "", self.predictor)
+                except ImgclfError as exc:
+                    raise ServeError(400, f"cannot explain: {exc}", "explain") from None
+        card, limits = self.predictor.card, self.limits
+        images = decode_all(uploads, card.data_size, card.resize, limits.max_pixels)
+        record = self.explainer.record()
+        pictures = [overlay(i, m) for i, m in zip(images, self.explainer.maps(images, targets), strict=True)]
+        urls = ["data:image/png;base64," + base64.b64encode(png_bytes(p)).decode("ascii") for p in pictures]
+        return [{"class": self.predictor.classes[t], **record, "png": u} for t, u in zip(targets, urls, strict=True)]
 
     def loaded(self) -> Predictor:
         """The predictor; a 503 (retry shortly) while it is still loading."""
@@ -141,6 +195,8 @@ class Service:
 
     def info(self) -> dict:
         """The model card (classes, input side, preprocessing, temperature), the runtime and the limits."""
+        from imgclf.inference.load import runtime_note
+
         predictor = self.loaded()
         info = {**predictor.card.to_dict(), "runtime": predictor.runtime, "calibrated": self.calibrated}
         if predictor.measured:  # auto chose the runtime: the images/second it measured for each
@@ -166,6 +222,9 @@ class Service:
     async def answer(self, request: Request) -> dict:
         """The top-k classes of each image of ``request``, within the time limit (408 for the body, 504 for work)."""
         limits, predictor = self.limits, self.predictor
+        explain = request.query_params.get("explain", "").lower()
+        if explain not in YES + NO:
+            raise ServeError(422, f"explain must be 1 or 0, got {explain[:20]!r}", "bad_request")
         deadline = asyncio.get_running_loop().time() + limits.timeout_seconds
         try:
             async with asyncio.timeout_at(deadline):
@@ -177,6 +236,8 @@ class Service:
         try:
             async with asyncio.timeout_at(deadline):
                 logits = await self.inference(uploads)
+                wanted = explain in YES
+                heatmaps = await asyncio.to_thread(self.heatmaps, uploads, logits.argmax(1).tolist()) if wanted else []
         except TimeoutError:
             late = f"the prediction took longer than {limits.timeout_seconds:g} s"
             raise ServeError(504, late, "timeout") from None
@@ -191,6 +252,8 @@ class Service:
             prediction["labels"] = [{"class": c, "probability": round(p, 6)} for c, p in labels]
         for prediction, answer in zip(predictions, predictor.answers(logits) or [], strict=False):
             prediction["answer"] = answer
+        for prediction, heatmap in zip(predictions, heatmaps, strict=False):
+            prediction["heatmap"] = heatmap
         calibrated_now = self.calibrated and predictor.temperature is not None
         return {"model": predictor.card.model, "calibrated": calibrated_now, "predictions": predictions}
 
@@ -242,11 +305,13 @@ def create_app(
     calibrated: bool = True,
     on_ready=None,
     on_failure=None,
+    source: str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``model`` under ``limits``: a predictor, or a function that loads one (called
     on a thread once the server runs; ``on_ready(predictor)`` when it answers, ``on_failure(exc)`` if loading
-    fails)."""
-    service = Service(model, limits or Limits(), calibrated, on_ready=on_ready, on_failure=on_failure)
+    fails). ``source``: the run directory or weights file heatmaps are computed with when the predictor is not
+    PyTorch's."""
+    service = Service(model, limits or Limits(), calibrated, on_ready=on_ready, on_failure=on_failure, source=source)
     description = "Top-k classes of images, with a model trained by imgclf (GET /info describes it)."
     app = FastAPI(title="imgclf", description=description, lifespan=service.lifespan)
     app.state.service = service
@@ -278,7 +343,8 @@ def create_app(
 
     @app.post("/predict", openapi_extra=PREDICT_BODY)
     async def predict(request: Request) -> JSONResponse:
-        """Top-k classes with probabilities (calibrated by the run's temperature) of each uploaded image."""
+        """Top-k classes with probabilities (calibrated by the run's temperature) of each uploaded image; with
+        ``?explain=1``, the Grad-CAM heatmap of its top class too (a PNG data URL)."""
         return await service.predict(request)
 
     return app

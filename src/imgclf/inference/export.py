@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from imgclf.artifacts.card import ModelCard
-from imgclf.artifacts.runs import BEST_WEIGHTS, INT8_MODEL, ONNX_MODEL, RunDir, run_splits
+from imgclf.artifacts.files import BEST_WEIGHTS, INT8_MODEL, ONNX_MODEL
+from imgclf.artifacts.runs import RunDir, run_splits
 from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import atomic_write, write_json

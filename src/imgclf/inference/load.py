@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from imgclf.artifacts.card import ModelCard
-from imgclf.artifacts.runs import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL, RunDir
+from imgclf.artifacts.files import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL
+from imgclf.artifacts.runs import RunDir
 from imgclf.artifacts.weights import load_weights, read_metadata, read_weights
 from imgclf.core.device import select_device
 from imgclf.core.errors import ImgclfError
@@ -21,6 +22,7 @@ from imgclf.data.features import tensor_digest
 from imgclf.data.loader import inference_batch_size
 from imgclf.inference.options import RUNTIMES
 from imgclf.inference.predictor import OnnxPredictor, Predictor, TorchPredictor
+from imgclf.inference.source import model_path, onnx_metadata
 from imgclf.models.transfer import TransferModel, build_network
 
 CARD_KEY = "model_card"  # the card's key in safetensors and ONNX metadata
@@ -41,19 +43,6 @@ def weights_digest(path: Path) -> str:
     tensors = read_weights(path)[0]
     names = sorted(tensors)
     return hashlib.sha1((json.dumps(names) + tensor_digest([tensors[n] for n in names])).encode()).hexdigest()
-
-
-def onnx_metadata(path: Path) -> dict[str, str]:
-    """The metadata of an ONNX file (its weights are not loaded)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
-        raise ImgclfError(f"not an ONNX model: {path} ({type(exc).__name__})") from None
-    if not model.ir_version or not len(model.graph.node):  # protobuf reads many short byte strings as an empty model
-        raise ImgclfError(f"not an ONNX model: {path} (no graph)")
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def card_from_metadata(metadata: dict, source: Path) -> ModelCard:
@@ -106,12 +95,10 @@ def resolve_model(
     runtime the files cannot run in."""
     if runtime not in RUNTIMES:
         raise ImgclfError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise ImgclfError(f"no such run directory or model file: {source}")
+    path = model_path(source)
     if path.is_dir():
         run = RunDir(path)
-        run.read_config()  # a one-line error for a folder that is no run
+        run.read_config()  # a one-line error for a config that does not load
         card = run_card(run)
         weights = run.file(BEST_WEIGHTS)
         if not weights.is_file():
@@ -125,11 +112,9 @@ def resolve_model(
         if runtime == "torch":
             raise ImgclfError(f"{path} is an ONNX model: it runs with --runtime onnxruntime (or auto)")
         return ModelSource(card_from_metadata(onnx_metadata(path), path), None, path)
-    if path.suffix == ".safetensors":
-        if runtime == "onnxruntime":
-            raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
-        return ModelSource(card_from_metadata(read_metadata(path), path), path, None)
-    raise ImgclfError(f"{path} is not a run directory, .safetensors or .onnx file")
+    if runtime == "onnxruntime":  # a .safetensors file
+        raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
+    return ModelSource(card_from_metadata(read_metadata(path), path), path, None)
 
 
 def load_predictor(

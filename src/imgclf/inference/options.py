@@ -3,7 +3,7 @@
 import dataclasses
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
-OUTPUT_FORMATS = ("table", "csv", "jsonl")  # imgclf predict --format
+OUTPUT_FORMATS = ("table", "csv", "jsonl", "parquet")  # imgclf predict --format (parquet: with --ray)
 EXPORT_FORMATS = ("onnx",)  # imgclf export --format
 PARITY_IMAGES = 1000  # test images of the export's parity check
 MAX_DROP = 0.5  # points of validation accuracy an int8 export may lose (imgclf export --max-drop)

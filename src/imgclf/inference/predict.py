@@ -6,11 +6,13 @@ file gets the logits evaluation computed for it. Probabilities are calibrated wi
 the validation split (``--raw``: plain softmax). A multi-label model also gives each image its labels: the classes
 at or above their thresholds, fitted on validation (a ``labels`` field, column, or the table's cells). A model
 whose card holds an abstain rule (``--abstain``) also gives each image its answer: the top class, or ``unknown``
-below the rule's threshold (an ``answer`` field or column; the table's first cell). A file that cannot be used is
-reported on its own line and skipped.
+below the rule's threshold (an ``answer`` field or column; the table's first cell). ``--explain DIR`` writes each
+image's Grad-CAM overlay for its top class into DIR (``explain.py``; a ``heatmap`` field or column names the file). A
+file that cannot be used is reported on its own line and skipped.
 
     imgclf predict runs/resnet20-20261126-101500 photo.jpg holiday/ 'scans/**/*.png' --top-k 3
     imgclf predict runs/lite2/model.onnx images/ --format jsonl --output predictions.jsonl
+    imgclf predict runs/resnet20-20261126-101500 photo.jpg --explain heatmaps/
 """
 
 import csv
@@ -32,6 +34,7 @@ from imgclf.core.errors import ImgclfError
 from imgclf.core.io import written_in_place
 from imgclf.data.decode import decode_file
 from imgclf.data.loader import inference_batch_size
+from imgclf.inference.explain import Explainer, write_overlays
 from imgclf.inference.inputs import input_files
 from imgclf.inference.predictor import UNKNOWN, Predictor
 
@@ -39,13 +42,15 @@ from imgclf.inference.predictor import UNKNOWN, Predictor
 @dataclass
 class Row:
     """One input's outcome: its top-k (class, probability) pairs (and a multi-label model's labels: the pairs at or
-    above their thresholds; an abstaining model's answer: the top class or unknown), or why it was skipped."""
+    above their thresholds; an abstaining model's answer: the top class or unknown; with --explain, the file of its
+    heatmap), or why it was skipped."""
 
     path: str
     top: list[tuple[str, float]] | None = None
     error: str = ""
     labels: list[tuple[str, float]] | None = None
     answer: str | None = None
+    heatmap: str | None = None
 
 
 def predict_files(
@@ -56,9 +61,11 @@ def predict_files(
     flip_tta: bool = False,
     batch_size: int = 0,
     bar: tqdm | None = None,
+    explain: tuple[Explainer, Path] | None = None,
 ) -> Iterator[Row]:
     """A :class:`Row` per input, in order: ``(path, "")`` pairs (or plain paths) are decoded on worker threads and
-    predicted in batches; ``(item, reason)`` pairs are rows of their own, skipped for that reason."""
+    predicted in batches; ``(item, reason)`` pairs are rows of their own, skipped for that reason. ``explain``: an
+    explainer and the folder its overlay of each image's top class goes to."""
     card = predictor.card
     size = batch_size or inference_batch_size(card.input_size, predictor.device)
     pairs = ((item, "") if isinstance(item, str) else item for item in inputs)
@@ -69,20 +76,65 @@ def predict_files(
             results = pool.map(lambda f: decode_file(f, card.data_size, card.resize, digest=False), files)
             decoded = dict(zip(usable, results, strict=True))
             good = [i for i in usable if decoded[i][0] is not None]
-            tops, labels, answers = {}, {}, {}
+            rows = {}
             if good:
-                logits = predictor.logits(np.stack([decoded[i][0] for i in good]), flip_tta)
-                probs = predictor.probabilities(logits, calibrated)
-                tops = dict(zip(good, predictor.top_k(probs, top_k), strict=True))
-                labels = dict(zip(good, predictor.labels(logits, probs) or [None] * len(good), strict=True))
-                answers = dict(zip(good, predictor.answers(logits) or [None] * len(good), strict=True))
+                images = np.stack([decoded[i][0] for i in good])
+                paths = [chunk[i][0] for i in good]
+                done = predicted_rows(predictor, images, paths, top_k, calibrated, flip_tta, explain)
+                rows = dict(zip(good, done, strict=True))
             for i, (path, reason) in enumerate(chunk):
-                if i in tops:
-                    yield Row(path, tops[i], labels=labels[i], answer=answers[i])
-                else:
-                    yield Row(path, error=reason or decoded[i][2])
+                yield rows[i] if i in rows else Row(path, error=reason or decoded[i][2])
             if bar is not None:
                 bar.update(len(chunk))
+
+
+def predicted_rows(
+    predictor: Predictor,
+    images: np.ndarray,
+    paths: list[str],
+    top_k: int = 5,
+    calibrated: bool = True,
+    flip_tta: bool = False,
+    explain: tuple[Explainer, Path] | None = None,
+) -> list[Row]:
+    """The :class:`Row` of each decoded uint8 image (N, 3, S, S) of ``paths``: its top-k, labels, answer, heatmap."""
+    logits = predictor.logits(images, flip_tta)
+    heatmaps = [None] * len(paths)
+    if explain is not None:
+        heatmaps = write_overlays(explain[0], images, logits.argmax(1), paths, explain[1])
+    probs = predictor.probabilities(logits, calibrated)
+    labels = predictor.labels(logits, probs) or [None] * len(paths)
+    answers = predictor.answers(logits) or [None] * len(paths)
+    return [
+        Row(path, top, labels=label, answer=answer, heatmap=heatmap)
+        for path, top, label, answer, heatmap in zip(
+            paths, predictor.top_k(probs, top_k), labels, answers, heatmaps, strict=True
+        )
+    ]
+
+
+def columns(top_k: int, multilabel: bool, abstains: bool, explained: bool) -> list[str]:
+    """The columns of a CSV (or Parquet) row: path, labels or answer, class and probability of each rank, heatmap,
+    error."""
+    decided = ["labels"] if multilabel else ["answer"] if abstains else []
+    ranks = [f"{name}_{r}" for r in range(1, top_k + 1) for name in ("class", "probability")]
+    return ["path", *decided, *ranks, *(["heatmap"] if explained else []), "error"]
+
+
+def values(row: Row, top_k: int, multilabel: bool, abstains: bool, explained: bool) -> list[str | float | None]:
+    """``row`` in :func:`columns` order: strings, and each rank's probability as a float (None where there is none:
+    fewer classes than k, or a skipped file)."""
+    out: list[str | float | None] = [row.path]
+    if multilabel:
+        out.append(";".join(c for c, _ in row.labels) if row.labels is not None else "")
+    elif abstains:
+        out.append(row.answer or "")
+    pairs = row.top or []
+    for rank in range(top_k):
+        out += list(pairs[rank]) if rank < len(pairs) else ["", None]
+    if explained:
+        out.append(row.heatmap or "")
+    return [*out, row.error]
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -105,17 +157,17 @@ class RowWriter:
         multilabel: bool = False,
         threshold: float | None = None,
         header: bool = True,
+        explained: bool = False,
     ) -> None:
-        """``threshold``: an abstaining model's, on the top class's calibrated probability (None: no answer column)."""
+        """``threshold``: an abstaining model's, on the top class's calibrated probability (None: no answer column);
+        ``explained``: rows name their heatmap files (a field, or a column before the error)."""
         self.out, self.kind, self.width, self.top_k = out, kind, min(path_width, 60), top_k
-        self.class_width, self.multilabel = class_width, multilabel
+        self.class_width, self.multilabel, self.explained = class_width, multilabel, explained
         self.threshold, self.abstains = threshold, threshold is not None
         if kind == "csv":
             self.csv = csv.writer(out)
-            ranks = [f"{name}_{r}" for r in range(1, top_k + 1) for name in ("class", "probability")]
-            decided = ["labels"] if multilabel else ["answer"] if self.abstains else []
             if header:
-                self.csv.writerow(["path", *decided, *ranks, "error"])
+                self.csv.writerow(columns(top_k, multilabel, self.abstains, explained))
 
     def write(self, row: Row) -> None:
         if self.kind == "jsonl":
@@ -126,17 +178,14 @@ class RowWriter:
                 if self.abstains:
                     record["answer"] = row.answer
                 record["predictions"] = [{"class": c, "probability": round(p, 6)} for c, p in row.top]
+                if self.explained:
+                    record["heatmap"] = row.heatmap
             else:
                 record["error"] = row.error
             self.out.write(json.dumps(record) + "\n")
         elif self.kind == "csv":
-            cells = [v for c, p in row.top for v in (c, f"{p:.6f}")] if row.top is not None else []
-            cells += [""] * (2 * self.top_k - len(cells))  # fewer classes than k, or a skipped file
-            if self.multilabel:
-                cells.insert(0, ";".join(c for c, _ in row.labels) if row.labels is not None else "")
-            elif self.abstains:
-                cells.insert(0, row.answer or "")
-            self.csv.writerow([row.path, *cells, row.error])
+            cells = values(row, self.top_k, self.multilabel, self.abstains, self.explained)
+            self.csv.writerow(["" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in cells])
         else:
             shown = row.path.ljust(self.width)
             if row.top is None:
@@ -160,10 +209,12 @@ def run_predict(
     batch_size: int = 0,
     progress: bool | None = None,
     resume: bool = False,
+    explain: tuple[Explainer, Path] | None = None,
 ) -> tuple[int, int]:
     """Predict the images ``items`` name, as a stream, and write the rows to ``output`` (stdout when None):
     (predicted, skipped). A file ``output`` grows as ``OUTPUT.partial`` and takes its name when every row is written;
-    ``resume`` continues an interrupted ``.partial`` after its last complete row."""
+    ``resume`` continues an interrupted ``.partial`` after its last complete row; ``explain``: an explainer and the
+    folder of the heatmaps."""
     if resume and (output is None or kind == "table"):
         raise ImgclfError("--resume continues an --output file written as --format csv or jsonl")
     shown = progress if progress is not None else sys.stderr.isatty()
@@ -176,10 +227,12 @@ def run_predict(
     class_width = max(len(c) for c in predictor.classes)
 
     def write_rows(out: TextIO, done: int, header: bool) -> None:
-        writer = RowWriter(out, kind, top_k, path_width, class_width, predictor.multilabel, threshold, header)
+        writer = RowWriter(
+            out, kind, top_k, path_width, class_width, predictor.multilabel, threshold, header, explain is not None
+        )
         stream = itertools.islice(itertools.chain(first, inputs), done, None)
         with tqdm(total=total, initial=done, unit="img", desc="predicting", disable=not shown) as bar:
-            for row in predict_files(predictor, stream, top_k, calibrated, flip_tta, batch_size, bar):
+            for row in predict_files(predictor, stream, top_k, calibrated, flip_tta, batch_size, bar, explain):
                 writer.write(row)
                 counts[row.top is None] += 1
                 if out is sys.stdout:

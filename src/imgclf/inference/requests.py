@@ -4,11 +4,14 @@ request waiting for it as one batch. What is refused is a :class:`ServeError`: a
 a reason label for the metrics.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import Request
@@ -19,7 +22,9 @@ from starlette.requests import ClientDisconnect
 
 from imgclf.data.decode import BadImage, decode
 from imgclf.inference.options import Limits
-from imgclf.inference.predictor import Predictor
+
+if TYPE_CHECKING:  # the server answers /health before torch is imported
+    from imgclf.inference.predictor import Predictor
 
 RAW_TYPES = ("image/", "application/octet-stream")
 PATHS = ("/", "/predict", "/health", "/ready", "/metrics", "/info", "/docs", "/openapi.json")  # labelled by name

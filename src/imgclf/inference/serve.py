@@ -1,93 +1,29 @@
-"""``imgclf serve RUN_DIR|MODEL``: the process. It checks the model's files, binds the address, answers /health from
-then on and loads the model in the background (exporting a run to the ONNX cache when it has no export, and timing
-PyTorch against onnxruntime on single images), saying each step; the application is ``app.py``."""
+"""``imgclf serve RUN_DIR|MODEL``: the process. It checks the model's path (without torch), binds the address,
+answers /health from then on and loads the model in the background (``serving.py``: the benchmarked runtime, or an
+export to the ONNX cache and PyTorch timed against onnxruntime on single images), saying each step; the application
+is ``app.py``. Nothing here imports torch: /health answers in about a second."""
 
 import functools
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from imgclf.artifacts.runs import BENCHMARK, BEST_WEIGHTS, RunDir
 from imgclf.core.errors import ImgclfError, os_reason
-from imgclf.core.io import cache_dir
 from imgclf.inference.app import create_app
-from imgclf.inference.load import (
-    is_current,
-    load_predictor,
-    resolve_model,
-    run_onnx,
-    runtime_note,
-    weights_digest,
-)
 from imgclf.inference.options import Limits
-from imgclf.inference.predictor import Predictor
+from imgclf.inference.source import model_path
+
+if TYPE_CHECKING:
+    from imgclf.inference.predictor import Predictor
 
 
-def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "auto", say=None) -> Predictor:
-    """The predictor ``imgclf serve`` runs. On a CPU, ``auto`` serves a run through PyTorch or onnxruntime, whichever
-    answers single images faster here (measured at start-up); a run without a current export of its own is exported
-    to the ONNX cache first and checked against PyTorch. Where that export fails, PyTorch serves, with a warning.
-    ``say``: called with a line for each step."""
-    from imgclf.core.device import select_device
+def load_served(source: str | Path, device: str, runtime: str, say) -> "Predictor":
+    """The predictor to serve (imports torch: called on the loading thread)."""
+    from imgclf.inference.serving import serving_predictor
 
-    say = say or (lambda line: None)
-    path = Path(source).expanduser()
-    cpu = select_device(device).type == "cpu"
-    if runtime == "torch" or not path.is_dir() or not (cpu or runtime == "onnxruntime"):
-        say(f"loading the model ({runtime})")
-        return load_predictor(source, device, runtime, batch_size=1)
-    run = resolve_model(path, device, "torch").run  # checked before anything is exported
-    if runtime == "auto" and (measured := benchmarked(run, say)) is not None:
-        return measured
-    try:
-        onnx_path = run_onnx(run)
-        if onnx_path is None:
-            say(f"exporting the weights to ONNX, once (kept in {cache_dir('onnx')})")
-            onnx_path = cached_export(run)
-    except (ImgclfError, OSError) as exc:
-        if runtime == "onnxruntime":
-            raise
-        print(f"imgclf: warning: serving with PyTorch, the ONNX export failed: {exc}".splitlines()[0], file=sys.stderr)
-        return load_predictor(source, device, "torch", batch_size=1)
-    say("loading the model" + (", timing PyTorch against onnxruntime on single images" if runtime == "auto" else ""))
-    return load_predictor(source, device, runtime, batch_size=1, onnx_path=onnx_path)
-
-
-def benchmarked(run: RunDir, say) -> Predictor | None:
-    """The predictor of the row ``imgclf benchmark`` measured fastest at batch 1 (lowest p50), among those whose files
-    are still current; None when the run has no such record (then the runtimes are timed at start-up)."""
-    record = run.read_benchmark()
-    if record is None:
-        return None
-    digest = weights_digest(run.file(BEST_WEIGHTS))
-    if record["weights_sha1"] != digest:
-        return None
-    rows = [r for r in record["rows"] if r["runtime"] == "torch" or is_current(run.file(r["file"]), digest)]
-    if not rows:
-        return None
-    best = min(rows, key=lambda r: r["p50_ms"])
-    say(f"loading {best['name']}, the fastest at batch 1 in {BENCHMARK} (p50 {best['p50_ms']:.2f} ms)")
-    if best["runtime"] == "torch":
-        return load_predictor(run.path, "cpu", "torch", precision=best["precision"], batch_size=1)
-    return load_predictor(run.file(best["file"]), "cpu", "onnxruntime", batch_size=1)
-
-
-def cached_export(run) -> Path:
-    """An ONNX export of ``run``'s weights in the user's cache (keyed by the weights), made now if missing and checked
-    against PyTorch on random images (the run's test split stays unread)."""
-    from imgclf.inference.export import export_run
-
-    path = cache_dir("onnx") / f"{weights_digest(run.file(BEST_WEIGHTS))[:24]}.onnx"
-    if not path.is_file():
-        side = run.read_card().data_size if run.read_card() else 32
-        images = torch.randint(
-            0, 256, (64, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-        )
-        export_run(run.path, path, images=images)
-    return path
+    return serving_predictor(source, device, runtime, say)
 
 
 SERVER_OPTIONS = dict(log_level="warning", access_log=False, timeout_keep_alive=5)
@@ -115,10 +51,10 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
     where it serves. A model that fails to load stops the server with its one-line error."""
     import uvicorn
 
-    from imgclf.inference.http_guard import MAX_HEAD_BYTES, guarded_protocol
+    from imgclf.inference.http_guard import guarded_protocol
 
     start = time.perf_counter()
-    resolve_model(source, device, "torch" if Path(source).expanduser().is_dir() else runtime)  # bad input: one line
+    model_path(source)  # no model there: one line, before anything binds
     sock = listening_socket(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     failures: list[Exception] = []
@@ -126,7 +62,9 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
     def say(line: str) -> None:
         print(f"imgclf serve: {line} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
 
-    def ready(predictor: Predictor) -> None:
+    def ready(predictor: "Predictor") -> None:
+        from imgclf.inference.load import runtime_note
+
         seconds = time.perf_counter() - start
         print(
             f"serving {predictor.card.model} ({runtime_note(predictor)}) on {url} — the page is at / "
@@ -140,10 +78,10 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
 
     try:
         say(f"listening on {url}: /health answers now, /ready once the model is loaded")
-        loader = functools.partial(serving_predictor, source, device, runtime, say)
-        app = create_app(loader, limits, calibrated=not raw, on_ready=ready, on_failure=failed)
-        protocol = guarded_protocol(limits.header_timeout_seconds)  # h11, bounded: size, count, time of the heads
-        config = uvicorn.Config(app, http=protocol, h11_max_incomplete_event_size=MAX_HEAD_BYTES, **SERVER_OPTIONS)
+        loader = functools.partial(load_served, source, device, runtime, say)
+        app = create_app(loader, limits, not raw, on_ready=ready, on_failure=failed, source=source)
+        protocol = guarded_protocol(limits.header_timeout_seconds)  # httptools, bounded: size, count, time of heads
+        config = uvicorn.Config(app, http=protocol, **SERVER_OPTIONS)
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down gracefully

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from imgclf.artifacts.runs import CONFIG, REPORT
+from imgclf.artifacts.files import CONFIG, REPORT
 from imgclf.core.io import atomic_write
 from imgclf.data.policies import IMBALANCED
 from imgclf.report.reference import dataset_name
@@ -255,6 +255,8 @@ def evaluation_report(run_dir: Path, metrics: dict, config: dict) -> Path:
         "reliability": f"Reliability diagram, before and after temperature scaling ({fitted_on(metrics)})",
         "training_curves": "Training curves",
         "misclassified": "The most confidently misclassified test images (true → predicted, confidence)",
+        "misclassified_gradcam": "The same mistakes with their Grad-CAM heatmaps: where the network found the class it "
+        "predicted (red: most)",
         "risk_coverage": "Risk–coverage: the error rate among the answered test images as fewer are answered",
     }
     body = [

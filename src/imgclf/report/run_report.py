@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from imgclf.artifacts.runs import FIGURES
+from imgclf.artifacts.files import FIGURES
 from imgclf.evaluation.calibration import reliability_bins, softmax
 from imgclf.evaluation.evaluate import Evaluation
 from imgclf.evaluation.multilabel import binary_reliability, pr_curve, sigmoid
+from imgclf.inference.explain import load_explainer, overlay
 from imgclf.report import plots
 from imgclf.report.html import evaluation_report
 
@@ -84,4 +85,17 @@ def write_figures(result: Evaluation) -> list[str]:
     worst = wrong[np.argsort(-probs[wrong].max(1))][:24]
     captions = [f"{test.classes[labels[i]]} → {test.classes[probs[i].argmax()]}\n{probs[i].max():.0%}" for i in worst]
     paths.append(plots.plot_gallery(test.images[worst].numpy(), captions, figures / "misclassified.png"))
+    if len(worst):
+        heatmaps = gradcam_overlays(result, test.images[worst].numpy(), probs[worst].argmax(1))
+        paths.append(plots.plot_gallery(heatmaps, captions, figures / "misclassified_gradcam.png"))
     return [str(p.relative_to(run.path)) for p in paths]
+
+
+GALLERY_SIDE = 96  # the heatmaps of smaller images are drawn at this side
+
+
+def gradcam_overlays(result: Evaluation, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3, H, W) Grad-CAM overlays of the run's test ``images`` for the classes ``targets`` it predicted."""
+    maps = load_explainer(result.run.path).maps(images, targets)
+    side = max(images.shape[-1], GALLERY_SIDE)
+    return np.stack([overlay(i, m, side).transpose(2, 0, 1) for i, m in zip(images, maps, strict=True)])

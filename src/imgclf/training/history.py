@@ -4,7 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from imgclf.artifacts.runs import HISTORY, TENSORBOARD, read_history
+from imgclf.artifacts.files import HISTORY, TENSORBOARD
+from imgclf.artifacts.runs import read_history
 from imgclf.core.io import write_text
 
 # keys of an epoch record that describe the machine (how long it took, with how many CPU threads), not what training

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, CHECKPOINTS, SUMMARY, RunDir
+from imgclf.artifacts.files import BEST_WEIGHTS, CHECKPOINTS, SUMMARY
+from imgclf.artifacts.runs import RunDir
 from imgclf.artifacts.weights import load_weights
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import CpuShare, autocast, describe_device, resolve_precision, select_device

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgclf.artifacts.runs import BEST_WEIGHTS, HISTORY, SUMMARY, RunDir
+from imgclf.artifacts.files import BEST_WEIGHTS, HISTORY, SUMMARY
+from imgclf.artifacts.runs import RunDir
 from imgclf.artifacts.weights import load_weights, save_weights
 from imgclf.config.options import TrainConfig
 from imgclf.core.device import autocast, resolve_precision, select_device
