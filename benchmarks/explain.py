@@ -6,8 +6,11 @@ For each trained run and each of the first ``--images`` test images: the class t
 map (``imgclf.inference.explain``, what `imgclf predict --explain` draws) at the stored side; then the image's pixels
 are removed most salient first, 1/``steps`` of them at a time, each removed pixel set to the test set's mean colour,
 and the network's softmax probability of that class is read after each step. The deletion AUC is the mean of that
-curve over the fraction removed (trapezoid, 0 … 1): lower means the map found the evidence sooner. The baseline
-removes the pixels in a random order (one permutation per image, seed 0). Ties in a map are broken at random.
+curve over the fraction removed (trapezoid, 0 … 1): lower means the map found the evidence sooner. Baselines: the
+pixels in a random order (one permutation per image, seed 0) — which scatters the removed pixels, a kind of noise the
+network has never seen, unlike the blobs a map removes —; another image's map (the maps shuffled between images: the
+same smoothness and centre bias, nothing of this image); and this image's map least salient first. Ties in a map
+are broken at random.
 
 Also Adebayo et al. (2018)'s model randomisation on the same images: the mean Spearman rank correlation between the
 trained network's maps and those of the same architecture with fresh random weights (seed 0).
@@ -74,6 +77,9 @@ def measure(run: Path, count: int, steps: int, data_dir: str | None) -> dict:
     side = images.shape[-1]
     random_orders = np.stack([rng.permutation(side * side) for _ in range(count)])
     random = deletion_curves(predictor, images, targets, random_orders, steps)
+    shuffled_maps = maps[np.roll(np.arange(count), 1)]  # each image gets the previous image's map
+    shuffled = deletion_curves(predictor, images, targets, most_salient_first(shuffled_maps, rng), steps)
+    least = deletion_curves(predictor, images, targets, most_salient_first(maps, rng)[:, ::-1], steps)
     torch.manual_seed(0)
     fresh = build_network(predictor.card.architecture, predictor.card.num_classes)
     fresh_network = fresh.network if isinstance(fresh, TransferModel) else fresh
@@ -101,10 +107,14 @@ def measure(run: Path, count: int, steps: int, data_dir: str | None) -> dict:
         "random_deletion_auc": float(theirs.mean()),
         "ratio_to_random": float(ours.mean() / theirs.mean()),
         "images_below_random": float((ours < theirs).mean()),
+        "shuffled_maps_deletion_auc": float(area(shuffled).mean()),
+        "least_salient_first_deletion_auc": float(area(least).mean()),
+        "images_below_shuffled": float((ours < area(shuffled)).mean()),
         "deletion_auc_sem": float(ours.std(ddof=1) / np.sqrt(count)),
         "random_deletion_auc_sem": float(theirs.std(ddof=1) / np.sqrt(count)),
         "mean_curve": salient.mean(0).round(4).tolist(),
         "random_mean_curve": random.mean(0).round(4).tolist(),
+        "shuffled_maps_mean_curve": shuffled.mean(0).round(4).tolist(),
         "randomised_model_spearman": float(np.nanmean(rho)),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
@@ -124,7 +134,9 @@ def main() -> None:
         write_result(name, record)
         print(
             f"{record['model']}: deletion AUC {record['deletion_auc']:.4f} against random "
-            f"{record['random_deletion_auc']:.4f} ({record['ratio_to_random']:.2f}×); randomised-model Spearman "
+            f"{record['random_deletion_auc']:.4f} ({record['ratio_to_random']:.2f}×), another image's map "
+            f"{record['shuffled_maps_deletion_auc']:.4f}, least salient first "
+            f"{record['least_salient_first_deletion_auc']:.4f}; randomised-model Spearman "
             f"{record['randomised_model_spearman']:.3f} → benchmarks/results/{name}.json"
         )
 

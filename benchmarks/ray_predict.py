@@ -46,7 +46,9 @@ def make(folder: Path, data_dir: str | None) -> None:
 def timed(command: list[str]) -> float:
     """Seconds ``command`` took (it must succeed)."""
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -64,8 +66,10 @@ def agree(plain: list[dict], ray: list[dict]) -> tuple[bool, float]:
     for a, b in zip(plain, ray, strict=True):
         for rank in range(1, 6):
             same &= a[f"class_{rank}"] == b[f"class_{rank}"]
-            if a[f"probability_{rank}"]:
-                worst = max(worst, abs(float(a[f"probability_{rank}"]) - float(b[f"probability_{rank}"])))
+            p, q = a[f"probability_{rank}"], b[f"probability_{rank}"]
+            same &= bool(p) == bool(q)  # both predicted, or both skipped
+            if p and q:
+                worst = max(worst, abs(float(p) - float(q)))
     return same and worst <= 1e-5, worst
 
 

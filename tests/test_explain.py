@@ -24,6 +24,7 @@ from imgclf.models import create_model
 from imgclf.models.transfer import TransferModel, build_network
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_29b1695"  # a ResNet-20 trained to 29% (test_run_files)
+LITE = {"img_size": 224, "dropout": 0.0, "drop_path": 0.0, "unfreeze": "0"}
 RANDOMISED_RHO = 0.5  # the bound: trained and randomised maps' mean rank correlation stays below it
 
 
@@ -32,16 +33,13 @@ RANDOMISED_RHO = 0.5  # the bound: trained and randomised maps' mean rank correl
     [
         ({"name": "simple_cnn"}, 32, "7", 6),  # its last max-pool
         ({"name": "resnet20"}, 32, "blocks", 8),  # the last residual stage
-        ({"name": "speed94"}, 32, "features.3", 3),  # the last conv group
-        (
-            {"name": "tf_efficientnet_lite0", "img_size": 64, "dropout": 0.0, "drop_path": 0.0, "unfreeze": "0"},
-            64,
-            "bn2",
-            2,
-        ),
+        ({"name": "speed94"}, 32, "features.3.0", 7),  # the last group's convolution, before its pool to 3×3
+        ({"name": "tf_efficientnet_lite0", **LITE}, 224, "bn2", 7),  # the head convolution
+        ({"name": "tf_efficientnet_lite0", **LITE, "img_size": 96}, 96, "blocks.5.0.bn1", 6),  # bn2 is 3×3
     ],
 )
-def test_the_last_spatial_feature_map_of_each_network(arch, side, layer, grid):
+def test_the_explained_feature_map_of_each_network(arch, side, layer, grid):
+    """The last map with at least 6 cells a side (the last spatial one where none is that fine)."""
     model = build_network(arch, 10)
     network = (model.network if isinstance(model, TransferModel) else model).eval()
     name, module = saliency_layer(network, side)

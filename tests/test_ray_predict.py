@@ -1,11 +1,9 @@
-"""`imgclf predict … --ray`: the same predictions as plain predict, on a local Ray (2 CPUs) started by the command, as
+"""`imgclf predict … --ray`: the same predictions as plain predict, on a local Ray (2 CPUs) started by the test, as
 CSV and Parquet files in input order; and what it refuses in one line."""
 
 import csv
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.csv
@@ -29,23 +27,28 @@ def images(tmp_path, folder_run) -> Path:
     return root
 
 
-def imgclf(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    command = [sys.executable, "-m", "imgclf.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray of 2 CPUs on this machine, started once for the module (ray_predict leaves a running Ray alone)."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
-def test_ray_gives_plain_predicts_rows_as_csv_and_parquet(folder_run, images, tmp_path):
-    plain = imgclf("predict", str(folder_run), str(images), "--format", "csv", "--runtime", "torch", "--no-progress")
-    assert plain.returncode == 0, plain.stderr
-    expected = list(csv.DictReader(io.StringIO(plain.stdout)))
+def test_ray_gives_plain_predicts_rows_as_csv_and_parquet(folder_run, images, tmp_path, capsys, monkeypatch, local_ray):
+    monkeypatch.chdir(images.parent)  # relative paths, as typed: Ray's workers run in folders of their own
+    images = Path(images.name)
+    assert main(["predict", str(folder_run), str(images), "--format", "csv", "--runtime", "torch"]) == 0
+    expected = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(expected) == 13 and expected[-1]["error"] == "not an image"
     for kind in ("csv", "parquet"):
         out = tmp_path / f"scored-{kind}"
-        args = ("predict", str(folder_run), str(images), "--ray", "--output", str(out), "--format", kind)
-        result = imgclf(*args, "--runtime", "torch", "--ray-actors", "1")
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"predicted 12 image(s) on Ray into {out} ({kind} files); skipped 1" in result.stderr
+        args = ["predict", str(folder_run), str(images), "--ray", "--output", str(out), "--format", kind]
+        assert main([*args, "--runtime", "torch", "--ray-actors", "1"]) == 0
+        assert f"predicted 12 image(s) on Ray into {out} ({kind} files); skipped 1" in capsys.readouterr().err
         files = sorted(out.iterdir())
         assert files and all(f.suffix == f".{kind}" for f in files)
         table = pyarrow.dataset.dataset(out, format=kind).to_table()

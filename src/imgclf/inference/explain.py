@@ -1,11 +1,12 @@
 """Grad-CAM (Selvaraju et al. 2017): where in an image the network found the class it chose.
 
-captum's ``LayerGradCam`` (maintained by the PyTorch team) weighs the channels of the network's last spatial feature
-map by the mean gradient of the class's logit, sums them and keeps the positive part. The feature map is found by
-running the network once (:func:`saliency_layer`): the last module, called once, whose output is (N, C, H, W) with
-H·W > 1 — a ResNet's last stage, speed94's last block, a timm backbone's head convolution — so every network imgclf
-builds is explained the same way. Maps are upsampled bilinearly to the image and scaled to [0, 1] per image; the
-overlays blend a colour map over the image, stronger where the map is.
+captum's ``LayerGradCam`` (maintained by the PyTorch team) weighs the channels of one of the network's feature maps
+by the mean gradient of the class's logit, sums them and keeps the positive part. The feature map is found by
+running the network once (:func:`saliency_layer`): the last module, called once, whose output is (N, C, H, W) with H
+and W at least :data:`MIN_GRID` — a ResNet's last stage, a timm backbone's head convolution at 224 px, or the stage
+before it where the last map is coarser (3×3 for Lite2 at 96 px: benchmarks/results/explain_*.json) — so every
+network imgclf builds is explained the same way. Maps are upsampled bilinearly to the image and scaled to [0, 1] per
+image; the overlays blend a colour map over the image, stronger where the map is.
 
 The explained network is a float32 copy on the CPU, unfolded (BatchNorm kept), so its hooks never touch the
 predictor's. benchmarks/explain.py measures the maps against random ones by deletion (tests/test_explain.py holds
@@ -36,11 +37,13 @@ METHOD = "grad-cam"
 DISPLAY_SIDE = 224  # overlays of smaller images are enlarged to this side, for people to see
 COLOURS = "jet"  # matplotlib's colour map of the overlays: blue (little) … red (most)
 MAX_ALPHA = 0.6  # how opaque the colour is where the map is strongest (0 where it is nothing)
+MIN_GRID = 6  # cells per side of the explained feature map, where the network has one that fine
 
 
-def saliency_layer(network: nn.Module, side: int) -> tuple[str, nn.Module]:
-    """The name and module of ``network``'s last spatial feature map at input ``side``: the last module to finish,
-    called once, whose output is (N, C, H, W) with H·W > 1 (a module called twice cannot be hooked unambiguously)."""
+def saliency_layer(network: nn.Module, side: int, min_grid: int = MIN_GRID) -> tuple[str, nn.Module]:
+    """The name and module of the feature map ``network`` is explained at, for input ``side``: the last module to
+    finish, called once, whose output is (N, C, H, W) with H and W ≥ ``min_grid`` — or, where none is, with H·W > 1
+    (a module called twice cannot be hooked unambiguously)."""
     calls: dict[str, int] = {}
     finished: list[tuple[str, tuple | None]] = []
 
@@ -59,10 +62,11 @@ def saliency_layer(network: nn.Module, side: int) -> tuple[str, nn.Module]:
     finally:
         for handle in handles:
             handle.remove()
-    for name, shape in reversed(finished):
-        if calls[name] == 1 and shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
-            return name, modules[name]
-    raise ImgclfError(f"{type(network).__name__} has no spatial feature map to explain at {side} px")
+    spatial = [(n, s) for n, s in finished if calls[n] == 1 and s is not None and len(s) == 4 and s[2] * s[3] > 1]
+    candidates = [n for n, s in spatial if min(s[2], s[3]) >= min_grid] or [n for n, _ in spatial]
+    if not candidates:
+        raise ImgclfError(f"{type(network).__name__} has no spatial feature map to explain at {side} px")
+    return candidates[-1], modules[candidates[-1]]
 
 
 class Explainer:

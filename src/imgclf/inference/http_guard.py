@@ -1,11 +1,12 @@
 """Bounds on what a client may do before its request reaches the application: the size, the number and the time of
-its headers. uvicorn bounds none of them with httptools, and with h11 only the size of a head still arriving; a
-client sending its headers a byte at a time holds a connection for as long as it likes (slowloris).
-:class:`GuardedHttpToolsProtocol` (what `imgclf serve` runs) and :class:`GuardedH11Protocol` are uvicorn's two
-protocols with a clock that runs whenever the server is not answering a request, and a bound on each request head's
-size and header count. httptools parses in C: at concurrency 32 it cut the served p99 (benchmarks/results/serve.json).
+its headers. uvicorn bounds none of them with httptools; a client sending its headers a byte at a time holds a
+connection for as long as it likes (slowloris). :class:`GuardedHttpToolsProtocol` is uvicorn's httptools protocol
+with a clock that runs whenever the server is not answering a request, and a bound on each request head's size and
+header count. httptools parses in C; it replaced the h11 protocol this guard first wrapped, for 6% more requests/s at
+concurrency 32 and a lower p99 at 1 and 8 (benchmarks/results/serve.json against serve_h11.json, one host, one
+sitting).
 
-uvicorn's protocol classes are not a public API: uv.lock pins the version these subclasses were written against, and
+uvicorn's protocol classes are not a public API: uv.lock pins the version this subclass was written against, and
 tests/test_serve.py checks each bound on a real server. Behind a reverse proxy (nginx, Caddy, a cloud load
 balancer), let the proxy also bound them (nginx: ``client_header_timeout``, ``large_client_header_buffers``), and the
 number of connections per client.
@@ -13,94 +14,10 @@ number of connections per client.
 
 import asyncio
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers (browsers send 1–8 KB)
 MAX_HEADERS = 100  # Apache's LimitRequestFields default
-ANSWERING = (h11.SEND_RESPONSE, h11.SEND_BODY)  # the server's states while a request is being answered
-
-
-def head_bytes(event: h11.Request) -> int:
-    """The size of a request's head as sent: request line and header lines."""
-    line = len(event.method) + len(event.target) + len(event.http_version) + 8  # spaces, "HTTP/", CRLF
-    return line + sum(len(name) + len(value) + 4 for name, value in event.headers) + 2
-
-
-class BoundedConnection:
-    """An h11 connection whose requests may carry at most ``max_headers`` headers in ``max_bytes`` (more: a protocol
-    error, which uvicorn answers with 400 and a closed connection); everything else is the connection's own."""
-
-    def __init__(self, conn: h11.Connection, max_headers: int, max_bytes: int) -> None:
-        self._conn, self._max_headers, self._max_bytes = conn, max_headers, max_bytes
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._conn, name)
-
-    def next_event(self) -> object:
-        """The connection's next event, refused when it is a request head over the bounds."""
-        event = self._conn.next_event()
-        if isinstance(event, h11.Request):
-            if len(event.headers) > self._max_headers:
-                raise h11.RemoteProtocolError(f"more than {self._max_headers} headers")
-            if head_bytes(event) > self._max_bytes:
-                raise h11.RemoteProtocolError(f"a request head over {self._max_bytes:,} bytes")
-        return event
-
-
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol that closes a connection left ``head_seconds`` without a request being answered: a
-    head that does not arrive in time (from the connection's start, or from its previous response), or the rest of a
-    body the server already answered (a 413 from the header, say) that keeps trickling in."""
-
-    head_seconds = 10.0  # set per server by :func:`guarded_protocol`
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.conn = BoundedConnection(self.conn, MAX_HEADERS, MAX_HEAD_BYTES)
-        self.deadline: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the clock for the first request."""
-        super().connection_made(transport)
-        self.restart_clock()
-
-    def restart_clock(self) -> None:
-        """Give the client ``head_seconds`` from now."""
-        self.stop_clock()
-        self.deadline = self.loop.call_later(self.head_seconds, self.too_slow)
-
-    def stop_clock(self) -> None:
-        """No deadline: a request is being answered (its own timeout applies)."""
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-
-    def too_slow(self) -> None:
-        """Close the connection unless a request is being answered."""
-        self.deadline = None
-        if self.conn.our_state not in ANSWERING and not self.transport.is_closing():
-            self.transport.close()
-
-    def handle_events(self) -> None:
-        """uvicorn's, then the clock: stopped while a request is answered, running (not restarted) otherwise."""
-        super().handle_events()
-        if self.conn.our_state in ANSWERING:
-            self.stop_clock()
-        elif self.deadline is None and not self.transport.is_closing():
-            self.restart_clock()
-
-    def on_response_complete(self) -> None:
-        """uvicorn's, then a fresh clock for the next request (unless a pipelined one is already being answered)."""
-        super().on_response_complete()
-        if self.conn.our_state not in ANSWERING and not self.transport.is_closing():
-            self.restart_clock()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """No clock for a closed connection."""
-        self.stop_clock()
-        super().connection_lost(exc)
 
 
 class HeadTooLarge(Exception):
@@ -108,9 +25,10 @@ class HeadTooLarge(Exception):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol (faster than h11: benchmarks/results/serve.json) with the same bounds as
-    :class:`GuardedH11Protocol`: at most :data:`MAX_HEADERS` headers in :data:`MAX_HEAD_BYTES` per request head, and a
-    clock that closes a connection left ``head_seconds`` without a request being answered."""
+    """uvicorn's httptools protocol, bounded: at most :data:`MAX_HEADERS` headers in :data:`MAX_HEAD_BYTES` per request
+    head, and a clock that closes a connection left ``head_seconds`` without a request being answered (a head that
+    does not arrive in time, from the connection's start or its previous response, or the rest of a body the server
+    already answered, a 413 from the header say, that keeps trickling in)."""
 
     head_seconds = 10.0  # set per server by :func:`guarded_protocol`
 
@@ -185,7 +103,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def guarded_protocol(head_seconds: float, parser: str = "httptools") -> type:
-    """The guarded protocol of ``parser`` (httptools or h11) with the given deadline for request heads."""
-    base = GuardedHttpToolsProtocol if parser == "httptools" else GuardedH11Protocol
-    return type(base.__name__, (base,), {"head_seconds": head_seconds})
+def guarded_protocol(head_seconds: float) -> type[GuardedHttpToolsProtocol]:
+    """:class:`GuardedHttpToolsProtocol` with the given deadline for request heads."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"head_seconds": head_seconds})

@@ -9,6 +9,7 @@ columns. Failed tasks are retried and a lost actor restarted (``RETRIES``). With
 ``auto`` or ``ray://HOST:10001`` joins a cluster, whose nodes need imgclf installed and the files at the same paths.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,12 @@ DECODE_BATCH = 256  # files per read-and-decode task
 
 
 def decode_batch(batch: dict[str, np.ndarray], side: int, policy: str) -> dict[str, np.ndarray]:
-    """In a Ray task: the images of a batch of ``path``/``error`` rows (black where a file is unusable, its reason
-    in ``error``)."""
+    """In a Ray task: the images of a batch of ``path``/``file``/``error`` rows, read from ``file`` (absolute: a
+    worker runs in a folder of its own), black where a file is unusable, its reason in ``error``."""
     images, errors = np.zeros((len(batch["path"]), 3, side, side), np.uint8), []
-    for i, (path, error) in enumerate(zip(batch["path"], batch["error"], strict=True)):
+    for i, (file, error) in enumerate(zip(batch["file"], batch["error"], strict=True)):
         if not error:
-            image, _, error = decode_file(str(path), side, policy, digest=False)
+            image, _, error = decode_file(str(file), side, policy, digest=False)
             if image is not None:
                 images[i] = image
         errors.append(error)
@@ -98,10 +99,13 @@ def ray_predict(
     target = Path(output)
     if target.is_file() or (target.is_dir() and any(target.iterdir())):
         raise ImgclfError(f"--output {output} must be a new or empty folder (Ray writes its files into it)")
-    rows = [{"path": path, "error": reason} for path, reason in input_files(items)]
+    rows = [{"path": path, "file": os.path.abspath(path), "error": reason} for path, reason in input_files(items)]
     if not rows:
         raise ImgclfError("no inputs")
-    ray.init(address=None if address in (None, "local") else address, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()  # a caller that started Ray itself keeps it
+    if started:
+        where = None if address in (None, "local") else address
+        ray.init(address=where, include_dashboard=False, log_to_driver=False)
     try:
         DataContext.get_current().execution_options.preserve_order = True  # the rows come out in input order
         data = ray.data.from_items(rows).map_batches(
@@ -113,7 +117,7 @@ def ray_predict(
         scored = data.map_batches(
             Scorer,
             fn_constructor_kwargs=dict(
-                source=str(source), runtime=runtime, top_k=top_k, calibrated=calibrated, flip_tta=flip_tta
+                source=os.path.abspath(source), runtime=runtime, top_k=top_k, calibrated=calibrated, flip_tta=flip_tta
             ),
             batch_size=batch_size or 256,
             compute=ActorPoolStrategy(size=actors),
@@ -122,7 +126,8 @@ def ray_predict(
         )
         getattr(scored, f"write_{kind}")(str(target))
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     return counts(target, kind)
 
 
