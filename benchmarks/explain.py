@@ -115,7 +115,7 @@ def measure(run: Path, count: int, steps: int, data_dir: str | None) -> dict:
         "mean_curve": salient.mean(0).round(4).tolist(),
         "random_mean_curve": random.mean(0).round(4).tolist(),
         "shuffled_maps_mean_curve": shuffled.mean(0).round(4).tolist(),
-        "randomised_model_spearman": float(np.nanmean(rho)),
+        "randomised_model_spearman": None if np.isnan(rho).all() else float(np.nanmean(rho)),  # None: all maps 0
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -137,7 +137,7 @@ def main() -> None:
             f"{record['random_deletion_auc']:.4f} ({record['ratio_to_random']:.2f}×), another image's map "
             f"{record['shuffled_maps_deletion_auc']:.4f}, least salient first "
             f"{record['least_salient_first_deletion_auc']:.4f}; randomised-model Spearman "
-            f"{record['randomised_model_spearman']:.3f} → benchmarks/results/{name}.json"
+            f"{record['randomised_model_spearman']} → benchmarks/results/{name}.json"
         )
 
 
