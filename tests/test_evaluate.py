@@ -83,4 +83,6 @@ def test_metrics_file_and_figures(tmp_path, tiny_options):
     assert m["model_bytes"] == (run_dir / "best.safetensors").stat().st_size
     for figure in m["figures"]:
         assert (run_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
-    assert len(m["figures"]) == 5 and "figures/risk_coverage.png" in m["figures"]
+    assert len(m["figures"]) == 6 and {"figures/risk_coverage.png", "figures/misclassified_gradcam.png"} <= set(
+        m["figures"]
+    )

@@ -35,7 +35,7 @@ def test_comparison_report_renders(browser, evaluated_runs, tmp_path):
 def test_evaluation_report_renders(browser, evaluated_runs, tmp_path):
     run_dir = evaluated_runs["simple_cnn"]
     page, images = open_report(browser, run_dir / "report.html", tmp_path / "evaluation.png")
-    assert len(images) == 5  # confusion, reliability, curves, mistakes, risk–coverage
+    assert len(images) == 6  # confusion, reliability, curves, mistakes, risk–coverage, mistakes' heatmaps
     assert page.locator("h2", has_text="Abstaining: answer only when sure").count() == 1
     assert "simple_cnn on CIFAR-10" in page.locator("h1").inner_text()
     assert page.locator("table").first.locator("tbody tr").count() == 12  # 10 classes + macro + weighted

@@ -1,8 +1,11 @@
 """One evaluated run as people look at it: its figures (``figures/*.png``) and its ``report.html``."""
 
+import sys
+
 import numpy as np
 
 from imgclf.artifacts.files import FIGURES
+from imgclf.core.errors import ImgclfError
 from imgclf.evaluation.calibration import reliability_bins, softmax
 from imgclf.evaluation.evaluate import Evaluation
 from imgclf.evaluation.multilabel import binary_reliability, pr_curve, sigmoid
@@ -85,9 +88,12 @@ def write_figures(result: Evaluation) -> list[str]:
     worst = wrong[np.argsort(-probs[wrong].max(1))][:24]
     captions = [f"{test.classes[labels[i]]} → {test.classes[probs[i].argmax()]}\n{probs[i].max():.0%}" for i in worst]
     paths.append(plots.plot_gallery(test.images[worst].numpy(), captions, figures / "misclassified.png"))
-    if len(worst):
-        heatmaps = gradcam_overlays(result, test.images[worst].numpy(), probs[worst].argmax(1))
-        paths.append(plots.plot_gallery(heatmaps, captions, figures / "misclassified_gradcam.png"))
+    try:
+        if len(worst):
+            heatmaps = gradcam_overlays(result, test.images[worst].numpy(), probs[worst].argmax(1))
+            paths.append(plots.plot_gallery(heatmaps, captions, figures / "misclassified_gradcam.png"))
+    except ImgclfError as exc:  # a network without a spatial feature map: the report goes without heatmaps
+        print(f"imgclf: note: no heatmaps in the report ({exc})", file=sys.stderr)
     return [str(p.relative_to(run.path)) for p in paths]
 
 
