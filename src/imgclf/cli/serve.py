@@ -51,8 +51,9 @@ def command_predict(args: argparse.Namespace) -> int:
         raise ImgclfError(f"--top-k must be a positive integer, got {args.top_k}")
     if args.batch_size < 0:
         raise ImgclfError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
     if args.ray is not None:
-        return command_ray_predict(args)
+        return command_ray_predict(args, options)
     if args.format == "parquet":
         raise ImgclfError("--format parquet is written by --ray; plain predict writes table, csv or jsonl")
     from imgclf.inference.explain import explain_folder, load_explainer
@@ -65,23 +66,27 @@ def command_predict(args: argparse.Namespace) -> int:
         print("imgclf: note: the run has not been evaluated, so probabilities are not calibrated", file=sys.stderr)
     explain = (load_explainer(args.model, predictor), folder) if folder is not None else None
     progress = False if args.no_progress else None
-    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
     options.update(progress=progress, resume=args.resume, explain=explain)
     done, skipped = run_predict(predictor, args.images, args.format, args.output_file, **options)
     where = f" into {args.output_file}" if args.output_file else ""
-    print(
-        f"imgclf: predicted {done:,} image(s){where} with {predictor.card.model} ({runtime_note(predictor)})"
-        + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
-        file=sys.stderr,
-    )
+    status = predicted(args, done, skipped, f"{where} with {predictor.card.model} ({runtime_note(predictor)})")
     if explain is not None:
         record = explain[0].record()
         print(f"imgclf: heatmaps ({record['method']} at {record['layer']}) written to {folder}", file=sys.stderr)
+    return status
+
+
+def predicted(args: argparse.Namespace, done: int, skipped: int, how: str) -> int:
+    """Say on stderr what predict did (``how``: where to and with what); the exit status: 1 with --strict when a file
+    was skipped."""
+    skips = f"; skipped {skipped:,} (marked in the output)" if skipped else ""
+    print(f"imgclf: predicted {done:,} image(s){how}{skips}", file=sys.stderr)
     return 1 if args.strict and skipped else 0
 
 
-def command_ray_predict(args: argparse.Namespace) -> int:
-    """`imgclf predict … --ray`: the same predictions on Ray Data, into a folder of CSV or Parquet files."""
+def command_ray_predict(args: argparse.Namespace, options: dict) -> int:
+    """`imgclf predict … --ray`: the same predictions on Ray Data (``options``: plain predict's top-k, calibration,
+    TTA and batch size), into a folder of CSV or Parquet files."""
     if args.output_file is None:
         raise ImgclfError("--ray writes into a folder: name it with --output DIR")
     for flag, value in (("--explain", args.explain), ("--resume", args.resume)):
@@ -92,16 +97,10 @@ def command_ray_predict(args: argparse.Namespace) -> int:
     from imgclf.inference.ray_predict import ray_predict
 
     kind = "csv" if args.format == "table" else args.format
-    options = dict(top_k=args.top_k, calibrated=not args.raw, flip_tta=args.tta, batch_size=args.batch_size)
     done, skipped = ray_predict(
         args.model, args.images, args.output_file, args.ray, kind, args.ray_actors, args.runtime, **options
     )
-    print(
-        f"imgclf: predicted {done:,} image(s) on Ray into {args.output_file} ({kind} files)"
-        + (f"; skipped {skipped:,} (marked in the output)" if skipped else ""),
-        file=sys.stderr,
-    )
-    return 1 if args.strict and skipped else 0
+    return predicted(args, done, skipped, f" on Ray into {args.output_file} ({kind} files)")
 
 
 # imgclf serve's limit options: flag → (Limits field, type, help); the defaults are Limits' own

@@ -153,10 +153,9 @@ class Service:
     @property
     def explainable(self) -> bool:
         """True when heatmaps can be computed: the model runs in PyTorch, or PyTorch weights are at hand."""
-        from imgclf.inference.predictor import TorchPredictor
+        from imgclf.inference.explain import explainable
 
-        weights = self.source is not None and Path(self.source).suffix != ".onnx"
-        return isinstance(self.predictor, TorchPredictor) or weights
+        return explainable(self.source, self.predictor)
 
     def heatmaps(self, uploads: list[tuple[str | None, bytes]], targets: list[int]) -> list[dict]:
         """On a worker thread: the Grad-CAM overlay of each upload for its class in ``targets``, as PNG data URLs (the

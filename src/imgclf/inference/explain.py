@@ -103,12 +103,18 @@ class Explainer:
         return {"method": self.method, "layer": self.layer, "library": "captum LayerGradCam"}
 
 
+def explainable(source: str | Path | None, predictor: Predictor | None = None) -> bool:
+    """True when heatmaps can be had: ``predictor`` runs in PyTorch, or ``source`` is a run directory or
+    ``.safetensors`` file (PyTorch weights), not an ``.onnx`` file alone."""
+    return isinstance(predictor, TorchPredictor) or (source is not None and Path(source).suffix != ".onnx")
+
+
 def load_explainer(source: str | Path, predictor: Predictor | None = None) -> Explainer:
     """An explainer of the model ``source`` names: the network of ``predictor`` when it runs in PyTorch, else the
     PyTorch weights of a run directory or ``.safetensors`` file (an ``.onnx`` file alone is a one-line error)."""
     if isinstance(predictor, TorchPredictor):
         return Explainer(predictor.transfer or predictor.network, predictor.card)
-    if Path(source).suffix == ".onnx":
+    if not explainable(source):
         raise ImgclfError(f"heatmaps need the PyTorch weights: explain the run directory, not {source}")
     found = resolve_model(source, "cpu", "torch")
     return Explainer(load_network(found.card.architecture, found.card.num_classes, found.weights), found.card)
