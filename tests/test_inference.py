@@ -19,7 +19,7 @@ from imgclf.data.decode import decode_file
 from imgclf.evaluation.calibration import softmax
 from imgclf.inference import export as export_module
 from imgclf.inference.load import load_predictor
-from imgclf.inference.predictor import OnnxPredictor
+from imgclf.inference.predictor import OnnxPredictor, Predictor
 
 
 def run_predict(capsys, *args) -> tuple[int, str, str]:
@@ -186,6 +186,11 @@ def test_export_from_scratch_parity_metadata_and_onnx_predict(folder_run, tmp_pa
     assert code == code2 == 0
     top = [[json.loads(line)["predictions"][0]["class"] for line in out.splitlines()] for out in (out_onnx, out_torch)]
     assert top[0] == top[1]
+    # onnxruntime's input is prepared in NumPy where no resize is needed: the same values as PyTorch's preparation
+    exported = load_predictor(run / "model.onnx", "cpu")
+    for side in (card.input_size, card.input_size // 2):
+        images = torch.randint(0, 256, (3, 3, side, side), dtype=torch.uint8)
+        assert torch.equal(exported.prepare(images).contiguous(), Predictor.prepare(exported, images).contiguous())
     auto = load_predictor(run, "cpu")  # auto: the faster of PyTorch and the run's current export, measured now
     assert set(auto.measured) == {"torch", "onnxruntime"} and auto.measured[auto.runtime] == max(auto.measured.values())
 

@@ -226,6 +226,18 @@ class OnnxPredictor(Predictor):
         self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Predictor.prepare`, in NumPy where no resize is needed: a torch operation between two runs wakes
+        PyTorch's threads while onnxruntime's still spin: ResNet-20's int8 model ran 5,082 img/s at batch 64 that way
+        against 6,647 this way (benchmarks/results/onnx_prepare.json). The same float32 operations, in the same
+        order: the same values."""
+        if self.card.input_size and self.card.input_size != images.shape[-1]:
+            return super().prepare(images)
+        x = images.numpy().astype(np.float32) / np.float32(255)
+        shape = (1, -1, 1, 1)
+        x = (x - np.asarray(self.mean, np.float32).reshape(shape)) / np.asarray(self.std, np.float32).reshape(shape)
+        return torch.from_numpy(x)
+
     def forward(self, x: torch.Tensor) -> np.ndarray:
         x = x.float().contiguous().numpy()
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
