@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--startups", type=int, default=5, help="fresh starts timed per runtime (0: none)")
+    parser.add_argument("--tag", help="write serve_TAG.json instead of serve.json")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="passed on to imgclf serve")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -178,7 +179,7 @@ def main() -> None:
     if startups:
         record["startup"] = startups
         record["startup_seconds"] = max(s["ready_seconds"] for s in startups.values())
-    print(write_result("serve", record))
+    print(write_result(f"serve_{args.tag}" if args.tag else "serve", record))
 
 
 if __name__ == "__main__":
