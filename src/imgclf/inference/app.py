@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import gc
 import io
 import json
 import threading
@@ -101,6 +102,7 @@ class Service:
             self.loading = asyncio.create_task(self.load())
         yield
         self.ready = False
+        gc.unfreeze()  # start() froze what loading made: the interpreter frees it at exit
         if self.loading is not None:
             self.loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,6 +150,11 @@ class Service:
         self.page = page_html(self.predictor, self.explainable)
         await self.inference.start()
         await self.inference([(None, blank_png(self.predictor.card.data_size))])
+        # what loading made (modules, the network) leaves the collector's sight: its full collections then walk only
+        # what requests create; they had stalled the server ~70 ms at a time: ResNet-20's p99 at concurrency 32 was
+        # 103 ms, 33 ms frozen (benchmarks/results/serve_numpy_prepare.json, serve_gc_freeze.json)
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     @property
