@@ -23,9 +23,16 @@ from common import command_line, write_result
 
 from imgclf.artifacts.files import BEST_WEIGHTS
 from imgclf.artifacts.runs import RunDir
-from imgclf.evaluation.benchmark import candidates, ensure_exports, images_per_second, latency_ms
+from imgclf.evaluation.benchmark import (
+    VALIDATION_IMAGES,
+    candidates,
+    ensure_exports,
+    images_per_second,
+    latency_ms,
+    row_predictor,
+)
 from imgclf.inference.export import located_splits
-from imgclf.inference.load import load_predictor, run_card, weights_digest
+from imgclf.inference.load import run_card, weights_digest
 from imgclf.inference.options import MAX_DROP
 from imgclf.inference.quantize import gate_accuracy, spread
 
@@ -43,7 +50,7 @@ def main() -> None:
     cfg, card = run.read_config(), run_card(run)
     splits = located_splits(run, cfg, card, None, None)
     digest = weights_digest(run.file(BEST_WEIGHTS))
-    missing = ensure_exports(run, digest, spread(splits.val, 10_000), None, None, MAX_DROP)
+    missing = ensure_exports(run, digest, spread(splits.val, VALIDATION_IMAGES), None, None, MAX_DROP)
     test = splits.test() if not args.test_images else spread(splits.test(), args.test_images)
     sample = test.images[0 : max(args.batch_size, 64)]
     predictors = {}
@@ -51,10 +58,7 @@ def main() -> None:
         if file in missing:
             print(f"{name}: not measured — {missing[file]}")
             continue
-        if runtime == "torch":
-            predictors[name] = load_predictor(run.path, "cpu", "torch", precision=precision)
-        else:
-            predictors[name] = load_predictor(run.file(file), "cpu", "onnxruntime")
+        predictors[name] = row_predictor(run, "cpu", runtime, precision, file)
     rows = {}
     for name, predictor in predictors.items():
         runtime, precision = predictor.runtime, name.split()[-1]

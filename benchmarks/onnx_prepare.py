@@ -16,13 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np
 import onnxruntime
 import torch
 from common import command_line, write_result
 
-from imgclf.data.features import resize_normalise
 from imgclf.inference.load import load_predictor
+from imgclf.inference.predictor import Predictor
 
 BATCH = 64
 
@@ -57,14 +56,12 @@ def main() -> None:
         0, 256, (BATCH, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     ready = predictor.prepare(images).numpy()
-    mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (predictor.mean, predictor.std))
 
     def in_torch(s: onnxruntime.InferenceSession) -> Callable[[], object]:
-        x = lambda: resize_normalise(images, side, predictor.mean, predictor.std).float().contiguous().numpy()  # noqa: E731
-        return lambda: s.run(None, {name: x()})
+        return lambda: s.run(None, {name: Predictor.prepare(predictor, images).contiguous().numpy()})
 
-    def in_numpy(s: onnxruntime.InferenceSession) -> Callable[[], object]:
-        return lambda: s.run(None, {name: (images.numpy().astype(np.float32) / np.float32(255) - mean) / std})
+    def in_numpy(s: onnxruntime.InferenceSession) -> Callable[[], object]:  # OnnxPredictor's own preparation
+        return lambda: s.run(None, {name: predictor.prepare(images).numpy()})
 
     variants = {}
     for spinning in (True, False):

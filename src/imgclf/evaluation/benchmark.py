@@ -86,6 +86,14 @@ def candidates(device: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def row_predictor(run: RunDir, device: str, runtime: str, precision: str, file: str) -> Predictor:
+    """One row's predictor: the run's weights in PyTorch at ``precision`` on ``device``, or its ONNX ``file`` in
+    onnxruntime."""
+    if runtime == "torch":
+        return load_predictor(run.path, device, "torch", precision=precision)
+    return load_predictor(run.file(file), "cpu", "onnxruntime")
+
+
 def measure(predictor: Predictor, val: ImageSet, batch_size: int) -> dict:
     """One row's figures: validation accuracy, batch-1 latency and images/s at ``batch_size``."""
     sample = val.images[0 : min(len(val), max(batch_size, 64))]
@@ -111,10 +119,7 @@ def benchmark_run(
     for name, runtime, precision, file in candidates(device):
         if file in missing:
             continue
-        if runtime == "torch":
-            predictor = load_predictor(run.path, device, "torch", precision=precision)
-        else:
-            predictor = load_predictor(run.file(file), "cpu", "onnxruntime")
+        predictor = row_predictor(run, device, runtime, precision, file)
         row = {"name": name, "runtime": runtime, "precision": precision, "file": file}
         rows.append({**row, "bytes": run.file(file).stat().st_size, **measure(predictor, val, batch_size)})
     best = min(rows, key=lambda r: r["p50_ms"])

@@ -228,8 +228,8 @@ class OnnxPredictor(Predictor):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """As :meth:`Predictor.prepare`, in NumPy where no resize is needed: a torch operation between two runs wakes
-        PyTorch's threads while onnxruntime's still spin: ResNet-20's int8 model ran 5,082 img/s at batch 64 that way
-        against 6,647 this way (benchmarks/results/onnx_prepare.json). The same float32 operations, in the same
+        PyTorch's threads while onnxruntime's still spin: ResNet-20's int8 model ran 4,703 img/s at batch 64 that way
+        against 6,753 this way (benchmarks/results/onnx_prepare.json). The same float32 operations, in the same
         order: the same values."""
         if self.card.input_size and self.card.input_size != images.shape[-1]:
             return super().prepare(images)
