@@ -106,8 +106,6 @@ def test_temperature_is_bounded_and_near_one_for_calibrated_logits():
 def test_risk_coverage_aurc_and_threshold_on_a_small_case():
     from imgclf.evaluation.selective import (
         aurc,
-        energy,
-        max_probability,
         risk_at_coverage,
         risk_coverage,
         selective_metrics,
@@ -129,6 +127,8 @@ def test_risk_coverage_aurc_and_threshold_on_a_small_case():
     metrics = selective_metrics(scores, correct, 0.6)
     assert metrics["coverage"] == pytest.approx(4 / 6) and metrics["risk"] == pytest.approx(1 / 4)
     assert metrics["full_coverage_risk"] == 0.5 and risk_at_coverage(scores, correct, 0.5) == pytest.approx(1 / 3)
+    from imgclf.inference.predictor import abstain_score
+
     logits = np.array([[2.0, 1.0, -1.0], [0.1, 0.0, 0.2]])
-    assert energy(logits) == pytest.approx(np.log(np.exp(logits).sum(1)))
-    assert max_probability(softmax(logits)) == pytest.approx(softmax(logits).max(1))
+    assert abstain_score(logits, "energy", 2.0) == pytest.approx(np.log(np.exp(logits).sum(1)))  # raw logits
+    assert abstain_score(logits, "probability", 2.0) == pytest.approx(softmax(logits / 2).max(1))

@@ -12,11 +12,9 @@ from imgclf.config.options import TrainConfig
 from imgclf.core.errors import ImgclfError, shown
 from imgclf.data.images import Splits
 from imgclf.data.multilabel import is_multilabel
-from imgclf.data.policies import RESIZE_POLICIES
+from imgclf.data.policies import ABSTAIN_SCORES, RESIZE_POLICIES
 from imgclf.models import MODELS
 from imgclf.models.transfer import BUILD_OPTIONS, architecture
-
-ABSTAIN_SCORES = ("probability",)  # the calibrated probability of the top class (issue 30's benchmark: abstain.json)
 
 
 @dataclass
@@ -136,8 +134,8 @@ def check_task(task: object, thresholds: object, classes: int, source: str) -> N
 
 
 def check_abstain(rule: object, task: object, source: str) -> None:
-    """A one-line error for an abstain rule that is not null or an object naming a known score, a threshold in
-    [0, 1] and a target risk in (0, 1) or null, on a single-label model."""
+    """A one-line error for an abstain rule that is not null or an object naming a known score, a threshold (a
+    probability's in [0, 1]) and a target risk in (0, 1) or null, on a single-label model."""
     if rule is None:
         return
     require(rule, {"score": str, "threshold": float}, f"{source} abstain")
@@ -147,7 +145,7 @@ def check_abstain(rule: object, task: object, source: str) -> None:
         raise ImgclfError(
             f"{source}: abstain 'score' must be one of {', '.join(ABSTAIN_SCORES)}, got {shown(rule['score'])}"
         )
-    if not 0 <= rule["threshold"] <= 1:
+    if rule["score"] == "probability" and not 0 <= rule["threshold"] <= 1:
         raise ImgclfError(f"{source}: abstain 'threshold' must be a probability from 0 to 1")
     target = rule.get("target_risk")
     if target is not None and not (is_number(target) and 0 < target < 1):

@@ -38,7 +38,7 @@ from imgclf.core.cli import OneLineErrorParser, describe_os_error
 from imgclf.core.errors import ImgclfError, one_line
 from imgclf.core.io import check_writable_folder
 from imgclf.data.labelfile import LabelFormat
-from imgclf.data.policies import IMBALANCED, RESIZE_POLICIES
+from imgclf.data.policies import IMBALANCED, RESIZE_POLICIES, below_threshold
 from imgclf.inference.options import EXPORT_FORMATS, MAX_DROP, PARITY_IMAGES
 
 __all__ = ["build_parser", "main", "serve_limits"]
@@ -193,8 +193,8 @@ def print_metrics(metrics: dict, run_dir: Path) -> None:
     if (sel := metrics.get("selective")) and sel["abstaining"]:
         goal = f"; target risk {sel['target_risk']:.1%} on validation" if sel["target_risk"] is not None else ""
         print(
-            f"abstaining below {sel['threshold']:.1%}: answers {sel['test']['coverage']:.1%} of the test images with "
-            f"{sel['test']['risk']:.2%} errors (all: {sel['test']['full_coverage_risk']:.2%}){goal}"
+            f"abstaining ({below_threshold(sel)}: unknown): answers {sel['test']['coverage']:.1%} of the test "
+            f"images with {sel['test']['risk']:.2%} errors (all: {sel['test']['full_coverage_risk']:.2%}){goal}"
         )
     print(f"metrics and figures written to {run_dir}")
 

@@ -11,7 +11,7 @@ from imgclf.data.labelfile import LabelFormat
 DATA_HELP = "cifar10, cifar100, a folder of images or a label file (.csv, .tsv, .jsonl)"
 MOVED_HELP = "runs on a folder or label file: where it is now, if it moved"
 LABEL_FORMAT_OPTIONS = tuple(f.name for f in dataclasses.fields(LabelFormat))  # explore reads label files too
-ABSTAIN_OPTIONS = ("abstain", "target_risk")  # evaluate fits the card's abstain rule again with them
+ABSTAIN_OPTIONS = ("abstain", "abstain_score", "target_risk")  # evaluate fits the card's abstain rule again with them
 RAW_HELP = (
     "probabilities not calibrated by the run's temperature (multi-label labels are still decided on calibrated ones)"
 )

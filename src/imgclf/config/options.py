@@ -17,7 +17,7 @@ from imgclf.config.checks import (
 from imgclf.core.errors import ImgclfError, shown
 from imgclf.data.edits import NO_EDITS, Edits, edit_file, read_edits
 from imgclf.data.labelfile import DEFAULT_FORMAT, LabelFormat
-from imgclf.data.policies import AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES, TASKS
+from imgclf.data.policies import ABSTAIN_SCORES, AUGMENTATIONS, BALANCE_MODES, RESIZE_POLICIES, TASKS
 
 # the groups of options, in the order `imgclf train --help` shows them
 DATA, OPTIMISATION, REGULARISATION, CALLBACKS = "model and data", "optimisation", "regularisation", "callbacks"
@@ -310,8 +310,16 @@ class TrainConfig:
     )
     abstain: str = option(
         "off",
-        "answer 'unknown' when the calibrated probability of the top class is below a threshold: auto (the lowest "
-        "threshold whose answered validation images err at most --target-risk), a probability, or off",
+        "answer 'unknown' when the --abstain-score is below a threshold: auto (the lowest threshold whose answered "
+        "validation images err at most --target-risk), a number (a probability from 0 to 1, or an energy), or off",
+        group=EVALUATION,
+        runtime=True,
+    )
+    abstain_score: str = option(
+        next(iter(ABSTAIN_SCORES)),
+        "what --abstain thresholds: the energy of the logits (their logsumexp: tells novel classes apart best), or "
+        "the calibrated probability of the top class",
+        tuple(ABSTAIN_SCORES),
         group=EVALUATION,
         runtime=True,
     )
@@ -349,7 +357,7 @@ class TrainConfig:
             check_run_name(self.name)
         check_ranges(dataclasses.asdict(self))
         check_task_options(self.task, self.balance, self.monitor)
-        check_abstain_option(self.abstain, self.target_risk, self.task)
+        check_abstain_option(self.abstain, self.abstain_score, self.target_risk, self.task)
         for what in ("exclude", "relabel"):
             if getattr(self, what):
                 edit_file(getattr(self, what), what)

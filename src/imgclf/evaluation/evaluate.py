@@ -37,7 +37,7 @@ from imgclf.evaluation.multilabel import (
 )
 from imgclf.evaluation.selective import abstain_rule, selective_summary
 from imgclf.inference.load import load_network
-from imgclf.inference.predictor import TorchPredictor, accuracy, top_probability
+from imgclf.inference.predictor import TorchPredictor, abstain_score, accuracy
 from imgclf.models import count_parameters
 from imgclf.models.transfer import TransferModel, activation_cache, architecture, uses_cache
 from imgclf.training.losses import multilabel_loss
@@ -128,13 +128,14 @@ def fit_abstain(card: ModelCard, logits: np.ndarray | None, labels: np.ndarray |
     the rule, for the report, also when not abstaining (then the one for ``--target-risk``). None for multi-label
     models, and without a validation split unless the threshold is a fixed one."""
     card.abstain = None
-    check_abstain_option(cfg.abstain, cfg.target_risk, card.task)  # the task known now, where the config said auto
+    # the task known now, where the config said auto
+    check_abstain_option(cfg.abstain, cfg.abstain_score, cfg.target_risk, card.task)
     if card.task == "multilabel" or (logits is None and cfg.abstain == "off"):
         return None
-    scores, correct = (
-        (None, None) if logits is None else (top_probability(logits, card.temperature), logits.argmax(1) == labels)
-    )
-    rule = abstain_rule(cfg.abstain, cfg.target_risk, scores, correct)
+    score, scores, correct = cfg.abstain_score, None, None
+    if logits is not None:
+        scores, correct = abstain_score(logits, score, card.temperature), logits.argmax(1) == labels
+    rule = abstain_rule(cfg.abstain, cfg.target_risk, scores, correct, score)
     card.abstain = None if cfg.abstain == "off" else rule
     return rule
 
@@ -247,7 +248,7 @@ def evaluate_locked(
     if rule is not None:
         test_correct = test_logits.argmax(1) == test_labels
         metrics["selective"] = selective_summary(
-            rule, card.abstain is not None, top_probability(test_logits, card.temperature), test_correct
+            rule, card.abstain is not None, abstain_score(test_logits, rule["score"], card.temperature), test_correct
         )
     if tta:
         tta_logits = logits(test, "test", flip_tta=True)

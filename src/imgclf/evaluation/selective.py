@@ -7,23 +7,8 @@ El-Yaniv 2017: lower is better). The threshold for a target risk is fitted on th
 """
 
 import numpy as np
-from scipy import special
 
-from imgclf.artifacts.card import ABSTAIN_SCORES
 from imgclf.core.errors import ImgclfError
-
-SCORE = ABSTAIN_SCORES[0]  # the calibrated probability of the top class: the one score a card's rule uses
-
-
-def max_probability(probs: np.ndarray) -> np.ndarray:
-    """The maximum softmax probability of each row of ``probs`` (N, C): the baseline score (Hendrycks & Gimpel 2017)."""
-    return np.asarray(probs).max(axis=1)
-
-
-def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The negative free energy ``T · logsumexp(logits / T)`` of each row (Liu et al. 2020): higher for images like
-    the training ones."""
-    return temperature * special.logsumexp(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 def pessimistic_order(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -89,19 +74,23 @@ def risk_at_coverage(scores: np.ndarray, correct: np.ndarray, coverage: float) -
     return float(1 - np.asarray(correct, dtype=bool)[kept].mean())
 
 
-def abstain_rule(setting: str, target_risk: float, scores: np.ndarray | None, correct: np.ndarray | None) -> dict:
-    """The rule a card stores for ``--abstain`` ``setting`` (auto: the threshold for ``target_risk`` on the validation
-    ``scores``/``correct``; a number: that threshold), with its validation coverage and risk where there is a split.
-    Its ``score`` is the calibrated probability of the top class; ``off`` gives the auto rule (for the report)."""
+def abstain_rule(
+    setting: str, target_risk: float, scores: np.ndarray | None, correct: np.ndarray | None, score: str
+) -> dict:
+    """The rule a card stores for ``--abstain`` ``setting`` on ``score`` (auto: the threshold for ``target_risk`` on
+    the validation ``scores``/``correct``; a number: that threshold), with its validation coverage and risk where
+    there is a split; ``off`` gives the auto rule (for the report)."""
     fixed = setting not in ("off", "auto")
     if scores is None or not len(scores):
         if not fixed:
             raise ImgclfError(f"--abstain {setting} needs a validation split to fit its threshold on")
-        return {"score": SCORE, "threshold": float(setting), "target_risk": None}
+        return {"score": score, "threshold": float(setting), "target_risk": None}
     threshold = float(setting) if fixed else threshold_for_risk(scores, correct, target_risk)
+    if not np.isfinite(threshold):  # no answer is within the risk: only probabilities of 1, energies above all
+        threshold = 1.0 if score == "probability" else float(np.nextafter(np.max(scores), np.inf))
     return {
-        "score": SCORE,
-        "threshold": min(threshold, 1.0),  # inf (no answer is within the risk): only probabilities of 1 are answered
+        "score": score,
+        "threshold": threshold,
         "target_risk": None if fixed else target_risk,
         "validation": {"images": len(scores), **coverage_and_risk(scores, correct, threshold)},
     }

@@ -34,6 +34,7 @@ from imgclf.core.errors import ImgclfError
 from imgclf.core.io import written_in_place
 from imgclf.data.decode import decode_file
 from imgclf.data.loader import inference_batch_size
+from imgclf.data.policies import below_threshold
 from imgclf.inference.explain import Explainer, write_overlays
 from imgclf.inference.inputs import input_files
 from imgclf.inference.predictor import UNKNOWN, Predictor
@@ -155,15 +156,15 @@ class RowWriter:
         path_width: int,
         class_width: int = 0,
         multilabel: bool = False,
-        threshold: float | None = None,
+        rule: dict | None = None,
         header: bool = True,
         explained: bool = False,
     ) -> None:
-        """``threshold``: an abstaining model's, on the top class's calibrated probability (None: no answer column);
-        ``explained``: rows name their heatmap files (a field, or a column before the error)."""
+        """``rule``: an abstaining model's (None: no answer column); ``explained``: rows name their heatmap files (a
+        field, or a column before the error)."""
         self.out, self.kind, self.width, self.top_k = out, kind, min(path_width, 60), top_k
         self.class_width, self.multilabel, self.explained = class_width, multilabel, explained
-        self.threshold, self.abstains = threshold, threshold is not None
+        self.rule, self.abstains = rule, rule is not None
         if kind == "csv":
             self.csv = csv.writer(out)
             if header:
@@ -194,7 +195,7 @@ class RowWriter:
                 pairs = row.labels if self.multilabel else row.top
                 cells = [f"{c:<{self.class_width}} {p:6.1%}" for c, p in pairs] or ["no class above its threshold"]
                 if self.abstains and row.answer == UNKNOWN:
-                    cells.insert(0, f"{UNKNOWN} (top class below {self.threshold:.1%}):")
+                    cells.insert(0, f"{UNKNOWN} ({below_threshold(self.rule)}):")
                 self.out.write(f"{shown}  " + "  ".join(cells) + "\n")
 
 
@@ -221,14 +222,13 @@ def run_predict(
     total = sum(1 for _ in input_files(items)) if shown else None  # a walk of the folders: the bar's ETA
     inputs, counts = input_files(items), [0, 0]
     rule = predictor.card.abstain
-    threshold = rule["threshold"] if rule else None
     first = list(itertools.islice(inputs, 1000))  # the table's path column fits these
     path_width = max((len(p) for p, _ in first), default=0)
     class_width = max(len(c) for c in predictor.classes)
 
     def write_rows(out: TextIO, done: int, header: bool) -> None:
         writer = RowWriter(
-            out, kind, top_k, path_width, class_width, predictor.multilabel, threshold, header, explain is not None
+            out, kind, top_k, path_width, class_width, predictor.multilabel, rule, header, explain is not None
         )
         stream = itertools.islice(itertools.chain(first, inputs), done, None)
         with tqdm(total=total, initial=done, unit="img", desc="predicting", disable=not shown) as bar:

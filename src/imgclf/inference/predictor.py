@@ -133,12 +133,12 @@ class Predictor:
         return rows
 
     def answers(self, logits: np.ndarray) -> list[str] | None:
-        """With the card's abstain rule: each row's top class, or ``unknown`` where its calibrated probability is below
-        the rule's threshold (fitted on calibrated probabilities, so decided on them); None without a rule."""
+        """With the card's abstain rule: each row's top class, or ``unknown`` where the rule's score is below its
+        threshold; None without a rule."""
         rule = self.card.abstain
         if rule is None:
             return None
-        scores, top = top_probability(logits, self.temperature), np.asarray(logits).argmax(1)
+        scores, top = abstain_score(logits, rule["score"], self.temperature), np.asarray(logits).argmax(1)
         return [self.classes[j] if s >= rule["threshold"] else UNKNOWN for s, j in zip(scores, top, strict=True)]
 
     def top_k(self, probabilities: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
@@ -254,9 +254,17 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> float:
 
 
 def top_probability(logits: np.ndarray, temperature: float | None) -> np.ndarray:
-    """The abstain score of each row of single-label ``logits``: the probability of its top class, calibrated by
-    ``temperature`` (float64)."""
+    """The probability of the top class of each row of single-label ``logits``, calibrated by ``temperature``
+    (float64)."""
     return special.softmax(np.asarray(logits, dtype=np.float64) / (temperature or 1.0), axis=1).max(axis=1)
+
+
+def abstain_score(logits: np.ndarray, score: str, temperature: float | None) -> np.ndarray:
+    """The abstain ``score`` (data/policies.py) of each row of single-label ``logits`` (float64): ``probability``,
+    the calibrated probability of the top class; ``energy``, the logsumexp of the raw logits (Liu et al. 2020)."""
+    if score == "probability":
+        return top_probability(logits, temperature)
+    return special.logsumexp(np.asarray(logits, dtype=np.float64), axis=1)
 
 
 def fold_batchnorm(network: nn.Module, side: int) -> nn.Module:

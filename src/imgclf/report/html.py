@@ -9,7 +9,7 @@ import yaml
 
 from imgclf.artifacts.files import CONFIG, REPORT
 from imgclf.core.io import atomic_write
-from imgclf.data.policies import IMBALANCED
+from imgclf.data.policies import ABSTAIN_SCORES, IMBALANCED, below_threshold
 from imgclf.report.reference import dataset_name
 
 SORT_ABOVE = 20  # classes: above this, the per-class table lists the worst classes first
@@ -131,16 +131,16 @@ def selective_section(metrics: dict) -> list[str]:
         else "a fixed threshold"
     )
     state = (
-        f"predict and serve answer <code>unknown</code> below {sel['threshold']:.1%} ({rule})"
+        f"predict and serve answer <code>unknown</code> when {below_threshold(sel)} ({rule})"
         if sel["abstaining"]
-        else f"not abstaining (<code>--abstain off</code>); with <code>--abstain auto</code>, {rule} would be "
-        f"{sel['threshold']:.1%}"
+        else f"not abstaining (<code>--abstain off</code>); with <code>--abstain auto</code>, {rule} would answer "
+        f"<code>unknown</code> when {below_threshold(sel)}"
     )
     rows = [["validation", f"{val['coverage']:.1%}", f"{val['risk']:.2%}", f"{val['images']:,}"]] if val else []
     rows.append(["test", f"{test['coverage']:.1%}", f"{test['risk']:.2%}", f"{metrics['test_images']:,}"])
     return [
         "<h2>Abstaining: answer only when sure</h2>",
-        f"<p>Score: the calibrated probability of the top class. {state}. Test risk at full coverage "
+        f"<p>Score: {ABSTAIN_SCORES[sel['score']]}. {state}. Test risk at full coverage "
         f"{test['full_coverage_risk']:.2%}; AURC {test['aurc']:.4f} (area under the risk–coverage curve, lower is "
         "better).</p>",
         table(["split", "coverage (answered)", "risk (errors among answered)", "images"], rows),
