@@ -77,15 +77,16 @@ def test_noise_images_are_unknown_and_validation_images_are_answered(abstaining_
 
 
 def fixed_threshold_run(abstaining_run, tmp_path):
-    """A copy evaluated with a fixed threshold at the median calibrated probability of its test images
-    (``--abstain-score probability``), so that about half of them are answered; (run, threshold, images)."""
+    """A copy evaluated with a fixed threshold at the median calibrated probability of its test images (a fixed
+    threshold is a probability, whatever ``--abstain-score`` says), so that about half of them are answered; (run,
+    threshold, images)."""
     run = tmp_path / "fixed"
     shutil.copytree(abstaining_run, run, ignore=shutil.ignore_patterns(".lock"))
     images = sorted(str(p) for p in Path(RunDir(run).read_config().data).rglob("*.png"))[:24]
     predictor = load_predictor(run, "cpu", runtime="torch")
     probs = [row.top[0][1] for row in predict_files(predictor, images)]
     threshold = float(np.median(probs))
-    assert main(["evaluate", str(run), "--abstain", f"{threshold}", "--abstain-score", "probability"]) == 0
+    assert main(["evaluate", str(run), "--abstain", f"{threshold}", "--abstain-score", "energy"]) == 0
     return run, threshold, images
 
 
@@ -165,9 +166,9 @@ def test_abstain_rule_pure():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--abstain", "maybe"], "--abstain must be off, auto or a number (an energy), got 'maybe'"),
-        (["--abstain", "1.5", "--abstain-score", "probability"], "--abstain must be off, auto or a probability"),
-        (["--abstain", "nan"], "--abstain must be off, auto or a number (an energy), got 'nan'"),
+        (["--abstain", "maybe"], "--abstain must be off, auto or a probability from 0 to 1, got 'maybe'"),
+        (["--abstain", "1.5"], "--abstain must be off, auto or a probability"),
+        (["--abstain", "nan"], "--abstain must be off, auto or a probability"),
         (["--abstain-score", "margin"], "invalid choice: 'margin'"),
         (["--target-risk", "0"], "--target-risk must be in (0, 1), got 0.0"),
         (["--target-risk", "abc"], "invalid float value"),

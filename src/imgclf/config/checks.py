@@ -44,19 +44,17 @@ def check_task_options(task: str, balance: str, monitor: str) -> None:
         raise ImgclfError("--monitor val_map is for multi-label data")
 
 
-def check_abstain_option(abstain: str, score: str, target_risk: float, task: str) -> None:
-    """A one-line error for an ``--abstain`` other than off, auto or a threshold of the ``score`` (a probability
-    from 0 to 1, an energy any finite number), a ``--target-risk`` outside (0, 1), or abstaining on multi-label data
-    (each class there has its own threshold)."""
+def check_abstain_option(abstain: str, target_risk: float, task: str) -> None:
+    """A one-line error for an ``--abstain`` other than off, auto or a probability (a fixed threshold is always on
+    the top class's probability), a ``--target-risk`` outside (0, 1), or abstaining on multi-label data (each class
+    there has its own threshold)."""
     if abstain not in ("off", "auto"):
         try:
             threshold = float(abstain)
         except ValueError:
             threshold = math.nan
-        if score == "probability" and not 0 <= threshold <= 1:
+        if not 0 <= threshold <= 1:
             raise ImgclfError(f"--abstain must be off, auto or a probability from 0 to 1, got {shown(abstain)}")
-        if not math.isfinite(threshold):
-            raise ImgclfError(f"--abstain must be off, auto or a number (an energy), got {shown(abstain)}")
     if not 0 < target_risk < 1:
         raise ImgclfError(f"--target-risk must be in (0, 1), got {target_risk}")
     if task == "multilabel" and abstain != "off":

@@ -310,15 +310,15 @@ class TrainConfig:
     )
     abstain: str = option(
         "off",
-        "answer 'unknown' when the --abstain-score is below a threshold: auto (the lowest threshold whose answered "
-        "validation images err at most --target-risk), a number (a probability from 0 to 1, or an energy), or off",
+        "answer 'unknown' when the model is not sure enough: auto (the lowest threshold on --abstain-score whose "
+        "answered validation images err at most --target-risk), a probability of the top class, or off",
         group=EVALUATION,
         runtime=True,
     )
     abstain_score: str = option(
         next(iter(ABSTAIN_SCORES)),
-        "what --abstain thresholds: the energy of the logits (their logsumexp: tells novel classes apart best), or "
-        "the calibrated probability of the top class",
+        "what --abstain auto fits its threshold on: the energy of the logits (their logsumexp: tells novel classes "
+        "apart best), or the calibrated probability of the top class",
         tuple(ABSTAIN_SCORES),
         group=EVALUATION,
         runtime=True,
@@ -357,7 +357,7 @@ class TrainConfig:
             check_run_name(self.name)
         check_ranges(dataclasses.asdict(self))
         check_task_options(self.task, self.balance, self.monitor)
-        check_abstain_option(self.abstain, self.abstain_score, self.target_risk, self.task)
+        check_abstain_option(self.abstain, self.target_risk, self.task)
         for what in ("exclude", "relabel"):
             if getattr(self, what):
                 edit_file(getattr(self, what), what)

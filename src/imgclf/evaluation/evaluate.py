@@ -124,15 +124,16 @@ def fit_on_validation(card: ModelCard, logits: np.ndarray | None, labels: np.nda
 
 
 def fit_abstain(card: ModelCard, logits: np.ndarray | None, labels: np.ndarray | None, cfg: TrainConfig) -> dict | None:
-    """Set the card's abstain rule from ``--abstain`` (fitted on the validation ``logits``, after the temperature);
+    """Set the card's abstain rule from ``--abstain`` (auto: on ``--abstain-score`` of the validation ``logits``,
+    after the temperature; a number: on the top class's probability);
     the rule, for the report, also when not abstaining (then the one for ``--target-risk``). None for multi-label
     models, and without a validation split unless the threshold is a fixed one."""
     card.abstain = None
-    # the task known now, where the config said auto
-    check_abstain_option(cfg.abstain, cfg.abstain_score, cfg.target_risk, card.task)
+    check_abstain_option(cfg.abstain, cfg.target_risk, card.task)  # the task known now, where the config said auto
     if card.task == "multilabel" or (logits is None and cfg.abstain == "off"):
         return None
-    score, scores, correct = cfg.abstain_score, None, None
+    score = cfg.abstain_score if cfg.abstain in ("off", "auto") else "probability"  # a fixed threshold: a probability
+    scores, correct = None, None
     if logits is not None:
         scores, correct = abstain_score(logits, score, card.temperature), logits.argmax(1) == labels
     rule = abstain_rule(cfg.abstain, cfg.target_risk, scores, correct, score)
