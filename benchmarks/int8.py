@@ -3,11 +3,12 @@
     uv run python benchmarks/int8.py benchmarks/runs/resnet20_e10 --rounds 5
 
 Rows are `imgclf benchmark`'s (PyTorch fp32 and bf16 with BatchNorm folded, onnxruntime fp32 ``model.onnx`` and int8
-``model.int8.onnx``); the exports are made first where the run lacks them (the int8 one behind its validation gate).
-Each row is scored once on the run's test split (all of it, or ``--test-images`` spread over it; after the gate,
-which reads validation only), then timed in ``--rounds`` rounds, the rows taking turns within a round: images/s at
-``--batch-size`` (about a second each) and p50 at batch 1. Medians over rounds; the int8 ratios are over onnxruntime
-fp32 and over the fastest PyTorch row, from the same rounds.
+``model.int8.onnx``, and OpenVINO's fp32, bf16 and int8 of the same files where it is installed); the exports are
+made first where the run lacks them (the int8 one behind its validation gate). Each row is scored once on the run's
+test split (all of it, or ``--test-images`` spread over it; after the gate, which reads validation only), then timed
+in ``--rounds`` rounds, the rows taking turns within a round: images/s at ``--batch-size`` (about a second each) and
+p50 at batch 1. Medians over rounds; the int8 ratios are over onnxruntime fp32 and over the fastest PyTorch row, from
+the same rounds (``openvino_…`` keys: OpenVINO's int8 row).
 Writes benchmarks/results/int8_MODEL.json (benchmark "int8").
 """
 
@@ -23,6 +24,8 @@ from common import command_line, write_result
 
 from imgclf.artifacts.files import BEST_WEIGHTS
 from imgclf.artifacts.runs import RunDir
+from imgclf.core.errors import ImgclfError
+from imgclf.core.onnx import openvino_version
 from imgclf.evaluation.benchmark import (
     VALIDATION_IMAGES,
     candidates,
@@ -58,7 +61,11 @@ def main() -> None:
         if file in missing:
             print(f"{name}: not measured — {missing[file]}")
             continue
-        predictors[name] = row_predictor(run, "cpu", runtime, precision, file)
+        try:
+            predictors[name] = row_predictor(run, "cpu", runtime, precision, file)
+        except ImgclfError as exc:
+            missing[name] = str(exc)
+            print(f"{name}: not measured — {exc}")
     rows = {}
     for name, predictor in predictors.items():
         runtime, precision = predictor.runtime, name.split()[-1]
@@ -80,17 +87,23 @@ def main() -> None:
         row["images_per_second"] = statistics.median(row["rounds_images_per_second"])
         row["p50_ms"] = statistics.median(row["rounds_p50_ms"])
     ratios = {}
-    if "onnxruntime int8" in rows:
-        int8 = rows["onnxruntime int8"]
-        fp32 = rows["onnxruntime fp32"]
-        torch_best = max((r for r in rows.values() if r["runtime"] == "torch"), key=lambda r: r["images_per_second"])
-        ratios = {
-            "int8_over_onnxruntime_fp32": round(int8["images_per_second"] / fp32["images_per_second"], 3),
-            "int8_over_best_torch": round(int8["images_per_second"] / torch_best["images_per_second"], 3),
-            "best_torch": torch_best["name"],
-            "int8_accuracy_drop_points": round((fp32["test_accuracy"] - int8["test_accuracy"]) * 100, 3),
-            "int8_p50_ratio_batch1": round(fp32["p50_ms"] / int8["p50_ms"], 3),
-        }
+    torch_rows = [r for r in rows.values() if r["runtime"] == "torch"]
+    torch_best = max(torch_rows, key=lambda r: r["images_per_second"])
+    fp32 = rows.get("onnxruntime fp32")
+    for runtime in ("onnxruntime", "openvino"):
+        int8 = rows.get(f"{runtime} int8")
+        if int8 is None or fp32 is None:
+            continue
+        prefix = "" if runtime == "onnxruntime" else "openvino_"  # onnxruntime's keys as they were
+        ratios.update(
+            {
+                f"{prefix}int8_over_onnxruntime_fp32": round(int8["images_per_second"] / fp32["images_per_second"], 3),
+                f"{prefix}int8_over_best_torch": round(int8["images_per_second"] / torch_best["images_per_second"], 3),
+                f"{prefix}int8_accuracy_drop_points": round((fp32["test_accuracy"] - int8["test_accuracy"]) * 100, 3),
+                f"{prefix}int8_p50_ratio_batch1": round(fp32["p50_ms"] / int8["p50_ms"], 3),
+            }
+        )
+    ratios["best_torch"] = torch_best["name"]
     result = {
         "benchmark": "int8",
         "model": card.model,
@@ -98,6 +111,7 @@ def main() -> None:
         "command": command_line(),
         "seed": cfg.seed,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version(),
         "input_size": card.input_size,
         "test_images": len(test),
         "batch_size": args.batch_size,

@@ -34,6 +34,7 @@ from common import write_result
 
 from imgclf.artifacts.runs import RunDir
 from imgclf.data.cifar import load_cifar10
+from imgclf.inference.options import RUNTIMES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,7 +119,7 @@ def load_test(url: str, image: Path, requests: int, concurrency: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="run directory to serve")
-    parser.add_argument("--runtimes", nargs="+", default=["auto"], choices=["auto", "onnxruntime", "torch"])
+    parser.add_argument("--runtimes", nargs="+", default=["auto"], choices=RUNTIMES)
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)

@@ -309,6 +309,7 @@ def test_config_starts_from_its_base(tmp_path):
     long_tail = {
         "epochs": 120,
         "augment": "trivial",
+        "cutmix": 1.0,
         "val_fraction": 0.05,
         "monitor": "last",
         "balance": "logit-adjust",

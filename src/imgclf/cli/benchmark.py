@@ -37,5 +37,5 @@ def command_benchmark(args: argparse.Namespace) -> None:
         )
     for name, why in record["missing"].items():
         print(f"{name}: not measured — {why}")
-    fastest = record["fastest_at_batch_1"]
-    print(f"fastest at batch 1: {fastest} (imgclf serve uses it); written to {args.run_dir}/{BENCHMARK}")
+    print(f"fastest at batch 1: {record['fastest_at_batch_1']}; imgclf serve uses {record['served']}")
+    print(f"written to {args.run_dir}/{BENCHMARK}")

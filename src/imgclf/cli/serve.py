@@ -33,7 +33,9 @@ def add_predict_parser(sub) -> None:
     predict.add_argument("--batch-size", type=int, default=0, help="images per batch (default: by input side)")
     predict.add_argument("--strict", action="store_true", help="exit with status 1 when any file is skipped")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    predict.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
+    predict.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES, help="auto: see README; openvino: imgclf[openvino]"
+    )
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     predict.add_argument(
         "--ray",
@@ -125,7 +127,9 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    serve.add_argument("--runtime", default="auto", choices=RUNTIMES, help="auto: the faster one (see README)")
+    serve.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES, help="auto: see README; openvino: imgclf[openvino]"
+    )
     serve.add_argument("--raw", action="store_true", help=RAW_HELP)
     defaults = Limits()
     for option, (field, kind, text) in SERVE_LIMITS.items():

@@ -5,6 +5,9 @@ class ImgclfError(Exception):
     """A user-facing error: bad path, corrupt file, unknown name, invalid option."""
 
 
+OPENVINO_MISSING = "the openvino runtime is not installed: pip install 'imgclf[openvino]'"
+
+
 def one_line(text: str) -> str:
     """``text`` with its lines joined, so an error message stays on one line."""
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

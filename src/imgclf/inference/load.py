@@ -1,7 +1,8 @@
 """Finding and loading a trained model: a run directory, its weights file or an exported ``.onnx`` → a
 :class:`~imgclf.inference.predictor.Predictor`, in the runtime asked for (auto: whichever of PyTorch and onnxruntime
-is faster here, measured in a fraction of a second). Everything that can be checked without building the network is
-checked first (:func:`resolve_model`), so a server can bind, answer /health and load the rest in the background."""
+is faster here, measured in a fraction of a second; OpenVINO when asked for).
+Everything that can be checked without building the network is checked first (:func:`resolve_model`), so a server
+can bind, answer /health and load the rest in the background."""
 
 import hashlib
 import json
@@ -16,12 +17,13 @@ from imgclf.artifacts.card import ModelCard
 from imgclf.artifacts.files import BEST_WEIGHTS, METRICS, MODEL_CARD, ONNX_MODEL
 from imgclf.artifacts.runs import RunDir
 from imgclf.artifacts.weights import load_weights, read_metadata, read_weights
-from imgclf.core.device import select_device
-from imgclf.core.errors import ImgclfError
+from imgclf.core.device import resolve_precision, select_device
+from imgclf.core.errors import OPENVINO_MISSING, ImgclfError
+from imgclf.core.onnx import openvino_installed
 from imgclf.data.features import tensor_digest
 from imgclf.data.loader import inference_batch_size
-from imgclf.inference.options import RUNTIMES
-from imgclf.inference.predictor import OnnxPredictor, Predictor, TorchPredictor
+from imgclf.inference.options import ONNX_RUNTIMES, RUNTIMES
+from imgclf.inference.predictor import OnnxPredictor, OpenVinoPredictor, Predictor, TorchPredictor
 from imgclf.inference.source import model_path, onnx_metadata
 from imgclf.models.transfer import TransferModel, build_network
 
@@ -95,6 +97,8 @@ def resolve_model(
     runtime the files cannot run in."""
     if runtime not in RUNTIMES:
         raise ImgclfError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
+    if runtime == "openvino" and not openvino_installed():
+        raise ImgclfError(OPENVINO_MISSING)
     path = model_path(source)
     if path.is_dir():
         run = RunDir(path)
@@ -103,17 +107,17 @@ def resolve_model(
         weights = run.file(BEST_WEIGHTS)
         if not weights.is_file():
             raise ImgclfError(f"{path} has no trained weights ({BEST_WEIGHTS}): has training finished?")
-        if runtime == "onnxruntime" or (runtime == "auto" and select_device(device).type == "cpu"):
-            onnx_path = onnx_path or run_onnx(run)  # onnxruntime runs on the CPU
-        if runtime == "onnxruntime" and onnx_path is None:
+        if runtime in ONNX_RUNTIMES or (runtime == "auto" and select_device(device).type == "cpu"):
+            onnx_path = onnx_path or run_onnx(run)  # the ONNX runtimes run on the CPU
+        if runtime in ONNX_RUNTIMES and onnx_path is None:
             raise ImgclfError(f"{path} has no current ONNX export: run `imgclf export {path}` first")
         return ModelSource(card, weights, onnx_path if runtime != "torch" else None, run)
     if path.suffix == ".onnx":
         if runtime == "torch":
-            raise ImgclfError(f"{path} is an ONNX model: it runs with --runtime onnxruntime (or auto)")
+            raise ImgclfError(f"{path} is an ONNX model: it runs with --runtime {' or '.join(ONNX_RUNTIMES)} (or auto)")
         return ModelSource(card_from_metadata(onnx_metadata(path), path), None, path)
-    if runtime == "onnxruntime":  # a .safetensors file
-        raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime onnxruntime")
+    if runtime in ONNX_RUNTIMES:  # a .safetensors file
+        raise ImgclfError(f"{path} holds PyTorch weights: export the run to ONNX for --runtime {runtime}")
     return ModelSource(card_from_metadata(read_metadata(path), path), path, None)
 
 
@@ -124,6 +128,7 @@ def load_predictor(
     precision: str | None = None,
     batch_size: int = 0,
     onnx_path: Path | None = None,
+    serving: bool = False,
 ) -> Predictor:
     """A predictor for a run directory, a weights file imgclf wrote (``.safetensors``) or an exported ``.onnx`` (or
     their :func:`resolve_model`).
@@ -131,12 +136,18 @@ def load_predictor(
     ``runtime`` auto: an ``.onnx`` file runs in onnxruntime, weights in PyTorch; a run with an ONNX export of its
     current weights (``onnx_path``, else ``RUN/model.onnx``), on a CPU, runs in whichever of the two is faster at
     ``batch_size`` images per batch — measured now, in a fraction of a second (neither wins everywhere:
-    benchmarks/results/inference.json)."""
+    benchmarks/results/inference.json). OpenVINO runs when asked for, or when ``imgclf serve`` follows a benchmark
+    that chose it: auto does not time it, so that its bf16 never replaces the logits evaluation computed.
+    ``precision``: PyTorch's default is the card's; OpenVINO's, bf16 where the CPU computes it natively.
+    ``serving``: for one request's few images at a time, between which the server's Python works (onnxruntime's
+    threads then sleep instead of spinning: core/onnx.py)."""
     found = source if isinstance(source, ModelSource) else resolve_model(source, device, runtime, onnx_path)
     card, onnx_path = found.card, found.onnx
+    if runtime == "openvino":
+        return OpenVinoPredictor(onnx_path, card, resolve_precision(precision or "auto", torch.device("cpu")))
     candidates = []
     if onnx_path is not None:
-        candidates.append(OnnxPredictor(onnx_path, card))
+        candidates.append(OnnxPredictor(onnx_path, card, spinning=not serving))
     if runtime != "onnxruntime" and found.weights is not None:
         model = load_network(card.architecture, card.num_classes, found.weights)
         candidates.append(TorchPredictor(model, card, select_device(device), precision or card.precision))
@@ -167,6 +178,7 @@ def runtime_note(predictor: Predictor) -> str:
     """The runtime (and int8, for a quantized model), and the measurement that chose it, e.g. 'onnxruntime: 3,473
     img/s against torch 861'."""
     if not predictor.measured:
-        return predictor.runtime + (" int8" if predictor.card.quantization else "")
+        precision = f" {predictor.precision}" if predictor.runtime == "openvino" else ""
+        return predictor.runtime + (" int8" if predictor.card.quantization else precision)
     others = ", ".join(f"{name} {rate:,.0f}" for name, rate in predictor.measured.items() if name != predictor.runtime)
     return f"{predictor.runtime}: {predictor.measured[predictor.runtime]:,.0f} img/s against {others}"

@@ -2,7 +2,8 @@
 
 import dataclasses
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+ONNX_RUNTIMES = ("onnxruntime", "openvino")  # the runtimes of an exported .onnx file (openvino: imgclf[openvino])
 OUTPUT_FORMATS = ("table", "csv", "jsonl", "parquet")  # imgclf predict --format (parquet: with --ray)
 EXPORT_FORMATS = ("onnx",)  # imgclf export --format
 PARITY_IMAGES = 1000  # test images of the export's parity check

@@ -2,16 +2,17 @@
 server all call a :class:`Predictor`.
 
 uint8 images (N, 3, S, S) at the card's stored side → resized (antialiased) to the network's input side and
-normalised with the card's mean/std → the network, in PyTorch or, for an exported ``.onnx``, in onnxruntime → float32
-logits. Multi-label models (``card.task``) give each class a sigmoid probability, and predict the classes at or
-above their thresholds (fitted on validation). Flip TTA averages the mirrored images' logits (with a recipe's
-``tta_shift``, airbench's six views: half the weight on the image and its mirror, half on both shifted ±N px
+normalised with the card's mean/std → the network, in PyTorch or, for an exported ``.onnx``, in onnxruntime (or
+OpenVINO) → float32 logits. Multi-label models (``card.task``) give each class a sigmoid probability, and predict the
+classes at or above their thresholds (fitted on validation). Flip TTA averages the mirrored images' logits (with a
+recipe's ``tta_shift``, airbench's six views: half the weight on the image and its mirror, half on both shifted ±N px
 diagonally, and their mirrors); the run's fitted temperature turns logits into calibrated probabilities. The images
 themselves come from ``data/decode.py``, the code that prepared the training images, so a training image predicted
 from its file gives the logits evaluation computed for it.
 """
 
 import copy
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from imgclf.artifacts.card import ModelCard
 from imgclf.core.device import autocast, describe_device, resolve_precision
-from imgclf.core.onnx import onnx_session
+from imgclf.core.onnx import onnx_session, openvino_model
 from imgclf.data.features import ActivationCache, resize_normalise
 from imgclf.data.images import ImageSet
 from imgclf.data.loader import inference_batch_size
@@ -221,9 +222,9 @@ class OnnxPredictor(Predictor):
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, card: ModelCard) -> None:
+    def __init__(self, path: Path, card: ModelCard, spinning: bool = True) -> None:
         super().__init__(card)
-        self.session = onnx_session(path)
+        self.session = onnx_session(path, spinning=spinning)
         self.input_name = self.session.get_inputs()[0].name
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -241,6 +242,27 @@ class OnnxPredictor(Predictor):
     def forward(self, x: torch.Tensor) -> np.ndarray:
         x = x.float().contiguous().numpy()
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
+
+
+class OpenVinoPredictor(OnnxPredictor):
+    """An exported ``.onnx`` model compiled by OpenVINO for the CPU (the optional ``imgclf[openvino]``), computing at
+    ``precision`` (fp32, or bf16 where the CPU has it); an int8 file's quantized layers run in int8. One inference
+    request per thread: a request is not shared between threads."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, card: ModelCard, precision: str = "fp32") -> None:
+        Predictor.__init__(self, card)
+        self.precision = precision
+        self.compiled = openvino_model(path, precision)
+        self.requests = threading.local()
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        request = getattr(self.requests, "request", None)
+        if request is None:
+            request = self.requests.request = self.compiled.create_infer_request()
+        out = request.infer([x.float().contiguous().numpy()])
+        return np.array(out[0], dtype=np.float32)  # a copy: the request reuses its output buffer
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, card: ModelCard) -> float:

@@ -1,16 +1,17 @@
 """``imgclf serve RUN_DIR|MODEL``: the process. It checks the model's path (without torch), binds the address,
 answers /health from then on and loads the model in the background (``serving.py``: the benchmarked runtime, or an
-export to the ONNX cache and PyTorch timed against onnxruntime on single images), saying each step; the application
+export to the ONNX cache and the runtimes timed on single images), saying each step; the application
 is ``app.py``. Nothing here imports torch: /health answers in about a second."""
 
 import functools
+import importlib.util
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgclf.core.errors import ImgclfError, os_reason
+from imgclf.core.errors import OPENVINO_MISSING, ImgclfError, os_reason
 from imgclf.inference.app import create_app
 from imgclf.inference.options import Limits
 from imgclf.inference.source import model_path
@@ -55,6 +56,8 @@ def serve(source: str | Path, host: str, port: int, limits: Limits, device="auto
 
     start = time.perf_counter()
     model_path(source)  # no model there: one line, before anything binds
+    if runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise ImgclfError(OPENVINO_MISSING)
     sock = listening_socket(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     failures: list[Exception] = []

@@ -1,6 +1,6 @@
-"""What ``imgclf serve`` loads, on its loading thread once /health answers: the run's fastest benchmarked row, or
-PyTorch timed against onnxruntime on single images, exporting a run without a current export to the ONNX cache
-first."""
+"""What ``imgclf serve`` loads, on its loading thread once /health answers: the benchmarked row fastest to serve, or
+PyTorch timed against onnxruntime on single images (OpenVINO when asked for), exporting a run without a current export
+to the ONNX cache first. Every predictor is loaded for serving (``load_predictor(serving=True)``)."""
 
 import sys
 from pathlib import Path
@@ -11,23 +11,25 @@ from imgclf.artifacts.files import BENCHMARK, BEST_WEIGHTS
 from imgclf.artifacts.runs import RunDir
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import cache_dir
+from imgclf.core.onnx import openvino_installed
 from imgclf.inference.load import is_current, load_predictor, resolve_model, run_onnx, weights_digest
+from imgclf.inference.options import ONNX_RUNTIMES
 from imgclf.inference.predictor import Predictor
 
 
 def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "auto", say=None) -> Predictor:
-    """The predictor ``imgclf serve`` runs. On a CPU, ``auto`` serves a run through PyTorch or onnxruntime, whichever
-    answers single images faster here (measured at start-up); a run without a current export of its own is exported
-    to the ONNX cache first and checked against PyTorch. Where that export fails, PyTorch serves, with a warning.
-    ``say``: called with a line for each step."""
+    """The predictor ``imgclf serve`` runs. On a CPU, ``auto`` serves the row of the run's ``imgclf benchmark`` record
+    fastest to serve, or else the runtime that answers single images fastest here (measured at start-up); a run
+    without a current export of its own is exported to the ONNX cache first and checked against PyTorch. Where that
+    export fails, PyTorch serves, with a warning. ``say``: called with a line for each step."""
     from imgclf.core.device import select_device
 
     say = say or (lambda line: None)
     path = Path(source).expanduser()
     cpu = select_device(device).type == "cpu"
-    if runtime == "torch" or not path.is_dir() or not (cpu or runtime == "onnxruntime"):
+    if runtime == "torch" or not path.is_dir() or not (cpu or runtime in ONNX_RUNTIMES):
         say(f"loading the model ({runtime})")
-        return load_predictor(source, device, runtime, batch_size=1)
+        return load_predictor(source, device, runtime, batch_size=1, serving=True)
     run = resolve_model(path, device, "torch").run  # checked before anything is exported
     if runtime == "auto" and (measured := benchmarked(run, say)) is not None:
         return measured
@@ -37,17 +39,34 @@ def serving_predictor(source: str | Path, device: str = "cpu", runtime: str = "a
             say(f"exporting the weights to ONNX, once (kept in {cache_dir('onnx')})")
             onnx_path = cached_export(run)
     except (ImgclfError, OSError) as exc:
-        if runtime == "onnxruntime":
+        if runtime in ONNX_RUNTIMES:
             raise
         print(f"imgclf: warning: serving with PyTorch, the ONNX export failed: {exc}".splitlines()[0], file=sys.stderr)
-        return load_predictor(source, device, "torch", batch_size=1)
-    say("loading the model" + (", timing PyTorch against onnxruntime on single images" if runtime == "auto" else ""))
-    return load_predictor(source, device, runtime, batch_size=1, onnx_path=onnx_path)
+        return load_predictor(source, device, "torch", batch_size=1, serving=True)
+    say("loading the model" + (", timing the runtimes on single images" if runtime == "auto" else ""))
+    return load_predictor(source, device, runtime, batch_size=1, onnx_path=onnx_path, serving=True)
+
+
+SERVED_BATCH = 16  # images per batch the server forms under load (ResNet-20 at concurrency 32: serve_no_spin.json)
+
+
+def serving_ms(row: dict) -> float:
+    """Milliseconds a row of ``imgclf benchmark`` would take for a batch of ``SERVED_BATCH`` requests: its p50 at
+    batch 1 plus the other images at its images/s — an idle server's single requests and a busy one's batches in one
+    figure. Measured on ResNet-20 (benchmarks/results/serve_no_spin.json): onnxruntime int8, the lowest p50 at batch
+    1 (0.25 against 0.37 ms in its benchmark.json), served 1,644 requests/s at concurrency 32 (p99 23 ms), OpenVINO
+    bf16 2,105 (p99 20 ms). The images/s are the benchmark's (batch 64, onnxruntime spinning): an estimate."""
+    return row["p50_ms"] + (SERVED_BATCH - 1) * 1000 / row["images_per_second"]
+
+
+def served_row(rows: list[dict]) -> dict:
+    """The benchmark row ``imgclf serve --runtime auto`` serves: the lowest :func:`serving_ms`."""
+    return min(rows, key=serving_ms)
 
 
 def benchmarked(run: RunDir, say) -> Predictor | None:
-    """The predictor of the row ``imgclf benchmark`` measured fastest at batch 1 (lowest p50), among those whose files
-    are still current; None when the run has no such record (then the runtimes are timed at start-up)."""
+    """The predictor of the benchmarked row to serve (:func:`served_row`), among those whose files are still current
+    and whose runtime is installed; None when the run has no such record (then the runtimes are timed at start-up)."""
     record = run.read_benchmark()
     if record is None:
         return None
@@ -55,13 +74,20 @@ def benchmarked(run: RunDir, say) -> Predictor | None:
     if record["weights_sha1"] != digest:
         return None
     rows = [r for r in record["rows"] if r["runtime"] == "torch" or is_current(run.file(r["file"]), digest)]
+    rows = [r for r in rows if r["runtime"] != "openvino" or openvino_installed()]
     if not rows:
         return None
-    best = min(rows, key=lambda r: r["p50_ms"])
-    say(f"loading {best['name']}, the fastest at batch 1 in {BENCHMARK} (p50 {best['p50_ms']:.2f} ms)")
+    best = served_row(rows)
+    say(
+        f"loading {best['name']}, the fastest to serve in {BENCHMARK} (p50 {best['p50_ms']:.2f} ms at batch 1, "
+        f"{best['images_per_second']:,.0f} images/s in batches)"
+    )
     if best["runtime"] == "torch":
-        return load_predictor(run.path, "cpu", "torch", precision=best["precision"], batch_size=1)
-    return load_predictor(run.file(best["file"]), "cpu", "onnxruntime", batch_size=1)
+        return load_predictor(run.path, "cpu", "torch", precision=best["precision"], batch_size=1, serving=True)
+    precision = None  # onnxruntime: the file's own; OpenVINO: the row's, an int8 file's other layers in fp32
+    if best["runtime"] == "openvino":
+        precision = "fp32" if best["precision"] == "int8" else best["precision"]
+    return load_predictor(run.file(best["file"]), "cpu", best["runtime"], precision, batch_size=1, serving=True)
 
 
 def cached_export(run) -> Path:
