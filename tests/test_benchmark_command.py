@@ -122,3 +122,18 @@ def test_openvino_missing_is_one_line_and_leaves_the_other_rows(benchmarked, mon
         assert serving_predictor(benchmarked, "cpu").runtime != "openvino"
     finally:
         (benchmarked / "benchmark.json").write_text(json.dumps(record))
+
+
+def spins(predictor) -> bool:
+    """Whether an onnxruntime predictor's intra-op threads spin between runs (onnxruntime's default)."""
+    options = predictor.session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except Exception:  # onnxruntime raises for a key never set: its default, spinning
+        return True
+
+
+def test_served_onnxruntime_sessions_sleep_between_batches(benchmarked):
+    served = serving_predictor(benchmarked, "cpu", runtime="onnxruntime")
+    assert served.runtime == "onnxruntime" and not spins(served)
+    assert spins(load_predictor(benchmarked, "cpu", "onnxruntime"))  # batch prediction keeps spinning
