@@ -32,10 +32,9 @@ from imgclf.evaluation.benchmark import (
     ensure_exports,
     images_per_second,
     latency_ms,
-    row_predictor,
 )
 from imgclf.inference.export import located_splits
-from imgclf.inference.load import run_card, weights_digest
+from imgclf.inference.load import row_predictor, run_card, weights_digest
 from imgclf.inference.options import MAX_DROP
 from imgclf.inference.quantize import gate_accuracy, spread
 

@@ -23,7 +23,7 @@ from imgclf.core.errors import ImgclfError
 from imgclf.core.onnx import openvino_installed, openvino_version
 from imgclf.data.images import ImageSet
 from imgclf.inference.export import export_run, located_splits
-from imgclf.inference.load import is_current, load_predictor, run_card, weights_digest
+from imgclf.inference.load import is_current, row_predictor, run_card, weights_digest
 from imgclf.inference.options import MAX_DROP, PARITY_IMAGES
 from imgclf.inference.predictor import Predictor
 from imgclf.inference.quantize import gate_accuracy, spread
@@ -92,15 +92,6 @@ def candidates(device: str) -> list[tuple[str, str, str, str]]:
             rows.append(("openvino bf16", "openvino", "bf16", ONNX_MODEL))
         rows.append(("openvino int8", "openvino", "int8", INT8_MODEL))
     return rows
-
-
-def row_predictor(run: RunDir, device: str, runtime: str, precision: str, file: str) -> Predictor:
-    """One row's predictor: the run's weights in PyTorch at ``precision`` on ``device``, or its ONNX ``file`` in
-    onnxruntime or OpenVINO (an int8 file's other layers in fp32: bf16 was no faster for ResNet-20, 19,343 against
-    19,215 img/s at batch 64, benchmarks/results/README.md)."""
-    if runtime == "torch":
-        return load_predictor(run.path, device, "torch", precision=precision)
-    return load_predictor(run.file(file), "cpu", runtime, "fp32" if precision == "int8" else precision)
 
 
 def measure(predictor: Predictor, val: ImageSet, batch_size: int) -> dict:

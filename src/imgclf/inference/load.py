@@ -156,6 +156,19 @@ def load_predictor(
     return fastest(candidates, batch_size or inference_batch_size(card.input_size, candidates[0].device))
 
 
+def row_predictor(
+    run: RunDir, device: str, runtime: str, precision: str, file: str, serving: bool = False
+) -> Predictor:
+    """The predictor of one row of ``imgclf benchmark``: the run's weights in PyTorch at ``precision`` on ``device``,
+    or its ONNX ``file`` in onnxruntime or OpenVINO (an int8 file's other layers in fp32: bf16 was no faster for
+    ResNet-20, 19,343 against 19,215 img/s at batch 64, benchmarks/results/README.md); ``serving``: as
+    :func:`load_predictor`'s."""
+    if runtime == "torch":
+        return load_predictor(run.path, device, "torch", precision=precision, serving=serving)
+    precision = None if runtime == "onnxruntime" else "fp32" if precision == "int8" else precision
+    return load_predictor(run.file(file), "cpu", runtime, precision, serving=serving)
+
+
 def fastest(candidates: list[Predictor], batch_size: int, seconds: float = 0.25) -> Predictor:
     """The candidate that predicts most images per second at ``batch_size``, each timed for about ``seconds`` after a
     warm-up batch; the figures are kept in its ``measured`` attribute."""

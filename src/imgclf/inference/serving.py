@@ -12,7 +12,7 @@ from imgclf.artifacts.runs import RunDir
 from imgclf.core.errors import ImgclfError
 from imgclf.core.io import cache_dir
 from imgclf.core.onnx import openvino_installed
-from imgclf.inference.load import is_current, load_predictor, resolve_model, run_onnx, weights_digest
+from imgclf.inference.load import is_current, load_predictor, resolve_model, row_predictor, run_onnx, weights_digest
 from imgclf.inference.options import ONNX_RUNTIMES
 from imgclf.inference.predictor import Predictor
 
@@ -82,12 +82,7 @@ def benchmarked(run: RunDir, say) -> Predictor | None:
         f"loading {best['name']}, the fastest to serve in {BENCHMARK} (p50 {best['p50_ms']:.2f} ms at batch 1, "
         f"{best['images_per_second']:,.0f} images/s in batches)"
     )
-    if best["runtime"] == "torch":
-        return load_predictor(run.path, "cpu", "torch", precision=best["precision"], batch_size=1, serving=True)
-    precision = None  # onnxruntime: the file's own; OpenVINO: the row's, an int8 file's other layers in fp32
-    if best["runtime"] == "openvino":
-        precision = "fp32" if best["precision"] == "int8" else best["precision"]
-    return load_predictor(run.file(best["file"]), "cpu", best["runtime"], precision, batch_size=1, serving=True)
+    return row_predictor(run, "cpu", best["runtime"], best["precision"], best["file"], serving=True)
 
 
 def cached_export(run) -> Path:
