@@ -81,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--relabel", metavar="CSV", help="files and their corrected labels (file, new_label)")
     add_config_flags(evaluate, ABSTAIN_OPTIONS)
     add_predict_parser(sub)
-    export = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch on test images")
+    export = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch on validation images")
     export.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `imgclf train`")
     export.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="export format (default: onnx)")
     export.add_argument("--output", dest="output_file", metavar="FILE", help="where to write (default: RUN/model.onnx)")
     export.add_argument(
-        "--check-images", type=int, default=PARITY_IMAGES, help=f"test images of the parity check ({PARITY_IMAGES:,})"
+        "--check-images", type=int, default=PARITY_IMAGES, help=f"images of the parity check ({PARITY_IMAGES:,})"
     )
     export.add_argument(
         "--int8",
@@ -229,7 +229,8 @@ def command_export(args: argparse.Namespace) -> None:
     if "parity" in result:
         p = result["parity"]
         print(
-            f"parity with PyTorch on {p['images']:,} test images: max |Δlogit| {p['max_abs_diff']:.2e} "
+            f"parity with PyTorch on {p['images']:,} {p.get('split', 'given')} images: "
+            f"max |Δlogit| {p['max_abs_diff']:.2e} "
             f"({p['relative_diff']:.1e} of the largest logit), top-1 agreement {p['top1_agreement']:.2%}"
             + (f", labels agreement {p['labels_agreement']:.2%}" if "labels_agreement" in p else "")
             + f" — stored in {parity_path(Path(result['path']))}"

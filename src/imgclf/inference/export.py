@@ -7,10 +7,11 @@ model card (classes, input side, mean/std, resize policy, fitted temperature) go
 the input's shape at run time; the spatial side is fixed at export, so both exporters reduce that padding to
 constants, and the parity check below covers those networks like any other.
 
-Parity: the exported file and PyTorch (fp32) predict the same test images — 1,000 spread over the test split, or all
-of them if fewer — in batches of several sizes; max |Δlogit| (relative to the largest |logit|) must stay within 1e-3
-and the top-1 classes must agree on every image, else the export fails and no model file is left behind. The figures
-are printed and stored beside the file (``model.parity.json``).
+Parity: the exported file and PyTorch (fp32) predict the same images — 1,000 spread over the validation split (the
+training split where a run has none; the test split stays for the evaluation, read once), or all of them if fewer —
+in batches of several sizes; max |Δlogit| (relative to the largest |logit|) must stay within 1e-3 and the top-1
+classes must agree on every image, else the export fails and no model file is left behind. The figures are printed
+and stored beside the file (``model.parity.json``).
 """
 
 import dataclasses
@@ -103,10 +104,12 @@ def located_splits(run: RunDir, cfg: TrainConfig, card: ModelCard, data: str | N
     return run_splits(cfg, run.read_data_split(cfg), card)
 
 
-def parity_images(splits: Splits, count: int) -> torch.Tensor:
-    """``count`` images spread evenly over the run's test split (all of them if fewer), at the stored side."""
-    test = spread(splits.test(), count)
-    return test.images[0 : len(test)]
+def parity_images(splits: Splits, count: int) -> tuple[torch.Tensor, str]:
+    """``count`` images spread evenly over the run's validation split (its training split where it has none; all of
+    them if fewer), at the stored side, and the split's name."""
+    name = "validation" if len(splits.val) else "training"
+    images = spread(splits.val if len(splits.val) else splits.train, count)
+    return images.images[0 : len(images)], name
 
 
 def export_run(
@@ -119,8 +122,8 @@ def export_run(
     images: torch.Tensor | None = None,
     max_drop: float | None = None,
 ) -> dict:
-    """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it on ``check_images`` test images
-    (or on the uint8 ``images`` given); the parity figures. With ``max_drop`` (points), the int8 model instead
+    """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it on ``check_images`` validation
+    images (or on the uint8 ``images`` given); the parity figures. With ``max_drop`` (points), the int8 model instead
     (``RUN/model.int8.onnx``), gated on validation accuracy (``quantize.py``)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
@@ -133,8 +136,9 @@ def export_run(
     if path.is_dir():
         raise ImgclfError(f"the ONNX output is a folder: {path}")
     splits = located_splits(run, cfg, card, data, data_dir) if int8 or (images is None and check_images) else None
+    split = "given"
     if images is None and check_images and not int8:
-        images = parity_images(splits, check_images)
+        images, split = parity_images(splits, check_images)
 
     model = load_network(card.architecture, card.num_classes, weights)
     network = model.network if isinstance(model, TransferModel) else model  # what the ONNX graph holds
@@ -154,7 +158,7 @@ def export_run(
         result.update(bytes=tmp.stat().st_size, export_seconds=time.perf_counter() - start)
         if images is None:
             return
-        result["parity"] = p = check_parity(reference, OnnxPredictor(tmp, card), images)
+        result["parity"] = p = check_parity(reference, OnnxPredictor(tmp, card), images) | {"split": split}
         write_json(parity_path(path), result)
         if not p["passed"]:
             raise ImgclfError(

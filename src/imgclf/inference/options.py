@@ -6,7 +6,7 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 ONNX_RUNTIMES = ("onnxruntime", "openvino")  # the runtimes of an exported .onnx file (openvino: imgclf[openvino])
 OUTPUT_FORMATS = ("table", "csv", "jsonl", "parquet")  # imgclf predict --format (parquet: with --ray)
 EXPORT_FORMATS = ("onnx",)  # imgclf export --format
-PARITY_IMAGES = 1000  # test images of the export's parity check
+PARITY_IMAGES = 1000  # validation images of the export's parity check
 MAX_DROP = 0.5  # points of validation accuracy an int8 export may lose (imgclf export --max-drop)
 
 
