@@ -49,6 +49,8 @@ def test_every_format_is_measured_and_written(benchmarked, capsys):
     served = min(record["rows"], key=lambda r: r["p50_ms"] + 15_000 / r["images_per_second"])
     assert record["served"] == served["name"]
     assert record["batch_size"] == 16 and record["validation_images"] > 0
+    parity = json.loads((benchmarked / "model.parity.json").read_text())["parity"]
+    assert parity["split"] == "validation" and parity["images"] == record["validation_images"] and parity["passed"]
 
 
 def test_serve_auto_takes_the_fastest_row_while_it_is_current(benchmarked):

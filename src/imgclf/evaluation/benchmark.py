@@ -71,7 +71,7 @@ def ensure_exports(
         if is_current(path, digest):
             continue
         try:
-            export_run(run.path, path, data, data_dir, images=check, max_drop=drop)
+            export_run(run.path, path, data, data_dir, images=check, max_drop=drop, images_from="validation")
         except ImgclfError as exc:
             missing[name] = str(exc)
     return missing

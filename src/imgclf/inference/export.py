@@ -121,10 +121,12 @@ def export_run(
     opset: int = OPSET,
     images: torch.Tensor | None = None,
     max_drop: float | None = None,
+    images_from: str = "given",
 ) -> dict:
     """Export a run's best model to ONNX (``RUN/model.onnx`` by default) and check it on ``check_images`` validation
-    images (or on the uint8 ``images`` given); the parity figures. With ``max_drop`` (points), the int8 model instead
-    (``RUN/model.int8.onnx``), gated on validation accuracy (``quantize.py``)."""
+    images (or on the uint8 ``images`` given, recorded as drawn from ``images_from``); the parity figures. With
+    ``max_drop`` (points), the int8 model instead (``RUN/model.int8.onnx``), gated on validation accuracy
+    (``quantize.py``)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     card = run_card(run)
@@ -136,7 +138,7 @@ def export_run(
     if path.is_dir():
         raise ImgclfError(f"the ONNX output is a folder: {path}")
     splits = located_splits(run, cfg, card, data, data_dir) if int8 or (images is None and check_images) else None
-    split = "given"
+    split = images_from
     if images is None and check_images and not int8:
         images, split = parity_images(splits, check_images)
 

@@ -96,5 +96,5 @@ def cached_export(run) -> Path:
         images = torch.randint(
             0, 256, (64, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
         )
-        export_run(run.path, path, images=images)
+        export_run(run.path, path, images=images, images_from="random")
     return path
