@@ -24,17 +24,16 @@ from common import command_line, write_result
 
 from imgclf.artifacts.files import BEST_WEIGHTS
 from imgclf.artifacts.runs import RunDir
-from imgclf.core.errors import ImgclfError
 from imgclf.core.onnx import openvino_version
 from imgclf.evaluation.benchmark import (
     VALIDATION_IMAGES,
-    candidates,
     ensure_exports,
     images_per_second,
     latency_ms,
+    row_predictors,
 )
 from imgclf.inference.export import located_splits
-from imgclf.inference.load import row_predictor, run_card, weights_digest
+from imgclf.inference.load import run_card, weights_digest
 from imgclf.inference.options import MAX_DROP
 from imgclf.inference.quantize import gate_accuracy, spread
 
@@ -55,16 +54,9 @@ def main() -> None:
     missing = ensure_exports(run, digest, spread(splits.val, VALIDATION_IMAGES), None, None, MAX_DROP)
     test = splits.test() if not args.test_images else spread(splits.test(), args.test_images)
     sample = test.images[0 : max(args.batch_size, 64)]
-    predictors = {}
-    for name, runtime, precision, file in candidates("cpu"):
-        if file in missing:
-            print(f"{name}: not measured — {missing[file]}")
-            continue
-        try:
-            predictors[name] = row_predictor(run, "cpu", runtime, precision, file)
-        except ImgclfError as exc:
-            missing[name] = str(exc)
-            print(f"{name}: not measured — {exc}")
+    predictors = {row[0]: predictor for row, predictor in row_predictors(run, "cpu", missing)}
+    for name, why in missing.items():
+        print(f"{name}: not measured — {why}")
     rows = {}
     for name, predictor in predictors.items():
         runtime, precision = predictor.runtime, name.split()[-1]

@@ -229,7 +229,7 @@ def command_export(args: argparse.Namespace) -> None:
     if "parity" in result:
         p = result["parity"]
         print(
-            f"parity with PyTorch on {p['images']:,} {p.get('split', 'given')} images: "
+            f"parity with PyTorch on {p['images']:,} {p['split']} images: "
             f"max |Δlogit| {p['max_abs_diff']:.2e} "
             f"({p['relative_diff']:.1e} of the largest logit), top-1 agreement {p['top1_agreement']:.2%}"
             + (f", labels agreement {p['labels_agreement']:.2%}" if "labels_agreement" in p else "")

@@ -11,6 +11,7 @@ runtimes at start-up.
 """
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import onnxruntime
@@ -94,6 +95,24 @@ def candidates(device: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def row_predictors(
+    run: RunDir, device: str, missing: dict[str, str]
+) -> Iterator[tuple[tuple[str, str, str, str], Predictor]]:
+    """Each row of :func:`candidates` whose file is not in ``missing`` (file or row name → why), with its predictor;
+    a row whose runtime cannot load its file (a model OpenVINO cannot compile, say) is added to ``missing`` and the
+    other rows still count."""
+    for row in candidates(device):
+        name, runtime, precision, file = row
+        if file in missing:
+            continue
+        try:
+            predictor = row_predictor(run, device, runtime, precision, file)
+        except ImgclfError as exc:
+            missing[name] = str(exc)
+            continue
+        yield row, predictor
+
+
 def measure(predictor: Predictor, val: ImageSet, batch_size: int) -> dict:
     """One row's figures: validation accuracy, batch-1 latency and images/s at ``batch_size``."""
     sample = val.images[0 : min(len(val), max(batch_size, 64))]
@@ -116,14 +135,7 @@ def benchmark_run(
     digest = weights_digest(run.file(BEST_WEIGHTS))
     missing = ensure_exports(run, digest, val, data, data_dir, MAX_DROP)
     rows = []
-    for name, runtime, precision, file in candidates(device):
-        if file in missing:
-            continue
-        try:
-            predictor = row_predictor(run, device, runtime, precision, file)
-        except ImgclfError as exc:  # a runtime that cannot compile this model: the other rows still count
-            missing[name] = str(exc)
-            continue
+    for (name, runtime, precision, file), predictor in row_predictors(run, device, missing):
         row = {"name": name, "runtime": runtime, "precision": precision, "file": file}
         rows.append({**row, "bytes": run.file(file).stat().st_size, **measure(predictor, val, batch_size)})
     best = min(rows, key=lambda r: r["p50_ms"])
